@@ -1,0 +1,211 @@
+//! loom models of `MsQueue`: push/pop races, reclamation inside the model, and the queue's drop.
+//!
+//! Each model builds its own `Collector`, so reclamation is exact within the model; every node is
+//! a `Track`ed allocation under loom, so a node that is never freed fails the model. Payloads are
+//! `Track`ed too, and `Dropped` records each value's drop, so a value lost, duplicated or dropped
+//! twice fails it. Times and iteration counts are for `--release` at `LOOM_MAX_PREEMPTIONS=2` on
+//! the 2-core CI machine.
+#![cfg(loom)]
+
+use crossbeam_epoch::Collector;
+use latchless::queue::MsQueue;
+use loom::alloc::Track;
+use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+/// A payload that records its own drop in a shared table, and fails on a second drop.
+struct Dropped {
+    id: usize,
+    table: Arc<Vec<AtomicBool>>,
+    _track: Track<()>,
+}
+
+impl Dropped {
+    fn new(id: usize, table: &Arc<Vec<AtomicBool>>) -> Self {
+        Self {
+            id,
+            table: table.clone(),
+            _track: Track::new(()),
+        }
+    }
+}
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let was = self.table[self.id].swap(true, Ordering::SeqCst);
+        assert!(!was, "value {} dropped twice", self.id);
+    }
+}
+
+fn drop_table(n: usize) -> Arc<Vec<AtomicBool>> {
+    Arc::new((0..n).map(|_| AtomicBool::new(false)).collect())
+}
+
+fn assert_all_dropped(table: &[AtomicBool]) {
+    for (id, dropped) in table.iter().enumerate() {
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "value {id} was never dropped"
+        );
+    }
+}
+
+/// Two producers push concurrently (the first two values, the second one) while the main thread
+/// pops once; after the join the rest is drained through exclusive access. Every value comes out
+/// exactly once, each producer's values in push order.
+// Measured at LOOM_MAX_PREEMPTIONS=2, release: see the README's loom table.
+#[test]
+fn two_producers_one_consumer() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let mut q = Arc::new(MsQueue::with_collector(collector.clone()));
+        let producers: Vec<_> = [2, 1]
+            .into_iter()
+            .enumerate()
+            .map(|(p, n)| {
+                let q = q.clone();
+                let collector = collector.clone();
+                thread::spawn(move || {
+                    let handle = collector.register();
+                    let guard = handle.pin();
+                    for i in 0..n {
+                        q.push_with_guard((p, i), &guard);
+                    }
+                })
+            })
+            .collect();
+
+        let handle = collector.register();
+        let mut seen: Vec<(usize, usize)> = q.pop_with_guard(&handle.pin()).into_iter().collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let q = Arc::get_mut(&mut q).expect("producers joined");
+        assert_eq!(q.len(), 3 - seen.len());
+        seen.extend(q.drain());
+        assert_eq!(seen.len(), 3, "lost or duplicated values: {seen:?}");
+        for (p, n) in [(0, 2), (1, 1)] {
+            let mine: Vec<_> = seen.iter().filter(|v| v.0 == p).map(|v| v.1).collect();
+            assert_eq!(
+                mine,
+                (0..n).collect::<Vec<_>>(),
+                "producer {p} out of order: {seen:?}"
+            );
+        }
+        assert!(q.is_empty());
+    });
+}
+
+/// The main thread pushes a single value while two consumers race to pop it: at most one of them
+/// gets it, and if neither does it is still in the queue afterwards. The value is dropped once.
+#[test]
+fn two_consumers_race_on_last_element() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let table = drop_table(1);
+        let mut q = Arc::new(MsQueue::<Dropped>::with_collector(collector.clone()));
+        let handle = collector.register();
+
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, collector) = (q.clone(), collector.clone());
+                thread::spawn(move || {
+                    let handle = collector.register();
+                    let got = q.pop_with_guard(&handle.pin());
+                    got.map(|v| v.id)
+                })
+            })
+            .collect();
+        q.push_with_guard(Dropped::new(0, &table), &handle.pin());
+        let taken: Vec<Option<usize>> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
+
+        let q = Arc::get_mut(&mut q).expect("consumers joined");
+        let left: Vec<usize> = q.drain().map(|v| v.id).collect();
+        let got: Vec<usize> = taken.iter().flatten().copied().chain(left).collect();
+        assert_eq!(got, [0], "taken={taken:?}");
+        assert!(q.is_empty());
+        assert_all_dropped(&table);
+    });
+}
+
+/// Reclamation inside the model: a consumer pops, unpins, and flushes its garbage so the epoch
+/// can advance and free retired nodes while another consumer may still hold them. Nodes and
+/// values are `Track`ed: one never freed fails the model.
+#[test]
+fn reclamation_with_flush_races_pop() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let table = drop_table(2);
+        let q = Arc::new(MsQueue::with_collector(collector.clone()));
+        {
+            let handle = collector.register();
+            let guard = handle.pin();
+            q.push_with_guard(Dropped::new(0, &table), &guard);
+            q.push_with_guard(Dropped::new(1, &table), &guard);
+        }
+
+        let other = {
+            let (q, collector) = (q.clone(), collector.clone());
+            thread::spawn(move || {
+                let handle = collector.register();
+                let got = q.pop_with_guard(&handle.pin()).map(|v| v.id);
+                got
+            })
+        };
+
+        let handle = collector.register();
+        let first = q.pop_with_guard(&handle.pin()).map(|v| v.id);
+        // Unpinned between the two: the node retired above may be freed by this flush.
+        handle.pin().flush();
+        let second = q.pop_with_guard(&handle.pin()).map(|v| v.id);
+        handle.pin().flush();
+        let theirs = other.join().unwrap();
+
+        let mut got: Vec<usize> = [first, second, theirs].into_iter().flatten().collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [0, 1],
+            "first={first:?} second={second:?} theirs={theirs:?}"
+        );
+        assert_all_dropped(&table);
+    });
+}
+
+/// Push and pop race with the queue's drop: whichever thread drops the last `Arc` drops the
+/// queue, and every value is dropped exactly once — by its popper or by the queue.
+#[test]
+fn push_pop_race_with_drop() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let table = drop_table(3);
+        let q = Arc::new(MsQueue::with_collector(collector.clone()));
+        {
+            let handle = collector.register();
+            q.push_with_guard(Dropped::new(0, &table), &handle.pin());
+        }
+
+        let pusher = {
+            let (q, collector, table) = (q.clone(), collector.clone(), table.clone());
+            thread::spawn(move || {
+                let handle = collector.register();
+                let guard = handle.pin();
+                q.push_with_guard(Dropped::new(1, &table), &guard);
+                q.push_with_guard(Dropped::new(2, &table), &guard);
+            })
+        };
+        let popper = {
+            let (q, collector) = (q.clone(), collector.clone());
+            thread::spawn(move || {
+                let handle = collector.register();
+                drop(q.pop_with_guard(&handle.pin()));
+            })
+        };
+        drop(q);
+        pusher.join().unwrap();
+        popper.join().unwrap();
+        drop(collector);
+        assert_all_dropped(&table);
+    });
+}

@@ -1,0 +1,29 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Modules
+//!
+//! | module | what it holds | progress |
+//! |---|---|---|
+//! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO (Michael & Scott), epoch reclamation | lock-free push and pop |
+//! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
+//!
+//! # Progress guarantees
+//!
+//! | operation | guarantee |
+//! |---|---|
+//! | `MsQueue::push`, `pop`, `len`, `is_empty` | lock-free |
+//! | `AtomicCounter::get`, `add`, `increment` | wait-free |
+//! | `AtomicCounter::sub`, `decrement`, `try_sub`, `try_add_below` | lock-free |
+//! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
+//!
+//! # Features
+//!
+//! | feature / cfg | what it does |
+//! |---|---|
+//! | (none by default) | the crate has no cargo features |
+//! | `--cfg loom --cfg crossbeam_loom` | builds every primitive on loom's atomics and crossbeam-epoch's loom mode, so a downstream crate's loom models explore latchless too |
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod counter;
+pub mod queue;
+mod sync;

@@ -1,0 +1,113 @@
+//! The one place that chooses between std and loom.
+//!
+//! Every other module imports its atomics, cells, threads and epoch types from here, so no other
+//! file knows loom exists. Under `--cfg loom --cfg crossbeam_loom` the crate runs on loom's
+//! atomics, `UnsafeCell`, `Track` and thread identities, and crossbeam-epoch (built with its `loom`
+//! feature) runs on loom's atomics as well: a downstream crate's loom models then explore
+//! latchless's protocols too.
+//!
+//! What differs between the two worlds is hidden here:
+//! - loom's atomics have no `const fn new`: [`const_fn_outside_loom!`] makes a constructor `const`
+//!   only outside loom;
+//! - loom's `UnsafeCell` only hands out raw pointers through closures (`with`, `with_mut`), so
+//!   loom can check causality of every access: outside loom, a zero-cost wrapper of
+//!   `core::cell::UnsafeCell` offers the same closure API;
+//! - loom's `alloc::Track` reports values still alive when a model ends: outside loom, a
+//!   zero-cost wrapper with the same API;
+//! - a thread's stripe index for [`ShardedCounter`](crate::counter::ShardedCounter): loom runs
+//!   every model thread on one OS thread, so std's thread-locals cannot tell them apart.
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(loom)]
+pub(crate) use loom::{alloc::Track, cell::UnsafeCell};
+
+pub(crate) use crossbeam_epoch as epoch;
+pub(crate) use crossbeam_utils::{Backoff, CachePadded};
+
+/// Makes a `const fn` outside loom and a plain `fn` under loom, whose atomics have no `const`
+/// constructor.
+macro_rules! const_fn_outside_loom {
+    ($(#[$attr:meta])* $vis:vis const fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])*
+        $vis const fn $($rest)*
+
+        #[cfg(loom)]
+        $(#[$attr])*
+        $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn_outside_loom;
+
+/// `core::cell::UnsafeCell` with loom's closure API, so payload accesses read the same in both
+/// worlds.
+#[cfg(not(loom))]
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    #[inline]
+    pub(crate) const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a raw pointer for reading. Whether reading through it is sound is the
+    /// caller's proof, as with `core::cell::UnsafeCell::get`.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a raw pointer for writing. Whether writing through it is sound is the
+    /// caller's proof, as with `core::cell::UnsafeCell::get`.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// loom's leak tracker; outside loom it is the bare value.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub(crate) struct Track<T>(T);
+
+#[cfg(not(loom))]
+impl<T> Track<T> {
+    #[inline]
+    pub(crate) const fn new(value: T) -> Self {
+        Self(value)
+    }
+}
+
+/// A small per-thread number, stable for the thread's life: threads started one after another
+/// get consecutive numbers, so up to `n` threads spread over `n` stripes without collisions.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn thread_index() -> usize {
+    use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+    static NEXT: StdAtomicUsize = StdAtomicUsize::new(0);
+    std::thread_local! {
+        // Relaxed: the number is only a placement hint; no memory is published through it.
+        static INDEX: usize = NEXT.fetch_add(1, StdOrdering::Relaxed);
+    }
+    INDEX.try_with(|i| *i).unwrap_or(0)
+}
+
+/// Under loom every model thread shares one OS thread, so the index comes from loom's own thread
+/// number (0 for the model's main thread, then 1, 2, ... in spawn order), which is the same in
+/// every explored execution. loom only shows it through `Debug` (`ThreadId(N)`); its `Hash` mixes
+/// in the execution, which would make the stripe differ from one execution to the next.
+#[cfg(loom)]
+pub(crate) fn thread_index() -> usize {
+    let id = format!("{:?}", loom::thread::current().id());
+    id.chars()
+        .filter(char::is_ascii_digit)
+        .fold(0usize, |n, d| n * 10 + (d as usize - '0' as usize))
+}

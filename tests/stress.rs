@@ -1,0 +1,319 @@
+//! Stress tests: many threads hammering one structure, then an exact check of the outcome.
+//!
+//! - `MsQueue`: 4 producers x 4 consumers; every value is seen exactly once, and each consumer
+//!   sees every producer's values in the order that producer pushed them. Once with
+//!   crossbeam-epoch's global collector and plain `push`/`pop`, once with a local collector and
+//!   the `*_with_guard` methods.
+//! - `AtomicCounter` and `ShardedCounter`: no increment is lost across 4 threads.
+//! - `AtomicCounter::try_add_below`: 4 threads admitting and releasing never push the value past
+//!   the limit.
+//!
+//! The queue's total is `LATCHLESS_STRESS_N` values (default 1,000,000; 2,000 under Miri).
+
+use crossbeam_epoch::Collector;
+use latchless::counter::{AtomicCounter, ShardedCounter};
+use latchless::queue::MsQueue;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+
+const PRODUCERS: usize = 4;
+const CONSUMERS: usize = 4;
+
+/// Total number of values pushed through the queue, rounded down to a multiple of `PRODUCERS`.
+fn total_values() -> usize {
+    let default = if cfg!(miri) { 2_000 } else { 1_000_000 };
+    let n = match std::env::var("LATCHLESS_STRESS_N") {
+        Ok(s) => s
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|e| panic!("LATCHLESS_STRESS_N={s:?} is not a count: {e}")),
+        Err(_) => default,
+    };
+    let n = n / PRODUCERS * PRODUCERS;
+    assert!(n > 0, "LATCHLESS_STRESS_N must be at least {PRODUCERS}");
+    n
+}
+
+/// A value carries its producer in the high half and its sequence number in the low half.
+fn encode(producer: usize, seq: usize) -> u64 {
+    ((producer as u64) << 32) | seq as u64
+}
+
+fn decode(v: u64) -> (usize, usize) {
+    ((v >> 32) as usize, (v & 0xffff_ffff) as usize)
+}
+
+/// Counts a producer as finished when dropped, even if it panicked, so consumers never wait for
+/// a producer that is gone.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        // Release: pairs with the consumers' Acquire load, so all of this producer's pushes
+        // happen before a consumer that sees the count concludes the queue is drained.
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Raises the flag if its thread panics, so the other threads stop instead of spinning on a
+/// queue that is known to be broken (the panic itself fails the test at `join`).
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            // Relaxed: only tells the others to stop; no data is published through it.
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How the threads reach the queue: plain `push`/`pop`, or `*_with_guard` with a handle each.
+#[derive(Clone, Copy)]
+enum Access {
+    Plain,
+    /// Re-pin every this many operations, so retired nodes are actually reclaimed meanwhile.
+    Guarded {
+        repin_every: usize,
+    },
+}
+
+/// Runs 4 producers and 4 consumers over `q`, then checks exactly-once delivery and
+/// per-producer FIFO order as seen by every consumer.
+fn mpmc(q: &MsQueue<u64>, collector: Option<&Collector>, access: Access) {
+    let total = total_values();
+    let per_producer = total / PRODUCERS;
+    let seen: Vec<AtomicBool> = (0..total).map(|_| AtomicBool::new(false)).collect();
+    let producers_done = AtomicUsize::new(0);
+    let popped = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+
+    thread::scope(|s| {
+        for p in 0..PRODUCERS {
+            let (producers_done, stop) = (&producers_done, &stop);
+            s.spawn(move || {
+                let _finished = Finished(producers_done);
+                let _stop = StopOnPanic(stop);
+                match access {
+                    Access::Plain => {
+                        for seq in 0..per_producer {
+                            q.push(encode(p, seq));
+                        }
+                    }
+                    Access::Guarded { repin_every } => {
+                        let handle = collector
+                            .expect("guarded access needs a collector")
+                            .register();
+                        let mut guard = handle.pin();
+                        for seq in 0..per_producer {
+                            if seq % repin_every == 0 {
+                                guard.repin();
+                            }
+                            q.push_with_guard(encode(p, seq), &guard);
+                        }
+                    }
+                }
+            });
+        }
+        for _ in 0..CONSUMERS {
+            let (seen, producers_done, popped, stop) = (&seen, &producers_done, &popped, &stop);
+            s.spawn(move || {
+                let _stop = StopOnPanic(stop);
+                let handle = collector.map(Collector::register);
+                let mut guard = handle.as_ref().map(|h| h.pin());
+                let mut last_seq: [Option<usize>; PRODUCERS] = [None; PRODUCERS];
+                let mut ops = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    // Read the flag before popping: if every producer had finished before this
+                    // load and the pop still finds nothing, the queue is empty for good.
+                    let all_pushed = producers_done.load(Ordering::Acquire) == PRODUCERS;
+                    let value = match (access, guard.as_mut()) {
+                        (Access::Guarded { repin_every }, Some(g)) => {
+                            ops += 1;
+                            if ops % repin_every == 0 {
+                                g.repin();
+                            }
+                            q.pop_with_guard(g)
+                        }
+                        _ => q.pop(),
+                    };
+                    let Some(v) = value else {
+                        if all_pushed {
+                            break;
+                        }
+                        thread::yield_now();
+                        continue;
+                    };
+                    let (p, seq) = decode(v);
+                    assert!(
+                        p < PRODUCERS && seq < per_producer,
+                        "value {v:#x} was never pushed"
+                    );
+                    if let Some(prev) = last_seq[p] {
+                        assert!(
+                            seq > prev,
+                            "producer {p}: seq {seq} popped after seq {prev} by the same consumer"
+                        );
+                    }
+                    last_seq[p] = Some(seq);
+                    let already = seen[p * per_producer + seq].swap(true, Ordering::Relaxed);
+                    assert!(!already, "producer {p} seq {seq} popped twice");
+                    let n = popped.fetch_add(1, Ordering::Relaxed) + 1;
+                    assert!(n <= total, "more values popped than pushed");
+                }
+            });
+        }
+    });
+
+    assert_eq!(popped.load(Ordering::Relaxed), total, "values popped");
+    let missing: Vec<(usize, usize)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.load(Ordering::Relaxed))
+        .map(|(i, _)| (i / per_producer, i % per_producer))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "never popped (first 10 as (producer, seq)): {missing:?}"
+    );
+    assert!(q.is_empty());
+    assert_eq!(q.len(), 0);
+    assert_eq!(q.pop(), None);
+}
+
+#[test]
+fn queue_mpmc_4p4c_global_collector() {
+    let q = MsQueue::new();
+    mpmc(&q, None, Access::Plain);
+}
+
+#[test]
+fn queue_mpmc_4p4c_local_collector_with_guards() {
+    let collector = Collector::new();
+    let q = MsQueue::with_collector(collector.clone());
+    mpmc(&q, Some(&collector), Access::Guarded { repin_every: 64 });
+}
+
+const COUNTER_THREADS: usize = 4;
+const COUNTER_OPS: u64 = if cfg!(miri) { 500 } else { 200_000 };
+
+#[test]
+fn atomic_counter_loses_no_update() {
+    let c = AtomicCounter::new(0);
+    thread::scope(|s| {
+        for t in 0..COUNTER_THREADS as u64 {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..COUNTER_OPS {
+                    if i % 2 == 0 {
+                        c.increment();
+                    } else {
+                        // Threads add different amounts, so a lost add shows in the total.
+                        c.add(t + 1);
+                    }
+                }
+            });
+        }
+    });
+    let half = COUNTER_OPS / 2;
+    let expected: u64 = (0..COUNTER_THREADS as u64)
+        .map(|t| half + half * (t + 1))
+        .sum();
+    assert_eq!(c.get(), expected);
+}
+
+#[test]
+fn sharded_counter_loses_no_update() {
+    // One cell (all threads share it), fewer cells than threads, and the default.
+    for c in [
+        ShardedCounter::with_shards(1),
+        ShardedCounter::with_shards(2),
+        ShardedCounter::new(),
+    ] {
+        thread::scope(|s| {
+            for t in 0..COUNTER_THREADS as u64 {
+                let c = &c;
+                s.spawn(move || {
+                    for i in 0..COUNTER_OPS {
+                        if i % 2 == 0 {
+                            c.increment();
+                        } else {
+                            c.add(t + 1);
+                        }
+                    }
+                });
+            }
+        });
+        let half = COUNTER_OPS / 2;
+        let expected: u64 = (0..COUNTER_THREADS as u64)
+            .map(|t| half + half * (t + 1))
+            .sum();
+        assert_eq!(c.sum(), expected, "with {} shards", c.shards());
+    }
+}
+
+#[test]
+fn try_add_below_never_passes_the_limit() {
+    const LIMIT: u64 = 10;
+    let in_flight = AtomicCounter::new(0);
+    // Incremented only after an admission and decremented before its release, so it never
+    // exceeds the counter: an independent witness that the limit held.
+    let witness = AtomicUsize::new(0);
+    let admitted = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for t in 0..COUNTER_THREADS as u64 {
+            let (in_flight, witness, admitted, refused) =
+                (&in_flight, &witness, &admitted, &refused);
+            s.spawn(move || {
+                for i in 0..COUNTER_OPS {
+                    // Requests of 1 to 4 units, varying by thread and iteration.
+                    let n = (t + i) % 4 + 1;
+                    match in_flight.try_add_below(n, LIMIT) {
+                        Ok(prev) => {
+                            assert!(prev + n <= LIMIT, "admitted {n} on top of {prev}");
+                            assert!(in_flight.get() <= LIMIT, "value passed the limit");
+                            let now = witness.fetch_add(n as usize, Ordering::SeqCst) + n as usize;
+                            assert!(now as u64 <= LIMIT, "{now} units held at once");
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            witness.fetch_sub(n as usize, Ordering::SeqCst);
+                            // We hold `n` units, so taking them back must succeed.
+                            let before = in_flight.try_sub(n);
+                            assert!(
+                                matches!(before, Ok(v) if v >= n),
+                                "release of {n} failed: {before:?}"
+                            );
+                        }
+                        Err(current) => {
+                            assert!(current + n > LIMIT, "refused {n} with only {current} held");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(in_flight.get(), 0, "every admission was released");
+    assert_eq!(
+        admitted.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed),
+        COUNTER_THREADS * COUNTER_OPS as usize
+    );
+    assert!(admitted.load(Ordering::Relaxed) > 0);
+
+    // Without releases, the value fills up to the limit and stays there.
+    let filled = AtomicCounter::new(0);
+    thread::scope(|s| {
+        for _ in 0..COUNTER_THREADS {
+            s.spawn(|| {
+                for _ in 0..COUNTER_OPS / 100 + 10 {
+                    if filled.try_add_below(3, 100).is_ok() {
+                        assert!(filled.get() <= 100, "value passed the limit");
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(filled.get(), 99, "33 admissions of 3 fit below 100");
+}
