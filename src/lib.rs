@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO (Michael & Scott), epoch reclamation | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
+//! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
 //!
 //! # Progress guarantees
 //!
@@ -15,6 +16,8 @@
 //! | `AtomicCounter::get`, `add`, `increment` | wait-free |
 //! | `AtomicCounter::sub`, `decrement`, `try_sub`, `try_add_below` | lock-free |
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
+//! | `Cache::get`, `peek`, `contains_key`, `insert`, `remove`, `compare_exchange`, `clear` | lock-free |
+//! | `Cache::get_or_insert_with` | lock-free on a hit; on a miss, waits for the caller computing the same key |
 //!
 //! # Features
 //!
@@ -24,6 +27,7 @@
 //! | `--cfg loom --cfg crossbeam_loom` | builds every primitive on loom's atomics and crossbeam-epoch's loom mode, so a downstream crate's loom models explore latchless too |
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod cache;
 pub mod counter;
 pub mod queue;
 mod sync;

@@ -10,38 +10,60 @@
 //!
 //! What we changed from the paper:
 //! - memory is reclaimed with crossbeam-epoch (Fraser's epoch-based reclamation) instead of
-//!   counted pointers and a free list: a popped sentinel is retired to the epoch and freed once
-//!   no pinned thread can still hold it, so there is no ABA and no type-stable memory;
+//!   counted pointers. Popped nodes are not handed to the epoch one by one: they stay linked
+//!   behind `head` (the *retired prefix*, from `free` up to `head`), and every
+//!   `RECYCLE_BATCH`-th pop defers one marker through the epoch that, once every thread pinned at
+//!   that time has unpinned, declares the nodes before it reusable. Pushes then take their node
+//!   from the front of the prefix instead of the allocator; the prefix beyond `RETIRED_KEEP`
+//!   nodes is handed to the epoch to be freed. Nodes are only ever reused or freed after a grace
+//!   period, so there is no ABA (see `take_free`);
 //! - each node carries its position in the queue (`seq`), written before the node is published,
 //!   which gives [`MsQueue::len`] in O(1) without a shared length counter on the hot path;
 //! - `head` and `tail` sit on separate cache lines, and failed compare-and-swaps back off.
 
-use crate::sync::{epoch, Backoff, CachePadded, Ordering, Track, UnsafeCell};
+use crate::sync::{
+    epoch, Arc, AtomicUsize, Backoff, CachePadded, Ordering, Track, UnsafeCell, UNDER_LOOM,
+};
 use core::{fmt, iter::FusedIterator, marker::PhantomData, mem::MaybeUninit, ptr};
 use epoch::{Atomic, Collector, Guard, Owned, Shared};
 
-/// One link of the list. The sentinel's `value` is uninitialised (it was moved out by the pop
-/// that made this node the sentinel, or never set for the first one); every node after the
-/// sentinel holds an initialised value.
+/// Every pop that makes a node whose position is a multiple of this the sentinel hands one
+/// reuse marker to the epoch (and flushes its thread's epoch garbage so the marker is not held
+/// back in a thread-local bag). Under loom, models pop a handful of values: the recycling paths
+/// must be reachable there.
+const RECYCLE_BATCH: usize = if UNDER_LOOM { 2 } else { 128 };
+
+/// How many retired nodes the queue keeps for reuse before it frees the excess through the
+/// epoch: enough to cover the grace period of a busy queue, small enough that a drained burst
+/// gives its memory back.
+const RETIRED_KEEP: usize = if UNDER_LOOM { 1 } else { 16 * RECYCLE_BATCH };
+
+/// One link of the list. The values of the sentinel and of the retired nodes before it are
+/// uninitialised (moved out by the pop that made the node the sentinel, or never set for the
+/// first one); every node after the sentinel holds an initialised value.
+///
+/// A node may be reused after a grace period, while a thread that read `free` before that may
+/// still read its `next` and `seq` (see `take_free`): those two are atomics, and a reused node is
+/// only ever reached through shared references.
 struct Node<T> {
-    /// Written once by the pusher before the node is published; moved out once by the pop that
+    /// Written by the pusher before the node is published; moved out once by the pop that
     /// swings `head` onto this node.
     value: UnsafeCell<MaybeUninit<T>>,
-    /// Null while this node is the last one.
+    /// Null while this node is the last one; immutable from its link until the node is reused.
     next: Atomic<Node<T>>,
-    /// This node's position: one more than its predecessor's. Written before publication,
-    /// immutable after.
-    seq: usize,
+    /// This node's position: one more than its predecessor's. Positions only grow, across reuse
+    /// too. Written before publication, immutable until the node is reused.
+    seq: AtomicUsize,
     /// Under loom, reports a node that was never freed when a model ends.
     _track: Track<()>,
 }
 
 impl<T> Node<T> {
-    fn sentinel() -> Self {
+    fn empty() -> Self {
         Self {
             value: UnsafeCell::new(MaybeUninit::uninit()),
             next: Atomic::null(),
-            seq: 0,
+            seq: AtomicUsize::new(0),
             _track: Track::new(()),
         }
     }
@@ -68,8 +90,10 @@ impl<T> Node<T> {
 ///
 /// # Memory
 ///
-/// One heap node per value. A popped node is retired to the queue's epoch [`Collector`] and freed
-/// once every thread pinned at the time has unpinned. [`MsQueue::new`] uses crossbeam-epoch's
+/// One heap node per value. Popped nodes are recycled: once every thread pinned when they were
+/// popped has unpinned (a grace period of the queue's epoch [`Collector`]), pushes reuse them
+/// instead of allocating. Up to a few thousand retired nodes are kept for reuse; beyond that they
+/// are freed through the epoch, so a drained burst gives its memory back. [`MsQueue::new`] uses crossbeam-epoch's
 /// global collector (shared with every other epoch user in the process, each thread pinning
 /// through its own cached handle); [`MsQueue::with_collector`] uses a collector of the caller's,
 /// which makes reclamation exactly accountable: once the queue and the collector drop, every node
@@ -126,6 +150,13 @@ pub struct MsQueue<T> {
     head: CachePadded<Atomic<Node<T>>>,
     /// The last node, or (while a push is between its two CASes) the one before it.
     tail: CachePadded<Atomic<Node<T>>>,
+    /// The oldest retired node not yet reused or freed: the retired prefix runs from here along
+    /// `next` up to `head` (exclusive). Equal to `head` when the prefix is empty.
+    free: CachePadded<Atomic<Node<T>>>,
+    /// Nodes whose position is below this mark were retired before a grace period that has
+    /// ended: no thread can still hold them. Raised by deferred functions, which may outlive the
+    /// queue, hence the `Arc`.
+    reusable: Arc<CachePadded<AtomicUsize>>,
     /// `None`: crossbeam-epoch's global collector, pinned through `epoch::pin`.
     collector: Option<Collector>,
     /// The queue owns `T`s (for the drop check).
@@ -183,10 +214,12 @@ impl<T> MsQueue<T> {
     fn build(collector: Option<Collector>) -> Self {
         // SAFETY: no other thread can see the queue yet, so nothing can race with this
         // conversion; the node stays reachable from `head` and `tail` until the queue drops.
-        let sentinel = Owned::new(Node::sentinel()).into_shared(unsafe { epoch::unprotected() });
+        let sentinel = Owned::new(Node::empty()).into_shared(unsafe { epoch::unprotected() });
         Self {
             head: CachePadded::new(Atomic::from(sentinel)),
             tail: CachePadded::new(Atomic::from(sentinel)),
+            free: CachePadded::new(Atomic::from(sentinel)),
+            reusable: Arc::new(CachePadded::new(AtomicUsize::new(0))),
             collector,
             _marker: PhantomData,
         }
@@ -261,19 +294,28 @@ impl<T> MsQueue<T> {
     }
 
     fn push_unchecked(&self, value: T, guard: &Guard) {
-        let mut node = Owned::new(Node {
-            value: UnsafeCell::new(MaybeUninit::new(value)),
-            next: Atomic::null(),
-            seq: 0,
-            _track: Track::new(()),
-        });
+        let node = self
+            .take_free(guard)
+            .unwrap_or_else(|| Owned::new(Node::empty()).into_shared(guard));
+        // SAFETY: `node` is this thread's alone: freshly allocated, or taken from the retired
+        // prefix after a grace period (`take_free`); it stays allocated until it is retired again.
+        let n = unsafe { node.deref() };
+        // SAFETY: nobody reads a node's value before it is published, and a reused node's old
+        // value was moved out when it became the sentinel: this write races with nothing and
+        // overwrites nothing that needs dropping.
+        n.value
+            .with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
+        // Relaxed: published by the Release link below. A stale reader of `free` may read this
+        // `next` (see `take_free`); it is an atomic for that reason.
+        n.next.store(Shared::null(), Ordering::Relaxed);
         let backoff = Backoff::new();
         loop {
             // Acquire: pairs with the Release CASes that store into `tail`, so the node it
             // points to (its `next`, its `seq`) is fully visible before we read it.
             let tail = self.tail.load(Ordering::Acquire, guard);
-            // SAFETY: `tail` was loaded under `guard`, so the epoch keeps its node allocated
-            // until `guard` drops; it is never null (there is always a sentinel).
+            // SAFETY: `tail` was loaded under `guard`, so it is neither freed nor reused until
+            // `guard` drops (it is never behind `head`, so it is retired only after this load);
+            // it is never null (there is always a sentinel).
             let t = unsafe { tail.deref() };
             // Acquire: pairs with the Release CAS that linked `next`, for the same reason.
             let next = t.next.load(Ordering::Acquire, guard);
@@ -282,8 +324,12 @@ impl<T> MsQueue<T> {
                 self.advance_tail(tail, next, guard);
                 continue;
             }
-            // The node is still ours alone: a plain write before publication.
-            node.seq = t.seq.wrapping_add(1);
+            // Relaxed: `seq` is published by the Release link below, and `t.seq` was published to
+            // us by the Acquire load of `tail`.
+            n.seq.store(
+                t.seq.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
             // Release: publishes the node's value and fields; pairs with the Acquire loads of
             // `next` in `pop`, `push` and `len`. Relaxed on failure: we only retry, and the
             // retry reloads `tail` with Acquire.
@@ -294,17 +340,95 @@ impl<T> MsQueue<T> {
                 Ordering::Relaxed,
                 guard,
             ) {
-                Ok(linked) => {
+                Ok(_) => {
                     // Best effort: if it fails, another thread already swung `tail` past.
-                    self.advance_tail(tail, linked, guard);
+                    self.advance_tail(tail, node, guard);
                     return;
                 }
-                Err(e) => {
-                    node = e.new;
-                    backoff.spin();
-                }
+                Err(_) => backoff.spin(),
             }
         }
+    }
+
+    /// Takes the oldest retired node off the prefix if a grace period has passed since it was
+    /// retired; the node is then the caller's alone.
+    ///
+    /// Why there is no ABA on `free`: between our load of `free` and our compare-and-swap, the
+    /// node we saw may be taken by another thread and reused, but it cannot come back to the front
+    /// of the prefix while we stay pinned. To get there it would be retired again, at a position
+    /// past today's `tail`, and `free` would have to advance to it through its predecessor, whose
+    /// position is then at least that of the tail we were pinned with. Only a reuse mark above it
+    /// would let `free` pass it, and such a mark comes from a deferred function created after we
+    /// pinned, which cannot run before we unpin. So a successful compare-and-swap means the node
+    /// we checked is the one we took.
+    fn take_free<'g>(&self, guard: &'g Guard) -> Option<Shared<'g, Node<T>>> {
+        // Acquire: pairs with the Release `fetch_max` of the deferred marker, which ran after every
+        // thread that could hold the nodes below the mark had unpinned; our writes to a taken
+        // node therefore come after all of their reads.
+        let mark = self.reusable.load(Ordering::Acquire);
+        let backoff = Backoff::new();
+        loop {
+            // Acquire: pairs with the Release CAS below (and the link that published the node),
+            // so the node's fields are visible.
+            let free = self.free.load(Ordering::Acquire, guard);
+            // SAFETY: `free` was loaded under `guard`: a node of the prefix is freed only through
+            // the epoch (`trim`), so it stays allocated until `guard` drops; never null (it is at
+            // worst `head`).
+            let f = unsafe { free.deref() };
+            // Relaxed: the position is only compared; if the node was reused meanwhile, it reads
+            // larger, and we allocate instead (or our compare-and-swap fails).
+            if f.seq.load(Ordering::Relaxed) >= mark {
+                return None;
+            }
+            // Acquire: pairs with the Release link of the next node, whose fields the next taker
+            // reads after loading `free`.
+            let next = f.next.load(Ordering::Acquire, guard);
+            if next.is_null() {
+                // Taken and reset by another thread: `free` has moved on.
+                backoff.spin();
+                continue;
+            }
+            // Release: passes the next node's publication on to the next taker's Acquire load.
+            // Relaxed on failure: we retry from a fresh Acquire load.
+            match self.free.compare_exchange(
+                free,
+                next,
+                Ordering::Release,
+                Ordering::Relaxed,
+                guard,
+            ) {
+                Ok(_) => return Some(free),
+                Err(_) => backoff.spin(),
+            }
+        }
+    }
+
+    /// Hands the reuse marker for the nodes before position `mark` (all retired: `head` is at
+    /// `mark`) to the epoch, and frees the prefix beyond `RETIRED_KEEP` nodes through it.
+    #[cold]
+    fn recycle(&self, mark: usize, guard: &Guard) {
+        let reusable = Arc::clone(&self.reusable);
+        // Release: pairs with the Acquire load in `take_free`; the epoch runs this only after
+        // every thread pinned now has unpinned.
+        guard.defer(move || reusable.fetch_max(mark, Ordering::Release));
+        // Acquire: as in `take_free`.
+        let free = self.free.load(Ordering::Acquire, guard);
+        // SAFETY: as in `take_free`.
+        let first = unsafe { free.deref() }.seq.load(Ordering::Relaxed);
+        let mut excess = mark.saturating_sub(first).saturating_sub(RETIRED_KEEP);
+        while excess > 0 {
+            let Some(node) = self.take_free(guard) else {
+                break;
+            };
+            // SAFETY: `take_free` made the node ours: it is unreachable from the queue, and
+            // threads that read it from `free` before are pinned, so the epoch frees it only after
+            // they unpin. Its value was moved out when it became a sentinel.
+            unsafe { guard.defer_destroy(node) };
+            excess -= 1;
+        }
+        // Seal this thread's epoch garbage now, so the marker does not wait in a thread-local
+        // bag for 64 more deferred functions.
+        guard.flush();
     }
 
     /// Swings `tail` from `from` to `to` if it still points at `from`.
@@ -400,11 +524,12 @@ impl<T> MsQueue<T> {
                     // Acquire load of `next`); no other pop can win the same swing, and the
                     // sentinel's value is never read again, so it is moved out exactly once.
                     let value = n.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
-                    // SAFETY: `head` is now unreachable from the queue (`head` moved past it and
-                    // `tail` was swung past it above), so no thread can load it anew; threads
-                    // that loaded it earlier are pinned, and the epoch frees it only after they
-                    // unpin. Its value was moved out when it became the sentinel.
-                    unsafe { guard.defer_destroy(head) };
+                    // The old sentinel stays in the retired prefix. Relaxed: published to us by
+                    // the Acquire load of `next`.
+                    let position = n.seq.load(Ordering::Relaxed);
+                    if position % RECYCLE_BATCH == 0 {
+                        self.recycle(position, guard);
+                    }
                     return Some(value);
                 }
                 Err(_) => backoff.spin(),
@@ -413,7 +538,7 @@ impl<T> MsQueue<T> {
     }
 
     /// Pops through exclusive access: no other thread can be inside an operation, so no pin is
-    /// needed and the old sentinel is freed at once instead of being retired to the epoch.
+    /// needed, and the retired prefix is freed at once instead of through the epoch.
     fn pop_exclusive(&mut self) -> Option<T> {
         // SAFETY: `&mut self`: no other thread can reach the queue, so no node of the list can be
         // freed or changed under us while we walk it.
@@ -434,12 +559,28 @@ impl<T> MsQueue<T> {
         if self.tail.load(Ordering::Relaxed, guard) == head {
             self.tail.store(next, Ordering::Relaxed);
         }
-        // SAFETY: the old sentinel is now unreachable from the queue, and no other thread can
-        // hold a reference to it: any operation that loaded it has returned before `&mut self`
-        // was taken, and a guard held by a thread that no longer runs a queue operation does not
-        // dereference queue nodes. Its value was moved out when it became the sentinel.
-        drop(unsafe { head.into_owned() });
+        self.free_prefix_exclusive();
         Some(value)
+    }
+
+    /// Frees the retired prefix through exclusive access.
+    fn free_prefix_exclusive(&mut self) {
+        // SAFETY: `&mut self`, as in `pop_exclusive`.
+        let guard = unsafe { epoch::unprotected() };
+        // Relaxed: exclusive access, as in `pop_exclusive`.
+        let head = self.head.load(Ordering::Relaxed, guard);
+        let mut cur = self.free.load(Ordering::Relaxed, guard);
+        while cur != head {
+            // SAFETY: `cur` is a retired node before `head`: unreachable from `head` and `tail`,
+            // taken by no push (it is still in the prefix), and no other thread can hold it: any
+            // operation that loaded it has returned before `&mut self` was taken, and a guard held
+            // by a thread that runs no queue operation does not dereference queue nodes. Its value
+            // was moved out. Freed exactly once: `free` moves past it below.
+            let node = unsafe { cur.into_owned() };
+            cur = node.next.load(Ordering::Relaxed, guard);
+            drop(node);
+        }
+        self.free.store(head, Ordering::Relaxed);
     }
 
     /// Returns `true` if the queue held no value at the moment of the check. Lock-free.
@@ -482,28 +623,56 @@ impl<T> MsQueue<T> {
     /// assert_eq!(q.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        let guard = self.pin();
+        self.len_unchecked(&self.pin())
+    }
+
+    /// [`len`](Self::len) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the queue's collector (the global one for [`MsQueue::new`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::queue::MsQueue;
+    ///
+    /// let q = MsQueue::new();
+    /// let guard = crossbeam_epoch::pin();
+    /// q.push_with_guard('a', &guard);
+    /// assert_eq!(q.len_with_guard(&guard), 1);
+    /// ```
+    #[track_caller]
+    pub fn len_with_guard(&self, guard: &Guard) -> usize {
+        self.check_guard(guard);
+        self.len_unchecked(guard)
+    }
+
+    fn len_unchecked(&self, guard: &Guard) -> usize {
         // Acquire (both loads): pair with the Release CASes that stored these pointers, so the
         // nodes' `seq` fields are visible. `head` is read first: `tail` never falls behind
         // `head`, so the tail read afterwards is at or past it.
-        let head = self.head.load(Ordering::Acquire, &guard);
-        let mut tail = self.tail.load(Ordering::Acquire, &guard);
+        let head = self.head.load(Ordering::Acquire, guard);
+        let mut tail = self.tail.load(Ordering::Acquire, guard);
         loop {
-            // SAFETY: loaded under `guard`: allocated until it drops; never null.
+            // SAFETY: loaded under `guard`: neither freed nor reused until it drops; never null.
             let t = unsafe { tail.deref() };
             // Acquire: pairs with the Release link in `push`, so the next node's `seq` is
             // visible. `tail` lags by at most one link per pusher in flight: this walk is short.
-            let next = t.next.load(Ordering::Acquire, &guard);
+            let next = t.next.load(Ordering::Acquire, guard);
             if next.is_null() {
                 break;
             }
             tail = next;
         }
-        // SAFETY: loaded under `guard`: allocated until it drops; never null.
+        // SAFETY: loaded under `guard`: neither freed nor reused until it drops; never null.
         let t = unsafe { tail.deref() };
         // SAFETY: as for `t`.
         let h = unsafe { head.deref() };
-        t.seq.wrapping_sub(h.seq)
+        // Relaxed: both positions were published to us by the Acquire loads above.
+        t.seq
+            .load(Ordering::Relaxed)
+            .wrapping_sub(h.seq.load(Ordering::Relaxed))
     }
 
     /// Pops every value, front to back, through a mutable borrow: no other thread can push
@@ -553,16 +722,16 @@ impl<T> fmt::Debug for MsQueue<T> {
 
 impl<T> Drop for MsQueue<T> {
     fn drop(&mut self) {
+        self.free_prefix_exclusive();
         // SAFETY: `&mut self`: no other thread can reach the queue, so nothing races with this
-        // walk and no thread can still be reading the nodes still linked (popped nodes were
-        // retired to the epoch and are not in the list any more).
+        // walk and no thread can still be reading the nodes still linked.
         let guard = unsafe { epoch::unprotected() };
         // Relaxed: `&mut self` means we are synchronised with every past user of the queue.
         let mut cur = self.head.load(Ordering::Relaxed, guard);
         let mut is_sentinel = true;
         while !cur.is_null() {
-            // SAFETY: `cur` is a node of the list, owned by the queue alone (see above) and
-            // freed exactly once, here; `next` is read before it is freed.
+            // SAFETY: `cur` is the sentinel or a node after it, owned by the queue alone (see
+            // above) and freed exactly once, here; `next` is read before it is freed.
             let node = unsafe { cur.into_owned() };
             let next = node.next.load(Ordering::Relaxed, guard);
             if !is_sentinel {

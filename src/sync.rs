@@ -18,12 +18,22 @@
 //!   every model thread on one OS thread, so std's thread-locals cannot tell them apart.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::{alloc::Track, cell::UnsafeCell};
+pub(crate) use loom::{
+    alloc::Track,
+    cell::UnsafeCell,
+    sync::{Arc, Condvar, Mutex},
+};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex};
+
+/// Whether the crate runs under loom, for the few tuning constants that must be tiny there so
+/// that a model of a handful of operations still reaches the code paths they gate.
+pub(crate) const UNDER_LOOM: bool = cfg!(loom);
 
 pub(crate) use crossbeam_epoch as epoch;
 pub(crate) use crossbeam_utils::{Backoff, CachePadded};

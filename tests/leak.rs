@@ -366,13 +366,14 @@ fn into_iter_and_drain_free_everything() {
 #[test]
 fn global_collector_growth_stays_bounded() {
     // The global collector is shared with the whole process and never dropped, so it may keep a
-    // few bags of garbage (and this thread's handle) for good: check only that the live heap
-    // does not grow with the work done. A queue leaking its nodes would grow by 1,000 blocks per
-    // round. No measured section of the other tests pins the global collector, so these
+    // few bags of garbage (and this thread's handle) for good; and a live queue keeps up to
+    // 2,048 popped nodes for reuse by design. Check only that the live heap does not grow with
+    // the work done: a queue leaking its nodes, or failing to reuse them, would grow by 1,000
+    // blocks per round and pass the bound within three rounds. No measured section of the other tests pins the global collector, so these
     // leftovers cannot be freed in the middle of theirs.
     const ROUNDS: usize = 20;
     const PER_ROUND: usize = 1_000;
-    const BOUND: isize = 100;
+    const BOUND: isize = 2_048 + 100;
     let m = Measure::start();
     let q = MsQueue::new();
     let mut peak = 0;

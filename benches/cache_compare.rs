@@ -1,0 +1,943 @@
+//! Comparison harness for [`latchless::cache::Cache`] against the caches a user would pick
+//! instead: `moka::sync::Cache`, `quick_cache::sync::Cache` and `lru::LruCache` (behind a
+//! `Mutex` when threads share it). It prints two reports as markdown on stdout, under a line
+//! describing the machine; progress goes to stderr.
+//!
+//! **Hit ratio** (deterministic: fixed seeds, and every contender hashes with
+//! `BuildHasherDefault<DefaultHasher>`, so two runs print the same table). Each workload is
+//! replayed on one thread, in order, on a fresh cache per contender: `get(k)`, and on a miss
+//! `insert(k, v)`; hit ratio = hits / requests, cold misses included. Workloads:
+//!
+//! - `zipf_0.99`: Zipf(0.99) over 100,000 keys, 1,000,000 requests, at capacities 1,000 (1%)
+//!   and 10,000 (10%);
+//! - the ARC traces in `../shared/traces` (format in its README): `OLTP` at 1,000 and 10,000
+//!   entries, `P3` and `P6` at 32,768 and 131,072 entries. If the directory is missing, a line
+//!   says the traces were skipped and why.
+//!
+//! How each contender is driven:
+//!
+//! - latchless: `Cache::builder(capacity).hasher(..).build()`;
+//! - moka: `Cache::builder().max_capacity(capacity).build_with_hasher(..)`. moka applies reads,
+//!   admission and eviction later, in batches; the replay calls `run_pending_tasks()` after every
+//!   insert, so each request sees a cache of the stated capacity whose policy has seen every
+//!   earlier request, in order (without it, moka holds up to a write-log's worth of entries more
+//!   than its capacity between batches);
+//! - quick_cache: `Cache::with_options` with the capacity as both item estimate and weight
+//!   capacity and 8 shards (what its default picks on a 2-CPU machine), fixed so that the table
+//!   does not depend on the machine;
+//! - lru: a plain `LruCache` (exact LRU). Its OLTP figures must read 32.83% and 60.70% (the
+//!   traces' README): a check on the trace loader and on the replay.
+//!
+//! Every hit's value is checked against the key's, and latchless's own `stats()` against the
+//! replay's counts.
+//!
+//! **Throughput**, interleaved as in `benches/compare.rs`: R rounds (`LATCHLESS_BENCH_ROUNDS`,
+//! default 9, at least 7); each round runs every contender once, in an order rotated from round
+//! to round. Scenarios: `cache/get_insert_90_10/{1t,2t}` (90% `get`, 10% `insert`) and
+//! `cache/get_100/{1t,2t}` (`get` only), keys from Zipf(0.99) over 100,000 keys, capacity
+//! 10,000. Each run builds a fresh cache with default settings (random hashers), prefills it with
+//! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
+//! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
+//! `insert`; `LATCHLESS_BENCH_OPS` ops per run, shared by the threads. It prints, per scenario
+//! and contender, the median over the rounds of wall-clock Mops/s and of Mops per CPU-second of
+//! the worker threads (`CLOCK_THREAD_CPUTIME_ID`), each with its ratio to quick_cache's median;
+//! "busy CPUs" (worker CPU time over wall time), the range of the wall-clock figures, and the
+//! share of `get`s that hit (median).
+//!
+//! ```text
+//! cargo bench --bench cache_compare                  # both reports
+//! cargo bench --bench cache_compare -- hit_ratio     # sections whose name contains "hit_ratio"
+//! cargo bench --bench cache_compare -- cache/get_100
+//! LATCHLESS_HIT_REQUESTS=200000 LATCHLESS_BENCH_ROUNDS=7 LATCHLESS_BENCH_OPS=500000 \
+//!     cargo bench --bench cache_compare              # a quick run
+//! ```
+//!
+//! Environment:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `LATCHLESS_HIT_REQUESTS` | (none) | at most this many requests per hit-ratio workload (Zipf: 1,000,000 by default; traces: whole) |
+//! | `LATCHLESS_BENCH_ROUNDS` | 9 | throughput rounds per scenario (raised to 7 if lower) |
+//! | `LATCHLESS_BENCH_OPS` | 2000000 | ops per throughput run, shared by the threads |
+//! | `LATCHLESS_BENCH_FILTER` | (none) | substring filter on section names, like the first argument |
+//!
+//! Run without `--bench` (as `cargo test --benches` does), it only smoke-tests both reports with
+//! a few thousand requests and ops and one round.
+
+use latchless::cache::Cache;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hint::black_box;
+use std::io::{self, BufRead, BufReader};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Keys drawn by the Zipf workloads: `0..ZIPF_KEYS`, key `r - 1` being the `r`-th most frequent.
+const ZIPF_KEYS: u64 = 100_000;
+/// The Zipf exponent.
+const ZIPF_S: f64 = 0.99;
+/// Requests of the Zipf hit-ratio workload.
+const ZIPF_REQUESTS: usize = 1_000_000;
+/// Capacity of the throughput scenarios.
+const THROUGHPUT_CAPACITY: u64 = 10_000;
+/// Share of inserts in the mixed throughput scenarios, in percent.
+const INSERT_PERCENT: u64 = 10;
+/// Marks an op of a throughput stream as an insert; the key is in the low bits.
+const INSERT_BIT: u64 = 1 << 63;
+/// quick_cache's shard count in the hit-ratio replays (its default on a 2-CPU machine).
+const QUICK_CACHE_SHARDS: usize = 8;
+/// A pinned latchless worker repins its guard after this many operations.
+const REPIN_EVERY: u32 = 64;
+
+/// The hasher of the hit-ratio replays: SipHash-1-3 with fixed keys, so runs are reproducible.
+type FixedState = BuildHasherDefault<DefaultHasher>;
+
+/// The value stored for `key`, so that a hit can be checked.
+fn value_of(key: u64) -> u64 {
+    key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
+}
+
+// ----------------------------------------------------------------------------------------------
+// Workloads
+// ----------------------------------------------------------------------------------------------
+
+/// `len` keys drawn from Zipf(`ZIPF_S`) over `0..ZIPF_KEYS`, from a generator seeded with `seed`.
+fn zipf_keys(len: usize, seed: u64) -> Vec<u64> {
+    let zipf = Zipf::new(ZIPF_KEYS as f64, ZIPF_S).expect("valid Zipf parameters");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    // The sample is an integer-valued float in `1..=ZIPF_KEYS`.
+    (0..len).map(|_| zipf.sample(&mut rng) as u64 - 1).collect()
+}
+
+/// Reads a zstd-compressed ARC trace: one request per line, `start n ignored request_no`, each
+/// expanded into the `n` keys `start..start + n`. Stops after `max` keys.
+fn load_trace(path: &Path, max: usize) -> io::Result<Vec<u64>> {
+    let reader = BufReader::new(zstd::stream::read::Decoder::new(File::open(path)?)?);
+    let bad = |line_no: usize, what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}:{}: {what}", path.display(), line_no + 1),
+        )
+    };
+    let mut keys = Vec::new();
+    for (line_no, line) in reader.lines().enumerate() {
+        let line = line?;
+        let mut fields = line.split_whitespace();
+        let Some(start) = fields.next() else {
+            continue; // a blank line
+        };
+        let start: u64 = start.parse().map_err(|_| bad(line_no, "bad start block"))?;
+        let n: u64 = fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| bad(line_no, "bad block count"))?;
+        for key in start..start + n {
+            if keys.len() == max {
+                return Ok(keys);
+            }
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// The traces' directory, beside the crate.
+fn traces_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/traces"))
+}
+
+// ----------------------------------------------------------------------------------------------
+// Hit ratio
+// ----------------------------------------------------------------------------------------------
+
+/// Replays `keys` on a fresh contender of `capacity` entries; returns the hits.
+type Replay = fn(u64, &[u64]) -> u64;
+
+/// Counts a hit after checking its value.
+fn hit(key: u64, value: u64, contender: &str) -> u64 {
+    assert_eq!(
+        value,
+        value_of(key),
+        "{contender}: wrong value for key {key}"
+    );
+    1
+}
+
+fn replay_latchless(capacity: u64, keys: &[u64]) -> u64 {
+    let cache = Cache::builder(capacity)
+        .hasher(FixedState::default())
+        .build();
+    let mut hits = 0;
+    for &k in keys {
+        match cache.get(&k) {
+            Some(v) => hits += hit(k, v, "latchless"),
+            None => {
+                cache.insert(k, value_of(k));
+            }
+        }
+    }
+    let s = cache.stats();
+    assert_eq!(
+        (s.hits, s.misses),
+        (hits, keys.len() as u64 - hits),
+        "latchless: stats() disagree with the replay"
+    );
+    assert!(
+        cache.len() as u64 <= capacity,
+        "latchless: {} entries in a cache of {capacity}",
+        cache.len()
+    );
+    hits
+}
+
+fn replay_moka(capacity: u64, keys: &[u64]) -> u64 {
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(capacity)
+        .build_with_hasher(FixedState::default());
+    let mut hits = 0;
+    for &k in keys {
+        match cache.get(&k) {
+            Some(v) => hits += hit(k, v, "moka"),
+            None => {
+                cache.insert(k, value_of(k));
+                // Apply the recorded reads, then this insert's admission and eviction, now.
+                cache.run_pending_tasks();
+            }
+        }
+    }
+    assert!(cache.entry_count() <= capacity, "moka: over capacity");
+    hits
+}
+
+fn replay_quick_cache(capacity: u64, keys: &[u64]) -> u64 {
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(usize::try_from(capacity).expect("capacity fits usize"))
+        .weight_capacity(capacity)
+        .shards(QUICK_CACHE_SHARDS)
+        .build()
+        .expect("valid quick_cache options");
+    let cache = quick_cache::sync::Cache::with_options(
+        options,
+        quick_cache::UnitWeighter,
+        FixedState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    );
+    let mut hits = 0;
+    for &k in keys {
+        match cache.get(&k) {
+            Some(v) => hits += hit(k, v, "quick_cache"),
+            None => cache.insert(k, value_of(k)),
+        }
+    }
+    hits
+}
+
+fn replay_lru(capacity: u64, keys: &[u64]) -> u64 {
+    let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
+        .expect("a positive capacity");
+    let mut cache = lru::LruCache::with_hasher(cap, FixedState::default());
+    let mut hits = 0;
+    for &k in keys {
+        match cache.get(&k) {
+            Some(&v) => hits += hit(k, v, "lru"),
+            None => {
+                cache.put(k, value_of(k));
+            }
+        }
+    }
+    hits
+}
+
+/// The hit-ratio contenders; the first is latchless, compared with the best of the others.
+const REPLAYS: [(&str, Replay); 4] = [
+    ("latchless", replay_latchless),
+    ("moka", replay_moka),
+    ("quick_cache", replay_quick_cache),
+    ("lru (exact LRU)", replay_lru),
+];
+
+/// A hit-ratio workload: its name, its keys, and the capacities it is replayed at.
+struct Workload {
+    name: String,
+    keys: Vec<u64>,
+    capacities: &'static [u64],
+}
+
+/// The hit-ratio workloads, each limited to `max` requests (Zipf: `zipf_requests`), with a note
+/// for each trace that could not be read.
+fn workloads(zipf_requests: usize, max: usize, filter: &str) -> (Vec<Workload>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    let zipf_name = "hit_ratio/zipf_0.99".to_owned();
+    if zipf_name.contains(filter) {
+        out.push(Workload {
+            name: zipf_name,
+            keys: zipf_keys(zipf_requests.min(max), 0x5EED_0001),
+            capacities: &[1_000, 10_000],
+        });
+    }
+    let traces: [(&str, &'static [u64]); 3] = [
+        ("OLTP", &[1_000, 10_000]),
+        ("P3", &[32_768, 131_072]),
+        ("P6", &[32_768, 131_072]),
+    ];
+    let dir = traces_dir();
+    let wanted: Vec<_> = traces
+        .iter()
+        .filter(|(t, _)| format!("hit_ratio/{t}").contains(filter))
+        .collect();
+    if wanted.is_empty() {
+        return (out, notes);
+    }
+    if !dir.is_dir() {
+        notes.push(format!(
+            "traces skipped: {} is not a directory (it comes with the project's shared/ folder)",
+            dir.display()
+        ));
+        return (out, notes);
+    }
+    for &&(trace, capacities) in &wanted {
+        let path = dir.join(format!("{trace}.lis.zst"));
+        eprint!("loading {}... ", path.display());
+        match load_trace(&path, max) {
+            Ok(keys) => {
+                eprintln!("{} requests", keys.len());
+                out.push(Workload {
+                    name: format!("hit_ratio/{trace}"),
+                    keys,
+                    capacities,
+                });
+            }
+            Err(e) => {
+                eprintln!("failed");
+                notes.push(format!("trace {trace} skipped: {e}"));
+            }
+        }
+    }
+    (out, notes)
+}
+
+/// Distinct keys in `keys`.
+fn distinct(keys: &[u64]) -> usize {
+    let mut v = keys.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v.len()
+}
+
+/// Replays every workload on every contender and returns the table.
+fn hit_ratio_report(workloads: &[Workload]) -> String {
+    let mut out = String::from(
+        "| workload | requests | distinct keys | capacity | latchless | moka | quick_cache | lru (exact LRU) | latchless − best peer (points) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for w in workloads {
+        let requests = w.keys.len();
+        let unique = distinct(&w.keys);
+        for &capacity in w.capacities {
+            let ratios: Vec<f64> = REPLAYS
+                .iter()
+                .map(|&(name, replay)| {
+                    eprint!("\r{} @ {capacity}: {name}                ", w.name);
+                    let hits = replay(capacity, &w.keys);
+                    100.0 * hits as f64 / requests.max(1) as f64
+                })
+                .collect();
+            eprintln!();
+            let best_peer = ratios[1..]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            let _ = writeln!(
+                out,
+                "| {} | {requests} | {unique} | {capacity} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:+.2} |",
+                w.name.trim_start_matches("hit_ratio/"),
+                ratios[0],
+                ratios[1],
+                ratios[2],
+                ratios[3],
+                ratios[0] - best_peer,
+            );
+        }
+    }
+    out
+}
+
+// ----------------------------------------------------------------------------------------------
+// Throughput: measuring one run (as in benches/compare.rs)
+// ----------------------------------------------------------------------------------------------
+
+/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
+#[cfg(unix)]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` only writes one `timespec` through the pointer, and `ts` is a live,
+    // writable, properly aligned `timespec` owned by this frame for the whole call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// What one run measured.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// From the first worker's start to the last one's end.
+    wall: Duration,
+    /// CPU time of the worker threads, summed; `None` without a per-thread CPU clock.
+    cpu: Option<Duration>,
+    /// `get`s that hit, and all `get`s, over the workers.
+    hits: u64,
+    gets: u64,
+}
+
+/// A worker's body; returns its `(hits, gets)`.
+type Job<'env> = Box<dyn FnOnce() -> (u64, u64) + Send + 'env>;
+
+/// Runs `jobs` on one thread each, released together by a barrier, and returns what was
+/// measured. A worker's panic is re-raised here. Wall time runs from the first worker's start to
+/// the last worker's end, both read by the workers themselves.
+fn run_workers(jobs: Vec<Job<'_>>) -> Sample {
+    let barrier = Barrier::new(jobs.len());
+    thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let cpu_start = thread_cpu_time();
+                    let start = Instant::now();
+                    let counts = job();
+                    let end = Instant::now();
+                    let cpu = thread_cpu_time()
+                        .zip(cpu_start)
+                        .map(|(end, start)| end - start);
+                    (start, end, cpu, counts)
+                })
+            })
+            .collect();
+        let mut first_start: Option<Instant> = None;
+        let mut last_end: Option<Instant> = None;
+        let mut cpu = Some(Duration::ZERO);
+        let (mut hits, mut gets) = (0, 0);
+        for h in handles {
+            let (start, end, c, (h, g)) = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            first_start = Some(first_start.map_or(start, |f| f.min(start)));
+            last_end = Some(last_end.map_or(end, |l| l.max(end)));
+            cpu = cpu.zip(c).map(|(a, b)| a + b);
+            hits += h;
+            gets += g;
+        }
+        let wall = last_end
+            .zip(first_start)
+            .map_or(Duration::ZERO, |(end, start)| end - start);
+        Sample {
+            wall,
+            cpu,
+            hits,
+            gets,
+        }
+    })
+}
+
+// ----------------------------------------------------------------------------------------------
+// Throughput contenders
+// ----------------------------------------------------------------------------------------------
+
+/// A cache under test, seen through per-thread state so that a contender that profits from
+/// per-thread setup (a pinned epoch guard) can use it.
+trait BenchCache: Sync {
+    /// Per-thread state, made on the worker thread.
+    type Local;
+    /// A cache of `capacity` entries with the library's default settings.
+    fn make(capacity: u64) -> Self;
+    fn local(&self) -> Self::Local;
+    fn get(&self, local: &mut Self::Local, key: u64) -> Option<u64>;
+    fn insert(&self, local: &mut Self::Local, key: u64, value: u64);
+    /// Brings the cache to a steady state after the prefill (moka: apply pending evictions).
+    fn settle(&self) {}
+}
+
+impl BenchCache for Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Cache::new(capacity)
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        Cache::insert(self, key, value);
+    }
+}
+
+/// latchless's `Cache` driven through `get_with_guard`/`insert_with_guard`, each worker holding
+/// one guard and repinning it every [`REPIN_EVERY`] operations.
+struct LatchlessPinned(Cache<u64, u64>);
+
+/// A worker's guard and its operations since the last repin.
+struct PinnedLocal {
+    guard: crossbeam_epoch::Guard,
+    ops: u32,
+}
+
+impl PinnedLocal {
+    fn tick(&mut self) -> &crossbeam_epoch::Guard {
+        self.ops += 1;
+        if self.ops == REPIN_EVERY {
+            self.ops = 0;
+            self.guard.repin();
+        }
+        &self.guard
+    }
+}
+
+impl BenchCache for LatchlessPinned {
+    type Local = PinnedLocal;
+    fn make(capacity: u64) -> Self {
+        Self(Cache::new(capacity))
+    }
+    fn local(&self) -> PinnedLocal {
+        PinnedLocal {
+            guard: crossbeam_epoch::pin(),
+            ops: 0,
+        }
+    }
+    fn get(&self, local: &mut PinnedLocal, key: u64) -> Option<u64> {
+        self.0.get_with_guard(&key, local.tick())
+    }
+    fn insert(&self, local: &mut PinnedLocal, key: u64, value: u64) {
+        self.0.insert_with_guard(key, value, local.tick());
+    }
+}
+
+impl BenchCache for moka::sync::Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        moka::sync::Cache::new(capacity)
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        moka::sync::Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        moka::sync::Cache::insert(self, key, value);
+    }
+    fn settle(&self) {
+        self.run_pending_tasks();
+    }
+}
+
+impl BenchCache for quick_cache::sync::Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        quick_cache::sync::Cache::new(usize::try_from(capacity).expect("capacity fits usize"))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        quick_cache::sync::Cache::insert(self, key, value);
+    }
+}
+
+impl BenchCache for Mutex<lru::LruCache<u64, u64>> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
+            .expect("a positive capacity");
+        Mutex::new(lru::LruCache::new(cap))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.lock().unwrap().get(&key).copied()
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.lock().unwrap().put(key, value);
+    }
+}
+
+/// Runs `ops` (keys, with [`INSERT_BIT`] on inserts) against `cache`; returns `(hits, gets)`.
+fn work<C: BenchCache>(cache: &C, ops: &[u64]) -> (u64, u64) {
+    let mut local = cache.local();
+    let (mut hits, mut gets) = (0u64, 0u64);
+    for &op in ops {
+        let key = op & !INSERT_BIT;
+        if op & INSERT_BIT == 0 {
+            gets += 1;
+            if let Some(v) = black_box(cache.get(&mut local, key)) {
+                // Every contender pays this compare alike; a wrong value is a bug, not noise.
+                assert!(v == value_of(key), "wrong value for key {key}");
+                hits += 1;
+            }
+        } else {
+            cache.insert(&mut local, key, value_of(key));
+        }
+    }
+    (hits, gets)
+}
+
+/// One measured run: a fresh, prefilled cache, one worker per stream.
+fn run_cache<C: BenchCache>(streams: &[Vec<u64>]) -> Sample {
+    let cache = C::make(THROUGHPUT_CAPACITY);
+    {
+        let mut local = cache.local();
+        // The most frequent keys: the steady state of a warm cache.
+        for key in 0..THROUGHPUT_CAPACITY {
+            cache.insert(&mut local, key, value_of(key));
+        }
+    }
+    cache.settle();
+    let cache = &cache;
+    let jobs: Vec<Job<'_>> = streams
+        .iter()
+        .map(|ops| Box::new(move || work(cache, ops)) as Job<'_>)
+        .collect();
+    run_workers(jobs)
+}
+
+/// `len` throughput ops for one thread: Zipf keys, `insert_percent`% of them inserts.
+fn op_stream(len: usize, insert_percent: u64, seed: u64) -> Vec<u64> {
+    let mut keys = zipf_keys(len, seed);
+    // Which ops insert: a separate generator, so the key stream is the same in every scenario.
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xA5A5_A5A5);
+    for k in &mut keys {
+        if rand::RngExt::random_range(&mut rng, 0..100) < insert_percent {
+            *k |= INSERT_BIT;
+        }
+    }
+    keys
+}
+
+// ----------------------------------------------------------------------------------------------
+// Throughput scenarios, statistics and report
+// ----------------------------------------------------------------------------------------------
+
+/// One contender: a name and a function running one measured run.
+#[derive(Clone, Copy)]
+struct Contender {
+    name: &'static str,
+    run: fn(&[Vec<u64>]) -> Sample,
+}
+
+/// The contender the ratios are taken against.
+const BASELINE: &str = "quick_cache::sync::Cache";
+
+fn contenders() -> Vec<Contender> {
+    vec![
+        Contender {
+            name: "latchless Cache",
+            run: run_cache::<Cache<u64, u64>>,
+        },
+        Contender {
+            name: "latchless Cache (guard, repin/64)",
+            run: run_cache::<LatchlessPinned>,
+        },
+        Contender {
+            name: "moka::sync::Cache",
+            run: run_cache::<moka::sync::Cache<u64, u64>>,
+        },
+        Contender {
+            name: BASELINE,
+            run: run_cache::<quick_cache::sync::Cache<u64, u64>>,
+        },
+        Contender {
+            name: "Mutex<lru::LruCache>",
+            run: run_cache::<Mutex<lru::LruCache<u64, u64>>>,
+        },
+    ]
+}
+
+/// A throughput workload.
+struct Scenario {
+    name: &'static str,
+    threads: u64,
+    insert_percent: u64,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "cache/get_insert_90_10/1t",
+        threads: 1,
+        insert_percent: INSERT_PERCENT,
+    },
+    Scenario {
+        name: "cache/get_insert_90_10/2t",
+        threads: 2,
+        insert_percent: INSERT_PERCENT,
+    },
+    Scenario {
+        name: "cache/get_100/1t",
+        threads: 1,
+        insert_percent: 0,
+    },
+    Scenario {
+        name: "cache/get_100/2t",
+        threads: 2,
+        insert_percent: 0,
+    },
+];
+
+/// The median of `xs` (mean of the middle two for an even count); NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// What the rounds measured for one contender.
+#[derive(Default)]
+struct Tally {
+    wall_mops: Vec<f64>,
+    cpu_mops: Vec<f64>,
+    /// Worker CPU time over wall time: how many workers ran at once, on average.
+    busy: Vec<f64>,
+    /// Percentage of `get`s that hit.
+    hit_pct: Vec<f64>,
+}
+
+impl Tally {
+    fn record(&mut self, ops: u64, s: Sample) {
+        let mops = ops as f64 / 1e6;
+        self.wall_mops.push(mops / s.wall.as_secs_f64());
+        if let Some(cpu) = s.cpu {
+            self.cpu_mops.push(mops / cpu.as_secs_f64());
+            self.busy.push(cpu.as_secs_f64() / s.wall.as_secs_f64());
+        }
+        if s.gets > 0 {
+            self.hit_pct.push(100.0 * s.hits as f64 / s.gets as f64);
+        }
+    }
+}
+
+/// Formats a ratio, or `n/a` when it is not a number.
+fn ratio(x: f64, base: f64) -> String {
+    let r = x / base;
+    if r.is_finite() {
+        format!("{r:.2}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// Formats a number with two decimals, or `n/a` when it is not a number.
+fn fixed2(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// Runs `sc` for `rounds` rounds of `ops` ops, interleaving contenders, and appends its table
+/// rows to `out`.
+fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
+    let contenders = contenders();
+    let n = contenders.len();
+    // Generated once, outside every timed region: one stream per thread, its own seed.
+    let streams: Vec<Vec<u64>> = (0..sc.threads)
+        .map(|i| {
+            let len = ops * (i + 1) / sc.threads - ops * i / sc.threads;
+            op_stream(
+                usize::try_from(len).expect("ops fit usize"),
+                sc.insert_percent,
+                0x7E57_0000 + i,
+            )
+        })
+        .collect();
+    // Warm-up, not recorded: page in the allocator's arenas and the code.
+    let warm: Vec<Vec<u64>> = streams.iter().map(|s| s[..s.len() / 4].to_vec()).collect();
+    for c in &contenders {
+        (c.run)(&warm);
+    }
+    let mut tallies: Vec<Tally> = (0..n).map(|_| Tally::default()).collect();
+    for round in 0..rounds {
+        eprint!("\r{}: round {}/{rounds}   ", sc.name, round + 1);
+        for k in 0..n {
+            let i = (round + k) % n;
+            let sample = (contenders[i].run)(&streams);
+            tallies[i].record(ops, sample);
+        }
+    }
+    eprintln!();
+    let base = contenders
+        .iter()
+        .position(|c| c.name == BASELINE)
+        .expect("the baseline is one of the contenders");
+    let base_wall = median(&tallies[base].wall_mops);
+    let base_cpu = median(&tallies[base].cpu_mops);
+    for (c, t) in contenders.iter().zip(&tallies) {
+        let wall = median(&t.wall_mops);
+        let cpu = median(&t.cpu_mops);
+        let lo = t.wall_mops.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = t
+            .wall_mops
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {}–{} | {} |",
+            sc.name,
+            c.name,
+            fixed2(wall),
+            ratio(wall, base_wall),
+            fixed2(cpu),
+            ratio(cpu, base_cpu),
+            fixed2(median(&t.busy)),
+            fixed2(lo),
+            fixed2(hi),
+            fixed2(median(&t.hit_pct)),
+        );
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Main
+// ----------------------------------------------------------------------------------------------
+
+/// The CPU model from `/proc/cpuinfo`, where there is one.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU model".to_owned())
+}
+
+/// The 1-minute load average from `/proc/loadavg`, where there is one.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// A positive integer from the environment variable `name`, if set.
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|s| match s.trim().parse::<u64>() {
+            Ok(v) if v > 0 => v,
+            _ => panic!("{name}={s:?}: expected a positive integer"),
+        })
+}
+
+fn main() {
+    // cargo bench passes `--bench`; cargo test runs bench targets without it.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench_mode = args.iter().any(|a| a == "--bench");
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .cloned()
+        .or_else(|| std::env::var("LATCHLESS_BENCH_FILTER").ok())
+        .unwrap_or_default();
+
+    let requested_rounds = env_u64("LATCHLESS_BENCH_ROUNDS").unwrap_or(9);
+    let hit_limit = env_u64("LATCHLESS_HIT_REQUESTS")
+        .map(|n| usize::try_from(n).expect("a sane number of requests"));
+    let (rounds, ops, zipf_requests, max_requests) = if bench_mode {
+        (
+            requested_rounds.max(7),
+            env_u64("LATCHLESS_BENCH_OPS").unwrap_or(2_000_000),
+            ZIPF_REQUESTS,
+            hit_limit.unwrap_or(usize::MAX),
+        )
+    } else {
+        (1, 2_000, 5_000, 5_000)
+    };
+    let rounds = usize::try_from(rounds).expect("a sane number of rounds");
+    if bench_mode && requested_rounds < 7 {
+        eprintln!("LATCHLESS_BENCH_ROUNDS={requested_rounds} raised to 7, the minimum");
+    }
+
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    if !bench_mode {
+        println!("(smoke test: no `--bench` argument, so a few thousand requests and ops and 1 round; not a measurement)");
+    }
+    println!(
+        "machine: {cpus} CPUs available (nproc), {}, load average at start {}",
+        cpu_model(),
+        load_average(),
+    );
+    let started = Instant::now();
+
+    // Hit ratio.
+    let (workloads, notes) = workloads(zipf_requests, max_requests, &filter);
+    if !workloads.is_empty() || !notes.is_empty() {
+        let limit = if max_requests == usize::MAX {
+            "traces replayed whole".to_owned()
+        } else {
+            format!("at most {max_requests} requests per workload")
+        };
+        println!(
+            "\n### Hit ratio\n\nSingle thread, sequential replay: `get(k)`, on a miss `insert(k, v)`; \
+             hit ratio = hits / requests (cold misses included). Every contender hashes with \
+             `BuildHasherDefault<DefaultHasher>`; Zipf(0.99) over {ZIPF_KEYS} keys, seed fixed; {limit}. \
+             moka: `run_pending_tasks()` after every insert; quick_cache: {QUICK_CACHE_SHARDS} shards; \
+             lru: exact LRU. Last column: latchless minus the best of the three peers, in percentage \
+             points.\n"
+        );
+        for note in &notes {
+            println!("{note}\n");
+        }
+        if !workloads.is_empty() {
+            println!("{}", hit_ratio_report(&workloads));
+        }
+    }
+
+    // Throughput.
+    let mut rows = String::new();
+    for sc in &SCENARIOS {
+        if sc.name.contains(filter.as_str()) {
+            run_scenario(sc, rounds, ops, &mut rows);
+        }
+    }
+    if !rows.is_empty() {
+        println!(
+            "\n### Throughput (baseline: {BASELINE})\n\n{rounds} round(s), contenders interleaved in \
+             an order rotated each round; {ops} ops per run shared by the threads; Zipf(0.99) keys \
+             over {ZIPF_KEYS}, capacity {THROUGHPUT_CAPACITY} prefilled with the hottest keys, \
+             default hashers; medians over rounds, ratio = contender median / baseline median.\n"
+        );
+        if thread_cpu_time().is_none() {
+            println!("(no per-thread CPU clock on this platform: the CPU columns read n/a)\n");
+        }
+        println!(
+            "| scenario | contender | wall Mops/s | ratio | Mops per CPU-s | ratio | busy CPUs | wall min–max | get hit % |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|\n{rows}"
+        );
+    }
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+}

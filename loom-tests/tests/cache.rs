@@ -1,0 +1,173 @@
+//! loom models of `Cache`: races between inserts, reads, removals, compare-and-swaps and
+//! evictions, on tiny capacities. Each model builds its own `Collector` and pins one handle per
+//! thread; every entry is a `Track`ed allocation under loom, so an entry never freed fails the
+//! model, and values carry their key so a torn or misplaced read shows. Times and iteration
+//! counts are for `--release` at `LOOM_MAX_PREEMPTIONS=2` on the 2-core CI machine.
+#![cfg(loom)]
+
+use crossbeam_epoch::Collector;
+use latchless::cache::Cache;
+use loom::sync::Arc;
+use loom::thread;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
+
+type Hasher = BuildHasherDefault<DefaultHasher>;
+
+/// A cache of `capacity` on a fresh collector, with a fixed hasher (loom explores one hash
+/// layout; the index's behaviour does not depend on which).
+fn cache(capacity: u64, collector: &Collector) -> Arc<Cache<u8, (u8, u8), Hasher>> {
+    Arc::new(
+        Cache::builder(capacity)
+            .hasher(Hasher::default())
+            .estimated_entries(2)
+            .collector(collector.clone())
+            .build(),
+    )
+}
+
+/// Two threads insert the same key: one value wins; the other insert either returned the
+/// winner's value (it replaced it) or was itself replaced; never are both kept.
+#[test]
+fn insert_races_insert_same_key() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let c = cache(4, &collector);
+        let other = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.insert_with_guard(1, (1, 2), &h.pin())
+            })
+        };
+        let h = collector.register();
+        let mine = c.insert_with_guard(1, (1, 1), &h.pin());
+        let theirs = other.join().unwrap();
+        let kept = c.get_with_guard(&1, &h.pin()).expect("one value is kept");
+        match (mine, theirs) {
+            (None, Some(v)) => assert_eq!((v, kept), ((1, 1), (1, 2))),
+            (Some(v), None) => assert_eq!((v, kept), ((1, 2), (1, 1))),
+            other => panic!("both or neither replaced: {other:?}"),
+        }
+        assert_eq!(c.len(), 1);
+    });
+}
+
+/// A read races the removal of its key: it sees the value or nothing, never freed memory (the
+/// entry is retired through the epoch and tracked).
+#[test]
+fn get_races_remove() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let c = cache(4, &collector);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 7), &h.pin());
+        let reader = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.get_with_guard(&1, &h.pin())
+            })
+        };
+        assert_eq!(c.remove_with_guard(&1, &h.pin()), Some((1, 7)));
+        h.pin().flush();
+        let seen = reader.join().unwrap();
+        assert!(seen.is_none() || seen == Some((1, 7)), "{seen:?}");
+        assert_eq!(c.get_with_guard(&1, &h.pin()), None);
+        assert_eq!(c.len(), 0);
+    });
+}
+
+/// Two compare-and-swaps from the same value: exactly one succeeds, and the loser learns the
+/// winner's value and gets its own back.
+#[test]
+fn compare_exchange_races_compare_exchange() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let c = cache(4, &collector);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 0), &h.pin());
+        let other = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.compare_exchange_with_guard(&1, &(1, 0), (1, 2), &h.pin())
+            })
+        };
+        let mine = c.compare_exchange_with_guard(&1, &(1, 0), (1, 1), &h.pin());
+        let theirs = other.join().unwrap();
+        let now = c.get_with_guard(&1, &h.pin()).unwrap();
+        match (mine, theirs) {
+            (Ok(()), Err(e)) => {
+                assert_eq!(now, (1, 1));
+                assert_eq!((e.current, e.new), (Some((1, 1)), (1, 2)));
+            }
+            (Err(e), Ok(())) => {
+                assert_eq!(now, (1, 2));
+                assert_eq!((e.current, e.new), (Some((1, 2)), (1, 1)));
+            }
+            other => panic!("not exactly one success: {other:?}"),
+        }
+    });
+}
+
+/// An insert into a full cache of one evicts the only entry while another thread reads it: the
+/// reader sees the victim's value or nothing, and the bound holds afterwards.
+#[test]
+fn eviction_races_get_on_victim() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let c = cache(1, &collector);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 1), &h.pin());
+        let reader = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.get_with_guard(&1, &h.pin())
+            })
+        };
+        c.insert_with_guard(2, (2, 2), &h.pin());
+        let seen = reader.join().unwrap();
+        assert!(seen.is_none() || seen == Some((1, 1)), "{seen:?}");
+        assert!(c.len() <= 1 && c.weight() <= 1, "{c:?}");
+        let left: Vec<_> = [1, 2]
+            .iter()
+            .filter_map(|k| c.get_with_guard(k, &h.pin()))
+            .collect();
+        assert!(left.iter().all(|&(k, v)| k == v), "{left:?}");
+    });
+}
+
+/// Two inserters into a full cache of one evict at once: once both return, the capacity bound
+/// holds, and what is left is one of the inserted values under its own key.
+#[test]
+fn two_inserters_evicting() {
+    loom::model(|| {
+        let collector = Collector::new();
+        let c = cache(1, &collector);
+        {
+            let h = collector.register();
+            c.insert_with_guard(0, (0, 0), &h.pin());
+        }
+        let inserter = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.insert_with_guard(1, (1, 1), &h.pin());
+            })
+        };
+        let h = collector.register();
+        c.insert_with_guard(2, (2, 2), &h.pin());
+        inserter.join().unwrap();
+        assert!(c.len() <= 1 && c.weight() <= 1, "{c:?}");
+        let left: Vec<_> = [0, 1, 2]
+            .iter()
+            .filter_map(|k| c.get_with_guard(k, &h.pin()))
+            .collect();
+        assert!(
+            left.len() <= 1 && left.iter().all(|&(k, v)| k == v),
+            "{left:?}"
+        );
+    });
+}

@@ -1,0 +1,312 @@
+//! The cache's index: a fixed array of buckets, each an atomic pointer to an immutable array of
+//! entry pointers, replaced copy-on-write by compare-and-swap.
+//!
+//! This is the "read-copy-update" bucket of lock-free hash tables in the style of Click's and of
+//! RCU hash lists, on a table that never grows (a bounded cache does not need to): a reader loads
+//! one bucket pointer and scans a short array, so `get` takes no lock, allocates nothing and never
+//! waits for a writer; a writer builds the bucket's next array and swings the pointer with one
+//! compare-and-swap, retrying on conflict, and retires the old array through crossbeam-epoch.
+//! Entries themselves are immutable once published (but for their access counter and their
+//! `dead` flag); a replaced value is a new entry.
+//!
+//! Entries are owned by the eviction policy's FIFOs, not by the index: every entry the index ever
+//! published sits in exactly one FIFO until it is popped there, and only then is it retired to
+//! the epoch (see `policy`). The index only publishes and unlinks them.
+
+use crate::sync::{epoch, AtomicBool, AtomicU8, Ordering, Track};
+use core::borrow::Borrow;
+use core::mem::MaybeUninit;
+use epoch::{Atomic, Guard, Owned, Shared};
+
+/// One key-value pair, immutable once published but for `freq` and `dead`.
+pub(super) struct Entry<K, V> {
+    pub(super) key: K,
+    pub(super) value: V,
+    pub(super) hash: u64,
+    pub(super) weight: u64,
+    /// S3-FIFO's 2-bit saturating access counter (0..=3), bumped by reads.
+    pub(super) freq: AtomicU8,
+    /// Set once the entry has left the index (removed, replaced, evicted or cleared): the FIFO
+    /// that owns it can then retire it without looking it up.
+    pub(super) dead: AtomicBool,
+    /// Under loom, reports an entry that was never freed when a model ends.
+    _track: Track<()>,
+}
+
+impl<K, V> Entry<K, V> {
+    pub(super) fn new(key: K, value: V, hash: u64, weight: u64) -> Self {
+        Self {
+            key,
+            value,
+            hash,
+            weight,
+            freq: AtomicU8::new(0),
+            dead: AtomicBool::new(false),
+            _track: Track::new(()),
+        }
+    }
+
+    /// Records an access: S3-FIFO's counter saturates at 3.
+    #[inline]
+    pub(super) fn touch(&self) {
+        // Relaxed: the counter is a hint for the eviction policy; no memory is published through
+        // it. A load and a store instead of a read-modify-write keep hot entries' cache lines
+        // shared between readers; two racing readers may count once, which the policy tolerates.
+        let f = self.freq.load(Ordering::Relaxed);
+        if f < 3 {
+            self.freq.store(f + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A pointer to an entry, as stored in buckets and FIFOs.
+pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
+
+/// A bucket's array. Every element is initialised when the array is built, and arrays are never
+/// changed after publication.
+type Slots<K, V> = [MaybeUninit<EntryPtr<K, V>>];
+
+/// Views a published bucket array as the entry pointers it holds.
+#[inline]
+fn entries<K, V>(slots: &Slots<K, V>) -> &[EntryPtr<K, V>] {
+    // SAFETY: `MaybeUninit<P>` has the layout of `P`, and every element of a bucket array is
+    // initialised by `build` before the array is published.
+    unsafe { &*(slots as *const Slots<K, V> as *const [EntryPtr<K, V>]) }
+}
+
+/// Builds a bucket array of the `len` pointers `ptrs` yields, or returns null for an empty
+/// bucket.
+fn build<'g, K, V>(
+    len: usize,
+    ptrs: impl Iterator<Item = EntryPtr<K, V>>,
+    guard: &'g Guard,
+) -> Shared<'g, Slots<K, V>> {
+    if len == 0 {
+        return Shared::null();
+    }
+    let mut array = Owned::<Slots<K, V>>::init(len);
+    let mut filled = 0;
+    for (slot, p) in array.iter_mut().zip(ptrs) {
+        *slot = MaybeUninit::new(p);
+        filled += 1;
+    }
+    assert_eq!(filled, len, "bucket array built short");
+    array.into_shared(guard)
+}
+
+/// The bucket array: fixed at construction, a power of two long.
+pub(super) struct Index<K, V> {
+    buckets: Box<[Atomic<Slots<K, V>>]>,
+}
+
+impl<K, V> Index<K, V> {
+    /// An index of at least `n` buckets (rounded up to a power of two, at least 1).
+    pub(super) fn new(n: usize) -> Self {
+        let n = n.max(1).next_power_of_two();
+        Self {
+            buckets: (0..n).map(|_| Atomic::null()).collect(),
+        }
+    }
+
+    pub(super) fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    #[inline]
+    fn bucket(&self, hash: u64) -> &Atomic<Slots<K, V>> {
+        // The length is a power of two. The low bits pick the bucket; the ghost list uses others.
+        &self.buckets[(hash as usize) & (self.buckets.len() - 1)]
+    }
+
+    /// Loads a bucket: its array pointer (for a later compare-and-swap) and its entries.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    fn load<'g>(
+        &self,
+        hash: u64,
+        guard: &'g Guard,
+    ) -> (Shared<'g, Slots<K, V>>, &'g [EntryPtr<K, V>]) {
+        // Acquire: pairs with the Release compare-and-swap that published this array, so the
+        // array and the entries it points to (published before it) are fully visible.
+        let cur = self.bucket(hash).load(Ordering::Acquire, guard);
+        // SAFETY: loaded under `guard`: a replaced array is retired through the epoch, so it stays
+        // allocated until `guard` drops; `as_ref` handles the empty (null) bucket.
+        let slots = unsafe { cur.as_ref() }.map_or(&[][..], entries);
+        (cur, slots)
+    }
+
+    /// The entry for `key` in the bucket of `hash`, if any.
+    #[inline]
+    pub(super) fn find<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let (_, slots) = self.load(hash, guard);
+        slots.iter().find_map(|&p| {
+            // SAFETY: an entry published in a bucket loaded under `guard` is retired only after it
+            // left every bucket, through the epoch: it stays allocated until `guard` drops.
+            let e = unsafe { &*p };
+            (e.hash == hash && e.key.borrow() == key).then_some(e)
+        })
+    }
+
+    /// Publishes `new` (not yet published anywhere), replacing the entry with the same key if
+    /// there is one; returns the replaced entry. Lock-free.
+    pub(super) fn upsert<'g>(
+        &self,
+        new: &'g Entry<K, V>,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Eq,
+    {
+        let backoff = crate::sync::Backoff::new();
+        loop {
+            let (cur, slots) = self.load(new.hash, guard);
+            let old = slots.iter().position(|&p| {
+                // SAFETY: as in `find`.
+                let e = unsafe { &*p };
+                e.hash == new.hash && e.key == new.key
+            });
+            let new_ptr: EntryPtr<K, V> = new;
+            let next = match old {
+                Some(i) => build(
+                    slots.len(),
+                    slots
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &p)| if i == j { new_ptr } else { p }),
+                    guard,
+                ),
+                None => build(
+                    slots.len() + 1,
+                    slots.iter().copied().chain(core::iter::once(new_ptr)),
+                    guard,
+                ),
+            };
+            if self.swap_bucket(new.hash, cur, next, guard) {
+                // SAFETY: as in `find`; the entry stays allocated for `guard`'s life.
+                return old.map(|i| unsafe { &*slots[i] });
+            }
+            backoff.spin();
+        }
+    }
+
+    /// Replaces the entry `expected` (by identity) with `new`, or unlinks it if `new` is `None`,
+    /// provided it is still in its bucket. Returns `false` if it is not. Lock-free.
+    pub(super) fn replace<'g>(
+        &self,
+        expected: &Entry<K, V>,
+        new: Option<&'g Entry<K, V>>,
+        guard: &'g Guard,
+    ) -> bool {
+        let backoff = crate::sync::Backoff::new();
+        let expected_ptr: EntryPtr<K, V> = expected;
+        loop {
+            let (cur, slots) = self.load(expected.hash, guard);
+            let Some(i) = slots.iter().position(|&p| p == expected_ptr) else {
+                return false;
+            };
+            let next = match new {
+                Some(new) => {
+                    let new_ptr: EntryPtr<K, V> = new;
+                    build(
+                        slots.len(),
+                        slots
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &p)| if i == j { new_ptr } else { p }),
+                        guard,
+                    )
+                }
+                None => build(
+                    slots.len() - 1,
+                    slots
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i)
+                        .map(|(_, &p)| p),
+                    guard,
+                ),
+            };
+            if self.swap_bucket(expected.hash, cur, next, guard) {
+                return true;
+            }
+            backoff.spin();
+        }
+    }
+
+    /// Swings a bucket from `cur` to `next`; on success retires `cur`, on failure frees `next`.
+    fn swap_bucket<'g>(
+        &self,
+        hash: u64,
+        cur: Shared<'g, Slots<K, V>>,
+        next: Shared<'g, Slots<K, V>>,
+        guard: &'g Guard,
+    ) -> bool {
+        // Release: publishes the new array and the entries it points to; pairs with the Acquire
+        // load in `load`. Relaxed on failure: the caller retries from a fresh Acquire load.
+        match self.bucket(hash).compare_exchange(
+            cur,
+            next,
+            Ordering::Release,
+            Ordering::Relaxed,
+            guard,
+        ) {
+            Ok(_) => {
+                if !cur.is_null() {
+                    // SAFETY: `cur` is no longer reachable from the bucket, and readers that
+                    // loaded it are pinned: the epoch frees it after they unpin. Dropping an array
+                    // of raw pointers drops no entry.
+                    unsafe { guard.defer_destroy(cur) };
+                }
+                true
+            }
+            Err(_) => {
+                if !next.is_null() {
+                    // SAFETY: `next` was built by this thread and never published.
+                    drop(unsafe { next.into_owned() });
+                }
+                false
+            }
+        }
+    }
+
+    /// Empties every bucket and returns the entries that were in them (now unlinked).
+    pub(super) fn take_all<'g>(&self, guard: &'g Guard) -> Vec<&'g Entry<K, V>> {
+        let mut taken = Vec::new();
+        for bucket in self.buckets.iter() {
+            // AcqRel: Acquire as in `load` (we read the entries), Release so that a later
+            // writer's Acquire load sees the bucket emptied after our reads.
+            let cur = bucket.swap(Shared::null(), Ordering::AcqRel, guard);
+            // SAFETY: as in `load`.
+            if let Some(slots) = unsafe { cur.as_ref() } {
+                // SAFETY: as in `find`.
+                taken.extend(entries(slots).iter().map(|&p| unsafe { &*p }));
+                // SAFETY: unreachable now; readers that loaded it are pinned.
+                unsafe { guard.defer_destroy(cur) };
+            }
+        }
+        taken
+    }
+
+    /// Frees every bucket array (not the entries) through exclusive access.
+    pub(super) fn free_arrays(&mut self) {
+        // SAFETY: `&mut self`: no other thread can reach the index.
+        let guard = unsafe { epoch::unprotected() };
+        for bucket in self.buckets.iter() {
+            // Relaxed: exclusive access.
+            let cur = bucket.swap(Shared::null(), Ordering::Relaxed, guard);
+            if !cur.is_null() {
+                // SAFETY: unreachable now, and no other thread can hold it (exclusive access).
+                drop(unsafe { cur.into_owned() });
+            }
+        }
+    }
+}

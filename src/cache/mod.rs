@@ -1,0 +1,1245 @@
+//! [`Cache`]: a bounded concurrent key-value cache with lock-free reads and writes and
+//! scan-resistant S3-FIFO eviction.
+//!
+//! - **Index** (`index`): a fixed array of buckets, each an atomic pointer to an immutable array of
+//!   entries, replaced copy-on-write by compare-and-swap; old arrays and entries are reclaimed by
+//!   crossbeam-epoch. `get` takes no lock, allocates nothing and never waits for a writer.
+//! - **Eviction** (`policy`): S3-FIFO (Yang et al., SOSP 2023) over two of the crate's own
+//!   [`MsQueue`](crate::queue::MsQueue)s and a ghost list of recently evicted key hashes. Reads
+//!   bump a 2-bit counter with a relaxed store; eviction runs on the inserting thread.
+//! - **Bookkeeping**: total weight and length are [`AtomicCounter`]s, statistics are
+//!   [`ShardedCounter`]s.
+//!
+//! # Progress
+//!
+//! | method | progress |
+//! |---|---|
+//! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin) |
+//! | [`insert`](Cache::insert), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
+//! | [`get_or_insert_with`](Cache::get_or_insert_with) | a hit is lock-free; a miss waits for the caller computing the same key |
+//!
+//! # Capacity and weight
+//!
+//! Capacity is in weight units: 1 per entry unless the [builder](CacheBuilder::weigher) sets a
+//! weigher. The bound is global, not per shard: any entry no heavier than the whole capacity is
+//! accepted, evicting others as needed. Once every writer has returned, `weight() <=
+//! capacity()`; while writers run, the total may pass the capacity by at most one entry per
+//! concurrent writer, which evicts before it returns. An entry heavier than the capacity is
+//! refused: counted in [`CacheStats::rejected`], reported to the eviction listener, and handed
+//! back by [`try_insert`](Cache::try_insert). A capacity of 0 makes a cache that stores nothing
+//! (every insert is refused): no panic.
+//!
+//! # Memory
+//!
+//! Each entry is one allocation holding the key, the value, its hash and weight; each write also
+//! allocates its bucket's next array and a FIFO node (recycled by the queue). Removed, replaced
+//! and evicted entries are dropped exactly once, through the epoch, after every reader that could
+//! hold them has unpinned; dropping the cache drops the rest. Values are returned by clone: put
+//! large values behind an `Arc`.
+
+mod flight;
+mod index;
+mod policy;
+
+use crate::counter::{AtomicCounter, ShardedCounter};
+use crate::sync::{epoch, Ordering, UNDER_LOOM};
+use core::borrow::Borrow;
+use core::fmt;
+use core::hash::{BuildHasher, Hash};
+use epoch::{Collector, Guard, Owned};
+use flight::{Flights, Joined};
+use index::{Entry, Index};
+use policy::{Evicted, Policy};
+use std::collections::hash_map::RandomState;
+
+/// Computes an entry's weight.
+type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+/// Hears of every entry that leaves the cache or is refused.
+type Listener<K, V> = Box<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
+
+/// Why an entry left the cache (or never entered it), as told to the
+/// [eviction listener](CacheBuilder::eviction_listener).
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::RemovalCause;
+///
+/// assert_ne!(RemovalCause::Evicted, RemovalCause::Removed);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemovalCause {
+    /// Evicted by the policy to make room.
+    Evicted,
+    /// Replaced by a newer value for the same key (`insert`, `compare_exchange`).
+    Replaced,
+    /// Removed by [`Cache::remove`] or [`Cache::clear`].
+    Removed,
+    /// Refused at insertion: heavier than the whole capacity.
+    Refused,
+}
+
+/// Counts of what a cache did, from [`Cache::stats`]. Each count is exact once the threads that
+/// used the cache are synchronised with the reader; while they run it is a near snapshot.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::Cache;
+///
+/// let cache = Cache::new(10);
+/// cache.insert(1, "one");
+/// cache.get(&1);
+/// cache.get(&2);
+/// let s = cache.stats();
+/// assert_eq!((s.hits, s.misses, s.inserts), (1, 1, 1));
+/// assert_eq!(s.hit_ratio(), 0.5);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// `get` calls that found their key.
+    pub hits: u64,
+    /// `get` calls that did not.
+    pub misses: u64,
+    /// Entries stored (new keys and replacements).
+    pub inserts: u64,
+    /// Entries evicted by the policy.
+    pub evictions: u64,
+    /// Entries refused for being heavier than the capacity.
+    pub rejected: u64,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, or 0 when there was no lookup.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::CacheStats;
+    ///
+    /// let s = CacheStats { hits: 3, misses: 1, ..Default::default() };
+    /// assert_eq!(s.hit_ratio(), 0.75);
+    /// ```
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}
+
+/// The statistics' counters.
+struct Stats {
+    hits: ShardedCounter,
+    misses: ShardedCounter,
+    inserts: ShardedCounter,
+    evictions: ShardedCounter,
+    rejected: ShardedCounter,
+}
+
+impl Stats {
+    fn new() -> Self {
+        // Under loom, one cell per counter keeps the models small.
+        let counter = || {
+            if UNDER_LOOM {
+                ShardedCounter::with_shards(1)
+            } else {
+                ShardedCounter::new()
+            }
+        };
+        Self {
+            hits: counter(),
+            misses: counter(),
+            inserts: counter(),
+            evictions: counter(),
+            rejected: counter(),
+        }
+    }
+}
+
+/// Why [`Cache::compare_exchange`] did not store the new value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CompareExchangeFailure {
+    /// The key was absent, or held a value other than the expected one.
+    Mismatch,
+    /// The new value is heavier than the whole capacity.
+    Refused,
+}
+
+/// The error of [`Cache::compare_exchange`]: what the cache holds for the key, and the new value
+/// handed back, so nothing is lost.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Cache, CompareExchangeFailure};
+///
+/// let cache = Cache::new(10);
+/// cache.insert("k", 1);
+/// let err = cache.compare_exchange(&"k", &2, 3).unwrap_err();
+/// assert_eq!(err.current, Some(1));
+/// assert_eq!(err.new, 3);
+/// assert_eq!(err.failure, CompareExchangeFailure::Mismatch);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompareExchangeError<V> {
+    /// The value the cache held for the key when the exchange failed, if any.
+    pub current: Option<V>,
+    /// The value that was not stored, handed back.
+    pub new: V,
+    /// Why it failed.
+    pub failure: CompareExchangeFailure,
+}
+
+impl<V> fmt::Display for CompareExchangeError<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.failure {
+            CompareExchangeFailure::Mismatch => {
+                f.write_str("the cache does not hold the expected value for this key")
+            }
+            CompareExchangeFailure::Refused => {
+                f.write_str("the new value is heavier than the cache's whole capacity")
+            }
+        }
+    }
+}
+
+impl<V: fmt::Debug> std::error::Error for CompareExchangeError<V> {}
+
+/// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Cache, RemovalCause};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let freed = Arc::new(AtomicU64::new(0));
+/// let counter = freed.clone();
+/// // A budget of 1 KiB of session state, weighed in bytes.
+/// let cache = Cache::builder(1024)
+///     .weigher(|_key: &u32, state: &Vec<u8>| state.len() as u64)
+///     .eviction_listener(move |_key, state, cause| {
+///         if cause == RemovalCause::Evicted {
+///             counter.fetch_add(state.len() as u64, Ordering::Relaxed);
+///         }
+///     })
+///     .build();
+/// for session in 0..8 {
+///     cache.insert(session, vec![0u8; 256]);
+/// }
+/// assert!(cache.weight() <= 1024);
+/// assert_eq!(freed.load(Ordering::Relaxed), 4 * 256);
+/// ```
+pub struct CacheBuilder<K, V, S = RandomState> {
+    capacity: u64,
+    hasher: S,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    estimated_entries: Option<usize>,
+    collector: Option<Collector>,
+}
+
+impl<K, V, S> CacheBuilder<K, V, S> {
+    /// Weighs entries with `weigher` (for example in bytes); the capacity is then in the same
+    /// units. Without one, every entry weighs 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(10).weigher(|_: &&str, v: &String| v.len() as u64).build();
+    /// cache.insert("a", "12345".to_string());
+    /// assert_eq!(cache.weight(), 5);
+    /// ```
+    #[must_use]
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// Calls `listener` with the key, value and cause of every entry that leaves the cache
+    /// (evicted, replaced, removed) or is refused. It runs on the thread that caused the removal,
+    /// after the cache's own bookkeeping; keep it short.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, RemovalCause};
+    /// use std::sync::Mutex;
+    ///
+    /// let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+    /// let sink = log.clone();
+    /// let cache = Cache::builder(10)
+    ///     .eviction_listener(move |k: &i32, _v: &i32, cause| sink.lock().unwrap().push((*k, cause)))
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// cache.remove(&1);
+    /// assert_eq!(*log.lock().unwrap(), [(1, RemovalCause::Replaced), (1, RemovalCause::Removed)]);
+    /// ```
+    #[must_use]
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Hashes keys with `hasher` instead of a randomly seeded `RandomState`, e.g. for
+    /// reproducible eviction.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// let cache = Cache::builder(10)
+    ///     .hasher(BuildHasherDefault::<DefaultHasher>::default())
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
+    #[must_use]
+    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            capacity: self.capacity,
+            hasher,
+            weigher: self.weigher,
+            listener: self.listener,
+            estimated_entries: self.estimated_entries,
+            collector: self.collector,
+        }
+    }
+
+    /// Sizes the index for about `n` entries. Without it the index is sized from the capacity
+    /// (at most 65,536 buckets when a weigher is set, since the capacity is then not a count).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::<u64, Vec<u8>>::builder(1 << 30)
+    ///     .weigher(|_, v| v.len() as u64)
+    ///     .estimated_entries(4096)
+    ///     .build();
+    /// assert_eq!(cache.capacity(), 1 << 30);
+    /// ```
+    #[must_use]
+    pub fn estimated_entries(mut self, n: usize) -> Self {
+        self.estimated_entries = Some(n);
+        self
+    }
+
+    /// Reclaims memory with `collector` instead of crossbeam-epoch's global collector, which
+    /// makes reclamation exactly accountable (tests, loom models). Plain methods then register a
+    /// handle with it on every call: pin one per thread and use the `*_with_guard` methods.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use crossbeam_epoch::Collector;
+    /// use latchless::cache::Cache;
+    ///
+    /// let collector = Collector::new();
+    /// let cache = Cache::builder(4).collector(collector.clone()).build();
+    /// let handle = collector.register();
+    /// let guard = handle.pin();
+    /// cache.insert_with_guard(1, 'a', &guard);
+    /// assert_eq!(cache.get_with_guard(&1, &guard), Some('a'));
+    /// ```
+    #[must_use]
+    pub fn collector(mut self, collector: Collector) -> Self {
+        self.collector = Some(collector);
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder(100).build();
+    /// assert_eq!(cache.capacity(), 100);
+    /// ```
+    pub fn build(self) -> Cache<K, V, S> {
+        let entries = self.estimated_entries.unwrap_or_else(|| {
+            let cap = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+            if self.weigher.is_some() {
+                cap.min(1 << 16)
+            } else {
+                cap
+            }
+        });
+        let entries = entries.clamp(1, 1 << 26);
+        let collector = self
+            .collector
+            .clone()
+            .unwrap_or_else(|| epoch::default_collector().clone());
+        Cache {
+            index: Index::new(entries),
+            policy: Policy::new(self.capacity, entries, &collector),
+            hasher: self.hasher,
+            capacity: self.capacity,
+            weight: AtomicCounter::new(0),
+            len: AtomicCounter::new(0),
+            weigher: self.weigher,
+            listener: self.listener,
+            stats: Stats::new(),
+            flights: Flights::new(if UNDER_LOOM { 1 } else { 64 }),
+            collector: self.collector,
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("capacity", &self.capacity)
+            .field("weigher", &self.weigher.is_some())
+            .field("eviction_listener", &self.listener.is_some())
+            .field("estimated_entries", &self.estimated_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bounded concurrent key-value cache: lock-free reads and writes on a fixed index of
+/// compare-and-swap buckets, S3-FIFO eviction on the crate's lock-free queues, and memory
+/// reclaimed by crossbeam-epoch. See the [module docs](self) for the design, progress guarantees
+/// and memory.
+///
+/// Values are returned by clone (`V: Clone`): keep large values behind an `Arc`.
+///
+/// # Thread safety
+///
+/// `Cache<K, V, S>` is `Send` and `Sync` when `K` and `V` are `Send + Sync` (values are read by
+/// reference from many threads and dropped by whichever thread reclaims them) and `S` is `Send +
+/// Sync`.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::Cache;
+/// use std::thread;
+///
+/// let cache = Cache::new(1000);
+/// thread::scope(|s| {
+///     for t in 0..4u64 {
+///         let cache = &cache;
+///         s.spawn(move || {
+///             for i in 0..1000 {
+///                 let key = i % 100;
+///                 if cache.get(&key).is_none() {
+///                     cache.insert(key, key * 2);
+///                 }
+///             }
+///         });
+///     }
+/// });
+/// assert_eq!(cache.get(&7), Some(14));
+/// assert!(cache.len() <= 1000);
+/// ```
+pub struct Cache<K, V, S = RandomState> {
+    index: Index<K, V>,
+    policy: Policy<K, V>,
+    hasher: S,
+    capacity: u64,
+    /// Total weight of the entries in the index (added before an entry is published, released
+    /// after it is unlinked, so it never undercounts an entry that can still be evicted).
+    weight: AtomicCounter,
+    /// Entries in the index, counted like `weight`.
+    len: AtomicCounter,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    stats: Stats,
+    flights: Flights<K, V>,
+    /// `None`: crossbeam-epoch's global collector.
+    collector: Option<Collector>,
+}
+
+// SAFETY: the index and FIFOs hold raw pointers to entries that the cache owns; sending the cache
+// sends the entries, which is sound when `K`, `V` are `Send`. `Sync` is required of them too,
+// because even an owned cache may have readers on other threads still pinned on its entries.
+unsafe impl<K: Send + Sync, V: Send + Sync, S: Send> Send for Cache<K, V, S> {}
+// SAFETY: through `&Cache`, threads share `&K` and `&V` (readers clone values out, compare keys)
+// and move entries between threads (whoever reclaims an entry drops it): `K, V: Send + Sync`.
+// All shared mutable state is atomics, epoch-protected arrays and entries, and mutexes.
+unsafe impl<K: Send + Sync, V: Send + Sync, S: Sync> Sync for Cache<K, V, S> {}
+
+impl<K, V> Cache<K, V, RandomState> {
+    /// A cache of `capacity` entries (each weighing 1), hashed with `RandomState`. A capacity of
+    /// 0 stores nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(2);
+    /// cache.insert("a", 1);
+    /// assert_eq!(cache.get(&"a"), Some(1));
+    /// ```
+    #[must_use]
+    pub fn new(capacity: u64) -> Self {
+        Self::builder(capacity).build()
+    }
+
+    /// A builder for a cache of `capacity` weight units.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache: Cache<u8, u8> = Cache::builder(16).estimated_entries(16).build();
+    /// assert_eq!(cache.capacity(), 16);
+    /// ```
+    #[must_use]
+    pub fn builder(capacity: u64) -> CacheBuilder<K, V, RandomState> {
+        CacheBuilder {
+            capacity,
+            hasher: RandomState::new(),
+            weigher: None,
+            listener: None,
+            estimated_entries: None,
+            collector: None,
+        }
+    }
+}
+
+impl<K, V, S> Cache<K, V, S> {
+    /// A cache of `capacity` entries hashed with `hasher`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    /// use std::collections::hash_map::RandomState;
+    ///
+    /// let cache = Cache::with_hasher(8, RandomState::new());
+    /// cache.insert(1, 2);
+    /// assert_eq!(cache.peek(&1), Some(2));
+    /// ```
+    #[must_use]
+    pub fn with_hasher(capacity: u64, hasher: S) -> Self {
+        Cache::builder(capacity).hasher(hasher).build()
+    }
+
+    /// The capacity, in weight units (entries, without a weigher).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// assert_eq!(Cache::<u8, u8>::new(5).capacity(), 5);
+    /// ```
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The number of entries: a snapshot while writers run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(5);
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        usize::try_from(self.len.get()).unwrap_or(usize::MAX)
+    }
+
+    /// Whether the cache holds no entry (a snapshot).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// assert!(Cache::<u8, u8>::new(5).is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len.get() == 0
+    }
+
+    /// The total weight of the entries: a snapshot while writers run; at most
+    /// [`capacity`](Self::capacity) once they have returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(100).weigher(|_: &u8, v: &Vec<u8>| v.len() as u64).build();
+    /// cache.insert(1, vec![0; 30]);
+    /// assert_eq!(cache.weight(), 30);
+    /// ```
+    pub fn weight(&self) -> u64 {
+        self.weight.get()
+    }
+
+    /// Hits, misses, inserts, evictions and refusals so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(1);
+    /// cache.insert(1, ());
+    /// cache.insert(2, ()); // evicts 1
+    /// assert_eq!(cache.stats().evictions, 1);
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.stats.hits.sum(),
+            misses: self.stats.misses.sum(),
+            inserts: self.stats.inserts.sum(),
+            evictions: self.stats.evictions.sum(),
+            rejected: self.stats.rejected.sum(),
+        }
+    }
+
+    fn pin(&self) -> Guard {
+        match &self.collector {
+            None => epoch::pin(),
+            // A guard outlives the handle it came from.
+            Some(c) => c.register().pin(),
+        }
+    }
+
+    #[track_caller]
+    fn check_guard(&self, guard: &Guard) {
+        let ours = match &self.collector {
+            None => epoch::default_collector(),
+            Some(c) => c,
+        };
+        assert!(
+            guard.collector() == Some(ours),
+            "Cache: the guard does not pin the cache's collector"
+        );
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    #[inline]
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn weigh(&self, key: &K, value: &V) -> u64 {
+        self.weigher.as_ref().map_or(1, |w| w(key, value))
+    }
+
+    fn notify(&self, key: &K, value: &V, cause: RemovalCause) {
+        if let Some(listener) = &self.listener {
+            listener(key, value, cause);
+        }
+    }
+
+    /// Returns a clone of the value for `key` and records the access for the eviction policy.
+    /// Lock-free; allocates nothing but the clone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert("session-1", 42);
+    /// assert_eq!(cache.get("session-1"), Some(42));
+    /// assert_eq!(cache.get("session-2"), None);
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_unchecked(key, &self.pin())
+    }
+
+    /// [`get`](Self::get) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 'x');
+    /// let guard = crossbeam_epoch::pin();
+    /// assert_eq!(cache.get_with_guard(&1, &guard), Some('x'));
+    /// ```
+    #[track_caller]
+    pub fn get_with_guard<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.check_guard(guard);
+        self.get_unchecked(key, guard)
+    }
+
+    fn get_unchecked<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.index.find(self.hash(key), key, guard) {
+            Some(e) => {
+                e.touch();
+                self.stats.hits.increment();
+                Some(e.value.clone())
+            }
+            None => {
+                self.stats.misses.increment();
+                None
+            }
+        }
+    }
+
+    /// Returns a clone of the value for `key` without recording an access or a hit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, "a");
+    /// assert_eq!(cache.peek(&1), Some("a"));
+    /// assert_eq!(cache.stats().hits, 0);
+    /// ```
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let guard = self.pin();
+        self.index
+            .find(self.hash(key), key, &guard)
+            .map(|e| e.value.clone())
+    }
+
+    /// Whether the cache holds `key`, without recording an access.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, ());
+    /// assert!(cache.contains_key(&1));
+    /// assert!(!cache.contains_key(&2));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let guard = self.pin();
+        self.index.find(self.hash(key), key, &guard).is_some()
+    }
+
+    /// Stores `value` for `key`, returning the value it replaced. Evicts as needed to stay within
+    /// the capacity. An entry heavier than the whole capacity is refused: it is counted in
+    /// [`CacheStats::rejected`], given to the eviction listener, then dropped, and `None` is
+    /// returned; use [`try_insert`](Self::try_insert) to get it back instead. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// assert_eq!(cache.insert(1, "a"), None);
+    /// assert_eq!(cache.insert(1, "b"), Some("a"));
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Option<V> {
+        self.insert_unchecked(key, value, &self.pin())
+            .unwrap_or_else(|(k, v)| {
+                self.notify(&k, &v, RemovalCause::Refused);
+                None
+            })
+    }
+
+    /// [`insert`](Self::insert) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// let guard = crossbeam_epoch::pin();
+    /// cache.insert_with_guard(1, 1, &guard);
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    #[track_caller]
+    pub fn insert_with_guard(&self, key: K, value: V, guard: &Guard) -> Option<V> {
+        self.check_guard(guard);
+        self.insert_unchecked(key, value, guard)
+            .unwrap_or_else(|(k, v)| {
+                self.notify(&k, &v, RemovalCause::Refused);
+                None
+            })
+    }
+
+    /// Like [`insert`](Self::insert), but an entry heavier than the whole capacity is handed
+    /// back as `Err((key, value))` (and counted in [`CacheStats::rejected`]).
+    ///
+    /// # Errors
+    ///
+    /// `Err((key, value))` when the entry weighs more than [`capacity`](Self::capacity).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(4).weigher(|_: &u8, v: &String| v.len() as u64).build();
+    /// assert_eq!(cache.try_insert(1, "abc".to_string()), Ok(None));
+    /// assert_eq!(cache.try_insert(2, "abcde".to_string()), Err((2, "abcde".to_string())));
+    /// assert_eq!(cache.stats().rejected, 1);
+    /// ```
+    pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
+        self.insert_unchecked(key, value, &self.pin())
+    }
+
+    fn insert_unchecked(&self, key: K, value: V, guard: &Guard) -> Result<Option<V>, (K, V)> {
+        let weight = self.weigh(&key, &value);
+        if weight > self.capacity {
+            self.stats.rejected.increment();
+            return Err((key, value));
+        }
+        let hash = self.hash(&key);
+        // Counted before the entry is published, so that a concurrent eviction of it never
+        // releases weight that was not added.
+        self.weight.add(weight);
+        self.len.increment();
+        let new = Owned::new(Entry::new(key, value, hash, weight)).into_shared(guard);
+        // SAFETY: just allocated; it is freed only after it has been published, then unlinked,
+        // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
+        // it allocated until then anyway).
+        let new = unsafe { new.deref() };
+        let old = self.index.upsert(new, guard);
+        self.stats.inserts.increment();
+        let replaced = old.map(|old| {
+            // A replacement has proven its key's reuse: it starts in main, keeping its count.
+            // Relaxed: a hint, as in `Entry::touch`.
+            new.freq
+                .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.release(old, RemovalCause::Replaced)
+        });
+        self.policy.admit(new, old.is_some(), guard);
+        self.evict_over_capacity(guard);
+        if old.is_some() {
+            self.sweep(guard);
+        }
+        Ok(replaced)
+    }
+
+    /// Bookkeeping for an entry this thread unlinked from the index: marks it dead for its FIFO,
+    /// releases its weight, tells the listener, and returns a clone of its value.
+    fn release(&self, e: &Entry<K, V>, cause: RemovalCause) -> V {
+        // Release: pairs with the Acquire load in the policy, which retires dead entries.
+        e.dead.store(true, Ordering::Release);
+        self.weight.sub(e.weight);
+        self.len.decrement();
+        self.notify(&e.key, &e.value, cause);
+        e.value.clone()
+    }
+
+    fn evict_over_capacity(&self, guard: &Guard) {
+        while self.weight.get() > self.capacity {
+            match self.policy.evict_one(&self.index, guard) {
+                Evicted::Victim(e) => {
+                    self.weight.sub(e.weight);
+                    self.len.decrement();
+                    self.stats.evictions.increment();
+                    self.notify(&e.key, &e.value, RemovalCause::Evicted);
+                }
+                // What remains is being inserted right now; its inserter evicts after admitting it.
+                Evicted::Nothing => break,
+            }
+        }
+    }
+
+    /// After a removal or replacement left a dead entry in a FIFO: if the FIFOs hold more than
+    /// twice the live entries, retire dead entries from their fronts, so insert/remove churn that
+    /// evicts nothing cannot grow them without bound.
+    fn sweep(&self, guard: &Guard) {
+        let live = self.len();
+        if self.policy.queued(guard) > 2 * live + 16 {
+            // Each removal adds one dead entry; two sweeps of each FIFO retire at least as many
+            // as long as dead entries are at least half of it, which the condition ensures.
+            self.policy.sweep_one(guard);
+            self.policy.sweep_one(guard);
+            self.evict_over_capacity(guard);
+        }
+    }
+
+    /// Removes `key`, returning its value. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, "a");
+    /// assert_eq!(cache.remove(&1), Some("a"));
+    /// assert_eq!(cache.remove(&1), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_unchecked(key, &self.pin())
+    }
+
+    /// [`remove`](Self::remove) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 1);
+    /// let guard = crossbeam_epoch::pin();
+    /// assert_eq!(cache.remove_with_guard(&1, &guard), Some(1));
+    /// ```
+    #[track_caller]
+    pub fn remove_with_guard<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.check_guard(guard);
+        self.remove_unchecked(key, guard)
+    }
+
+    fn remove_unchecked<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        loop {
+            let e = self.index.find(hash, key, guard)?;
+            if self.index.replace(e, None, guard) {
+                let value = self.release(e, RemovalCause::Removed);
+                self.sweep(guard);
+                return Some(value);
+            }
+            // Replaced or evicted meanwhile: look again.
+        }
+    }
+
+    /// Replaces the value for `key` with `new` only if it currently equals `current`, atomically:
+    /// of several racing exchanges from the same value, exactly one succeeds. The building block
+    /// for optimistic updates (read, compute, exchange, retry on failure). For values without
+    /// `PartialEq`, store them with a version number and compare that. Lock-free.
+    ///
+    /// # Errors
+    ///
+    /// [`CompareExchangeError`] with the value the cache holds (if any) and `new` handed back,
+    /// when the key is absent or holds another value (`Mismatch`), or when `new` is heavier
+    /// than the whole capacity (`Refused`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert("tokens", 1);
+    /// // Optimistic increment.
+    /// loop {
+    ///     let cur = cache.get("tokens").unwrap();
+    ///     if cache.compare_exchange(&"tokens", &cur, cur + 1).is_ok() {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(cache.get("tokens"), Some(2));
+    /// ```
+    pub fn compare_exchange(
+        &self,
+        key: &K,
+        current: &V,
+        new: V,
+    ) -> Result<(), CompareExchangeError<V>>
+    where
+        K: Clone,
+        V: PartialEq,
+    {
+        self.compare_exchange_unchecked(key, current, new, &self.pin())
+    }
+
+    /// [`compare_exchange`](Self::compare_exchange) under a guard the caller already holds.
+    ///
+    /// # Errors
+    ///
+    /// As [`compare_exchange`](Self::compare_exchange).
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 'a');
+    /// let guard = crossbeam_epoch::pin();
+    /// assert!(cache.compare_exchange_with_guard(&1, &'a', 'b', &guard).is_ok());
+    /// assert_eq!(cache.get(&1), Some('b'));
+    /// ```
+    #[track_caller]
+    pub fn compare_exchange_with_guard(
+        &self,
+        key: &K,
+        current: &V,
+        new: V,
+        guard: &Guard,
+    ) -> Result<(), CompareExchangeError<V>>
+    where
+        K: Clone,
+        V: PartialEq,
+    {
+        self.check_guard(guard);
+        self.compare_exchange_unchecked(key, current, new, guard)
+    }
+
+    fn compare_exchange_unchecked(
+        &self,
+        key: &K,
+        current: &V,
+        new: V,
+        guard: &Guard,
+    ) -> Result<(), CompareExchangeError<V>>
+    where
+        K: Clone,
+        V: PartialEq,
+    {
+        let hash = self.hash(key);
+        let weight = self.weigh(key, &new);
+        let mismatch = |found: Option<&Entry<K, V>>, new: V, failure| CompareExchangeError {
+            current: found.map(|e| e.value.clone()),
+            new,
+            failure,
+        };
+        if weight > self.capacity {
+            self.stats.rejected.increment();
+            let found = self.index.find(hash, key, guard);
+            return Err(mismatch(found, new, CompareExchangeFailure::Refused));
+        }
+        // `Err(new)` until the new entry is allocated, then `Ok(entry)`; it is published only by
+        // the successful replace.
+        let mut pending: Result<&Entry<K, V>, V> = Err(new);
+        loop {
+            let found = self.index.find(hash, key, guard);
+            let Some(old) = found.filter(|e| e.value == *current) else {
+                let new = match pending {
+                    // SAFETY: allocated below by this thread and never published: ours to free.
+                    Ok(e) => unsafe { reclaim_unpublished(e) }.value,
+                    Err(new) => new,
+                };
+                return Err(mismatch(found, new, CompareExchangeFailure::Mismatch));
+            };
+            let e = match pending {
+                Ok(e) => e,
+                Err(new) => {
+                    let shared =
+                        Owned::new(Entry::new(key.clone(), new, hash, weight)).into_shared(guard);
+                    // SAFETY: just allocated, as in `insert_unchecked`.
+                    unsafe { shared.deref() }
+                }
+            };
+            pending = Ok(e);
+            // Counted before publication, as in `insert_unchecked`.
+            self.weight.add(weight);
+            self.len.increment();
+            if self.index.replace(old, Some(e), guard) {
+                self.stats.inserts.increment();
+                // Relaxed: a hint, as in `Entry::touch`.
+                e.freq
+                    .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.release(old, RemovalCause::Replaced);
+                self.policy.admit(e, true, guard);
+                self.evict_over_capacity(guard);
+                self.sweep(guard);
+                return Ok(());
+            }
+            self.weight.sub(weight);
+            self.len.decrement();
+        }
+    }
+
+    /// Returns the value for `key`, computing it with `init` and inserting it on a miss. While one
+    /// caller computes the value for a key, the others asking for the same key wait for its
+    /// result instead of computing it again (single-flight): the only place the cache makes a
+    /// caller wait. If `init` panics, the panic reaches its own caller, and the waiting callers
+    /// are released: one of them computes instead.
+    ///
+    /// The value is returned even if it is too heavy to be stored (it is then refused as by
+    /// [`insert`](Self::insert)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::thread;
+    ///
+    /// let cache = Cache::new(10);
+    /// let computed = AtomicUsize::new(0);
+    /// thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| {
+    ///             let v = cache.get_or_insert_with("model", || {
+    ///                 computed.fetch_add(1, Ordering::SeqCst);
+    ///                 std::thread::sleep(std::time::Duration::from_millis(20));
+    ///                 7
+    ///             });
+    ///             assert_eq!(v, 7);
+    ///         });
+    ///     }
+    /// });
+    /// assert_eq!(computed.load(Ordering::SeqCst), 1);
+    /// ```
+    pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V
+    where
+        K: Clone,
+    {
+        let hash = self.hash(&key);
+        let mut init = Some(init);
+        loop {
+            if let Some(v) = self.get_unchecked(&key, &self.pin()) {
+                return v;
+            }
+            match self.flights.join(hash, key.clone()) {
+                Joined::Leader(leader) => {
+                    // A flight may have completed between the lookup and the join.
+                    let found = {
+                        let guard = self.pin();
+                        self.index.find(hash, &key, &guard).map(|e| e.value.clone())
+                    };
+                    if let Some(v) = found {
+                        leader.complete(v.clone());
+                        return v;
+                    }
+                    // A caller leads at most once: it returns (or unwinds) from here.
+                    let init = init.take().expect("a caller leads one flight at most");
+                    let value = init();
+                    self.insert(key, value.clone());
+                    leader.complete(value.clone());
+                    return value;
+                }
+                Joined::Follower(flight) => {
+                    if let Some(v) = flight.wait() {
+                        return v;
+                    }
+                    // The leader panicked: try again, perhaps as the leader.
+                }
+            }
+        }
+    }
+
+    /// Removes every entry present when `clear` reaches its bucket (entries inserted meanwhile may
+    /// stay), telling the listener of each as `Removed`. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 1);
+    /// cache.insert(2, 2);
+    /// cache.clear();
+    /// assert!(cache.is_empty());
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    pub fn clear(&self) {
+        let guard = self.pin();
+        for e in self.index.take_all(&guard) {
+            self.release(e, RemovalCause::Removed);
+        }
+        // Retire the dead entries now rather than on later sweeps.
+        for _ in 0..self.policy.queued(&guard) {
+            self.policy.sweep_one(&guard);
+        }
+        self.evict_over_capacity(&guard);
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S> {
+    /// Prints sizes, never keys or values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len.get())
+            .field("weight", &self.weight.get())
+            .field("buckets", &self.index.buckets())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S> Drop for Cache<K, V, S> {
+    fn drop(&mut self) {
+        // Every entry still alive is in exactly one FIFO (its inserter admitted it before
+        // returning; entries already popped and retired are the epoch's): dropping the FIFOs'
+        // entries drops each once. Then the bucket arrays, which own no entry.
+        self.policy.drop_all();
+        self.index.free_arrays();
+    }
+}
+
+/// Frees an entry that was allocated but never published, handing its fields back.
+///
+/// # Safety
+///
+/// - `e` was allocated with `Owned::new` by the calling thread and never published, so no
+///   other thread can hold it;
+/// - it is not used after this call.
+unsafe fn reclaim_unpublished<K, V>(e: &Entry<K, V>) -> Entry<K, V> {
+    // SAFETY: the caller guarantees `e` came from `Owned::new` (a `Box`) and is ours alone.
+    *unsafe { Box::from_raw(e as *const Entry<K, V> as *mut Entry<K, V>) }
+}

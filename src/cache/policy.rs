@@ -1,0 +1,276 @@
+//! S3-FIFO eviction: Juncheng Yang, Yazhuo Zhang, Ziyue Qiu, Yao Yue and Rashmi Vinayak, "FIFO
+//! queues are all you need for cache eviction" (SOSP 2023).
+//!
+//! A small FIFO (about a tenth of the capacity) takes new keys; a main FIFO takes the rest; a ghost
+//! list remembers the hashes of keys recently evicted from the small FIFO. Each entry has a 2-bit
+//! access counter bumped by reads. Evicting from the small FIFO promotes an entry that was read
+//! since it arrived to the main FIFO, and evicts the others (remembering them in the ghost list);
+//! evicting from the main FIFO gives a read entry another pass (its counter decremented) and evicts
+//! the others. A key found in the ghost list when it is inserted again goes straight to main.
+//! One-hit wonders thus leave through the small FIFO without disturbing the main one: the policy
+//! resists scans.
+//!
+//! What we changed: the FIFOs are the crate's own lock-free `MsQueue`s of entry pointers, and each
+//! FIFO owns its entries (an entry is retired to the epoch only when its FIFO pops it), so removal
+//! and replacement only mark an entry dead and the FIFO skips it lazily. The ghost list is a fixed
+//! ring of atomic hashes with a direct-mapped table beside it for O(1) membership. Eviction runs on
+//! the inserting thread, one victim at a time.
+
+use super::index::{Entry, EntryPtr, Index};
+use crate::queue::MsQueue;
+use crate::sync::{epoch::Guard, AtomicU64, AtomicUsize, Ordering};
+
+/// An entry pointer held by a FIFO, which owns the entry.
+pub(super) struct Owned<K, V>(EntryPtr<K, V>);
+
+// SAFETY: the pointer is the FIFO's ownership of an `Entry<K, V>`; moving it between threads moves
+// (and eventually drops) the entry there, and readers on other threads share `&K`/`&V`: sound when
+// `K` and `V` are `Send + Sync`, which `Cache`'s own `Send`/`Sync` require.
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for Owned<K, V> {}
+
+/// Where an entry sits, for the small FIFO's weight.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Fifo {
+    Small,
+    Main,
+}
+
+/// What `evict_one` did.
+pub(super) enum Evicted<'g, K, V> {
+    /// This entry was unlinked from the index by us: its weight and count are ours to release.
+    Victim(&'g Entry<K, V>),
+    /// Both FIFOs are empty.
+    Nothing,
+}
+
+/// A fixed ring of recently evicted key hashes, with a direct-mapped table for membership.
+struct Ghost {
+    ring: Box<[AtomicU64]>,
+    table: Box<[AtomicU64]>,
+    cursor: AtomicUsize,
+}
+
+impl Ghost {
+    fn new(entries: usize) -> Self {
+        let ring = entries.max(1).next_power_of_two();
+        Self {
+            ring: (0..ring).map(|_| AtomicU64::new(0)).collect(),
+            table: (0..ring * 2).map(|_| AtomicU64::new(0)).collect(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The table slot of a hash, from bits the index does not use for its bucket.
+    #[inline]
+    fn slot(&self, tag: u64) -> &AtomicU64 {
+        &self.table[(tag.rotate_right(32) as usize) & (self.table.len() - 1)]
+    }
+
+    /// Never 0, which marks an empty slot.
+    #[inline]
+    fn tag(hash: u64) -> u64 {
+        hash | 1
+    }
+
+    // Relaxed throughout: the ghost list is an approximate set of hints; no memory is published
+    // through it, and a lost or stale hint only changes which FIFO a key starts in.
+
+    fn insert(&self, hash: u64) {
+        let tag = Self::tag(hash);
+        let pos = self.cursor.fetch_add(1, Ordering::Relaxed) & (self.ring.len() - 1);
+        let old = self.ring[pos].swap(tag, Ordering::Relaxed);
+        if old != 0 {
+            // The oldest hash leaves the ghost list, unless its slot was taken over since.
+            let _ = self
+                .slot(old)
+                .compare_exchange(old, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.slot(tag).store(tag, Ordering::Relaxed);
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        let tag = Self::tag(hash);
+        self.slot(tag).load(Ordering::Relaxed) == tag
+    }
+}
+
+/// The two FIFOs and the ghost list.
+pub(super) struct Policy<K, V> {
+    small: MsQueue<Owned<K, V>>,
+    main: MsQueue<Owned<K, V>>,
+    /// Total weight of the entries in the small FIFO (dead ones included until popped).
+    small_weight: AtomicU64,
+    /// The small FIFO's share of the capacity.
+    small_target: u64,
+    ghost: Ghost,
+}
+
+impl<K, V> Policy<K, V> {
+    pub(super) fn new(
+        capacity: u64,
+        entries: usize,
+        collector: &crate::sync::epoch::Collector,
+    ) -> Self {
+        Self {
+            small: MsQueue::with_collector(collector.clone()),
+            main: MsQueue::with_collector(collector.clone()),
+            small_weight: AtomicU64::new(0),
+            small_target: (capacity / 10).max(1),
+            ghost: Ghost::new(entries),
+        }
+    }
+
+    /// Takes ownership of a newly published entry: into main if its key was recently evicted from
+    /// small (or `to_main` says it earned main, e.g. it replaced a value), else into small.
+    pub(super) fn admit(&self, e: &Entry<K, V>, to_main: bool, guard: &Guard)
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        if to_main || self.ghost.contains(e.hash) {
+            self.push(Fifo::Main, e, guard);
+        } else {
+            self.push(Fifo::Small, e, guard);
+        }
+    }
+
+    fn push(&self, fifo: Fifo, e: &Entry<K, V>, guard: &Guard)
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        match fifo {
+            Fifo::Small => {
+                // Relaxed: a sizing statistic; no memory is published through it.
+                self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
+                self.small.push_with_guard(Owned(e), guard);
+            }
+            Fifo::Main => self.main.push_with_guard(Owned(e), guard),
+        }
+    }
+
+    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<&'g Entry<K, V>> {
+        let q = match fifo {
+            Fifo::Small => &self.small,
+            Fifo::Main => &self.main,
+        };
+        let Owned(p) = q.pop_with_guard(guard)?;
+        // SAFETY: a FIFO owns its entries: the entry is retired only by whoever pops it, which is
+        // now this thread, so it is allocated; it lives at least until this thread retires it
+        // under `guard`.
+        let e = unsafe { &*p };
+        if fifo == Fifo::Small {
+            // Relaxed: as in `push`.
+            self.small_weight.fetch_sub(e.weight, Ordering::Relaxed);
+        }
+        Some(e)
+    }
+
+    /// Retires an entry this thread popped and will not push again.
+    fn retire(e: &Entry<K, V>, guard: &Guard) {
+        // SAFETY: the entry was popped from its FIFO by this thread, so no FIFO holds it any more;
+        // it has left the index (dead, or unlinked by us), so no new reader can find it; readers
+        // that found it earlier are pinned, and the epoch drops it only after they unpin. Popping
+        // happens once per entry, so it is retired once.
+        unsafe { guard.defer_destroy(epoch_shared(e)) };
+    }
+
+    /// Evicts one entry: pops from the small FIFO while it holds more than its share (or main is
+    /// empty), else from main, promoting or re-queuing read entries as S3-FIFO does, until one
+    /// entry is unlinked from `index`. Dead entries met on the way are retired.
+    pub(super) fn evict_one<'g>(&self, index: &Index<K, V>, guard: &'g Guard) -> Evicted<'g, K, V>
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        loop {
+            // Relaxed: as in `push`.
+            let small_over = self.small_weight.load(Ordering::Relaxed) > self.small_target;
+            let order = if small_over {
+                [Fifo::Small, Fifo::Main]
+            } else {
+                [Fifo::Main, Fifo::Small]
+            };
+            let Some((fifo, e)) = order
+                .into_iter()
+                .find_map(|f| self.pop(f, guard).map(|e| (f, e)))
+            else {
+                return Evicted::Nothing;
+            };
+            // Acquire: pairs with the Release store of whoever unlinked it, so that its unlink
+            // (and bookkeeping) is done before we retire it.
+            if e.dead.load(Ordering::Acquire) {
+                Self::retire(e, guard);
+                continue;
+            }
+            // Relaxed: a hint, as in `Entry::touch`.
+            let f = e.freq.load(Ordering::Relaxed);
+            if f > 0 {
+                let (to, freq) = match fifo {
+                    // Read while in small: promoted to main, counting afresh.
+                    Fifo::Small => (Fifo::Main, 0),
+                    // Read while in main: one more pass.
+                    Fifo::Main => (Fifo::Main, f - 1),
+                };
+                e.freq.store(freq, Ordering::Relaxed);
+                self.push(to, e, guard);
+                continue;
+            }
+            if index.replace(e, None, guard) {
+                // Release: pairs with the Acquire load above in whichever thread pops it next
+                // (none: we retire it now) and documents that the entry left the index.
+                e.dead.store(true, Ordering::Release);
+                if fifo == Fifo::Small {
+                    self.ghost.insert(e.hash);
+                }
+                Self::retire(e, guard);
+                return Evicted::Victim(e);
+            }
+            // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
+            Self::retire(e, guard);
+        }
+    }
+
+    /// The number of entries queued in both FIFOs, dead ones included.
+    pub(super) fn queued(&self, guard: &Guard) -> usize {
+        self.small.len_with_guard(guard) + self.main.len_with_guard(guard)
+    }
+
+    /// Pops one entry from the front of each FIFO and retires it if dead, or puts it back at the
+    /// back of the same FIFO otherwise. Keeps the FIFOs' length bounded under insert/remove churn
+    /// that evicts nothing, wherever the dead entries sit. A live entry is out of its FIFO for a
+    /// moment: the caller evicts afterwards if the cache is over capacity, in case a concurrent
+    /// inserter found nothing to evict meanwhile.
+    pub(super) fn sweep_one(&self, guard: &Guard)
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        for fifo in [Fifo::Small, Fifo::Main] {
+            if let Some(e) = self.pop(fifo, guard) {
+                // Acquire: as in `evict_one`.
+                if e.dead.load(Ordering::Acquire) {
+                    Self::retire(e, guard);
+                } else {
+                    self.push(fifo, e, guard);
+                }
+            }
+        }
+    }
+
+    /// Drops every entry still queued, through exclusive access.
+    pub(super) fn drop_all(&mut self) {
+        for q in [&mut self.small, &mut self.main] {
+            for Owned(p) in q.drain() {
+                // SAFETY: `&mut self`: no other thread can reach the cache, so no reader holds the
+                // entry; the FIFO owned it, and it is popped (so dropped) exactly once.
+                drop(unsafe { Box::from_raw(p as *mut Entry<K, V>) });
+            }
+        }
+    }
+}
+
+/// The epoch's pointer type for an entry this thread may retire.
+fn epoch_shared<'g, K, V>(e: &'g Entry<K, V>) -> crate::sync::epoch::Shared<'g, Entry<K, V>> {
+    crate::sync::epoch::Shared::from(e as *const Entry<K, V>)
+}
