@@ -7,6 +7,7 @@
 //! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO (Michael & Scott), epoch reclamation | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
 //! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
+//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, with admission, deadlines and cancellation | submit never blocks |
 //!
 //! # Progress guarantees
 //!
@@ -18,6 +19,8 @@
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
 //! | `Cache::get`, `peek`, `contains_key`, `insert`, `remove`, `compare_exchange`, `clear` | lock-free |
 //! | `Cache::get_or_insert_with` | lock-free on a hit; on a miss, waits for the caller computing the same key |
+//! | `Batcher::submit`, `submit_with` | lock-free: never blocks, refusals return at once |
+//! | `Batcher::call`, `Pending::wait`, `Batcher::shutdown` | blocking (they wait for replies) |
 //!
 //! # Features
 //!
@@ -27,7 +30,9 @@
 //! | `--cfg loom --cfg crossbeam_loom` | builds every primitive on loom's atomics and crossbeam-epoch's loom mode, so a downstream crate's loom models explore latchless too |
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod batch;
 pub mod cache;
 pub mod counter;
 pub mod queue;
+mod reclaim;
 mod sync;

@@ -21,6 +21,7 @@
 //!   which gives [`MsQueue::len`] in O(1) without a shared length counter on the hot path;
 //! - `head` and `tail` sit on separate cache lines, and failed compare-and-swaps back off.
 
+use crate::reclaim::Reclaim;
 use crate::sync::{
     epoch, Arc, AtomicUsize, Backoff, CachePadded, Ordering, Track, UnsafeCell, UNDER_LOOM,
 };
@@ -157,8 +158,8 @@ pub struct MsQueue<T> {
     /// ended: no thread can still hold them. Raised by deferred functions, which may outlive the
     /// queue, hence the `Arc`.
     reusable: Arc<CachePadded<AtomicUsize>>,
-    /// `None`: crossbeam-epoch's global collector, pinned through `epoch::pin`.
-    collector: Option<Collector>,
+    /// The global collector or the caller's.
+    reclaim: Reclaim,
     /// The queue owns `T`s (for the drop check).
     _marker: PhantomData<T>,
 }
@@ -220,33 +221,22 @@ impl<T> MsQueue<T> {
             tail: CachePadded::new(Atomic::from(sentinel)),
             free: CachePadded::new(Atomic::from(sentinel)),
             reusable: Arc::new(CachePadded::new(AtomicUsize::new(0))),
-            collector,
+            reclaim: Reclaim::new(collector),
             _marker: PhantomData,
         }
     }
 
-    /// Pins the current thread in the queue's collector.
     #[inline]
     fn pin(&self) -> Guard {
-        match &self.collector {
-            None => epoch::pin(),
-            // A guard outlives the handle it came from: the participant stays registered until
-            // both are gone.
-            Some(c) => c.register().pin(),
-        }
+        self.reclaim.pin()
     }
 
-    /// Panics unless `guard` pins the queue's collector.
     #[inline]
     #[track_caller]
     fn check_guard(&self, guard: &Guard) {
-        let ours = match &self.collector {
-            None => epoch::default_collector(),
-            Some(c) => c,
-        };
-        assert!(
-            guard.collector() == Some(ours),
-            "MsQueue: the guard does not pin the queue's collector"
+        self.reclaim.check(
+            guard,
+            "MsQueue: the guard does not pin the queue's collector",
         );
     }
 

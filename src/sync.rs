@@ -18,18 +18,22 @@
 //!   every model thread on one OS thread, so std's thread-locals cannot tell them apart.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 #[cfg(loom)]
 pub(crate) use loom::{
     alloc::Track,
     cell::UnsafeCell,
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex};
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Whether the crate runs under loom, for the few tuning constants that must be tiny there so
 /// that a model of a handful of operations still reaches the code paths they gate.
@@ -120,4 +124,93 @@ pub(crate) fn thread_index() -> usize {
     id.chars()
         .filter(char::is_ascii_digit)
         .fold(0usize, |n, d| n * 10 + (d as usize - '0' as usize))
+}
+
+/// Threads: std's, or loom's model threads.
+pub(crate) mod thread {
+    #[cfg(loom)]
+    pub(crate) use loom::thread::{current, Builder, JoinHandle, Thread};
+    #[cfg(not(loom))]
+    pub(crate) use std::thread::{current, Builder, JoinHandle, Thread};
+}
+
+/// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark` has
+/// been called since the last return, or spuriously.
+///
+/// Outside loom it is std's thread park/unpark on the thread that registered itself. Under loom
+/// it is a mutex-guarded token and a condition variable: loom's own `unpark` also wakes a thread
+/// blocked on a mutex, which std's never does, and would fail a model over a protocol that is
+/// sound under std. loom has no timed park: `park_timeout` is a spurious wake-up there, so models
+/// explore the untimed paths and the wake-up protocol, never a timeout.
+#[derive(Debug, Default)]
+pub(crate) struct Parker {
+    #[cfg(not(loom))]
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    #[cfg(loom)]
+    token: Mutex<bool>,
+    #[cfg(loom)]
+    woken: Condvar,
+}
+
+impl Parker {
+    /// Makes the calling thread the one that parks. Call it before the first `park`.
+    #[cfg(not(loom))]
+    pub(crate) fn register_current(&self) {
+        let _ = self.thread.set(std::thread::current());
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn park(&self) {
+        std::thread::park();
+    }
+
+    #[cfg(not(loom))]
+    pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
+        std::thread::park_timeout(timeout);
+    }
+
+    /// Wakes the registered thread (a no-op before it registered: it has not parked yet).
+    #[cfg(not(loom))]
+    pub(crate) fn unpark(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn register_current(&self) {}
+
+    #[cfg(loom)]
+    pub(crate) fn park(&self) {
+        let mut token = self.token.lock().unwrap();
+        while !*token {
+            token = self.woken.wait(token).unwrap();
+        }
+        *token = false;
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn park_timeout(&self, _: std::time::Duration) {
+        *self.token.lock().unwrap() = false;
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn unpark(&self) {
+        *self.token.lock().unwrap() = true;
+        self.woken.notify_one();
+    }
+}
+
+/// The time now. Under loom, a constant (one instant for the whole process): models are
+/// deterministic, and a deadline is passed only if it is already due (a zero wait).
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+#[cfg(loom)]
+pub(crate) fn now() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }

@@ -7,3 +7,29 @@
 //!
 //! This crate depends on latchless exactly as a user's crate does: the same command, run in a
 //! user's crate, makes its own loom models explore latchless's queue and counters.
+
+/// Runs `f` under `loom::model`, then prints how many executions loom explored and how long it
+/// took (run the tests with `--nocapture` to see it): the figures each model's comment quotes.
+#[cfg(loom)]
+pub fn model<F>(f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&executions);
+    let start = std::time::Instant::now();
+    loom::model(move || {
+        // Relaxed: a count read after `model` returns, on the same OS thread.
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "{}: {} executions in {:.1?}",
+        std::thread::current().name().unwrap_or("model"),
+        executions.load(Ordering::Relaxed),
+        start.elapsed()
+    );
+}

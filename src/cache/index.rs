@@ -94,6 +94,23 @@ fn build<'g, K, V>(
     array.into_shared(guard)
 }
 
+/// A copy of `slots` with the pointer at `i` replaced by `p`.
+fn with_slot<'g, K, V>(
+    slots: &[EntryPtr<K, V>],
+    i: usize,
+    p: EntryPtr<K, V>,
+    guard: &'g Guard,
+) -> Shared<'g, Slots<K, V>> {
+    build(
+        slots.len(),
+        slots
+            .iter()
+            .enumerate()
+            .map(|(j, &q)| if i == j { p } else { q }),
+        guard,
+    )
+}
+
 /// The bucket array: fixed at construction, a power of two long.
 pub(super) struct Index<K, V> {
     buckets: Box<[Atomic<Slots<K, V>>]>,
@@ -176,14 +193,7 @@ impl<K, V> Index<K, V> {
             });
             let new_ptr: EntryPtr<K, V> = new;
             let next = match old {
-                Some(i) => build(
-                    slots.len(),
-                    slots
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &p)| if i == j { new_ptr } else { p }),
-                    guard,
-                ),
+                Some(i) => with_slot(slots, i, new_ptr, guard),
                 None => build(
                     slots.len() + 1,
                     slots.iter().copied().chain(core::iter::once(new_ptr)),
@@ -214,17 +224,7 @@ impl<K, V> Index<K, V> {
                 return false;
             };
             let next = match new {
-                Some(new) => {
-                    let new_ptr: EntryPtr<K, V> = new;
-                    build(
-                        slots.len(),
-                        slots
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &p)| if i == j { new_ptr } else { p }),
-                        guard,
-                    )
-                }
+                Some(new) => with_slot(slots, i, new, guard),
                 None => build(
                     slots.len() - 1,
                     slots

@@ -42,6 +42,7 @@ mod index;
 mod policy;
 
 use crate::counter::{AtomicCounter, ShardedCounter};
+use crate::reclaim::Reclaim;
 use crate::sync::{epoch, Ordering, UNDER_LOOM};
 use core::borrow::Borrow;
 use core::fmt;
@@ -382,13 +383,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             }
         });
         let entries = entries.clamp(1, 1 << 26);
-        let collector = self
-            .collector
-            .clone()
-            .unwrap_or_else(|| epoch::default_collector().clone());
+        let reclaim = Reclaim::new(self.collector);
         Cache {
             index: Index::new(entries),
-            policy: Policy::new(self.capacity, entries, &collector),
+            policy: Policy::new(self.capacity, entries, reclaim.collector()),
             hasher: self.hasher,
             capacity: self.capacity,
             weight: AtomicCounter::new(0),
@@ -397,7 +395,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             stats: Stats::new(),
             flights: Flights::new(if UNDER_LOOM { 1 } else { 64 }),
-            collector: self.collector,
+            reclaim,
         }
     }
 }
@@ -463,8 +461,8 @@ pub struct Cache<K, V, S = RandomState> {
     listener: Option<Listener<K, V>>,
     stats: Stats,
     flights: Flights<K, V>,
-    /// `None`: crossbeam-epoch's global collector.
-    collector: Option<Collector>,
+    /// The global collector or the caller's.
+    reclaim: Reclaim,
 }
 
 // SAFETY: the index and FIFOs hold raw pointers to entries that the cache owns; sending the cache
@@ -615,23 +613,13 @@ impl<K, V, S> Cache<K, V, S> {
     }
 
     fn pin(&self) -> Guard {
-        match &self.collector {
-            None => epoch::pin(),
-            // A guard outlives the handle it came from.
-            Some(c) => c.register().pin(),
-        }
+        self.reclaim.pin()
     }
 
     #[track_caller]
     fn check_guard(&self, guard: &Guard) {
-        let ours = match &self.collector {
-            None => epoch::default_collector(),
-            Some(c) => c,
-        };
-        assert!(
-            guard.collector() == Some(ours),
-            "Cache: the guard does not pin the cache's collector"
-        );
+        self.reclaim
+            .check(guard, "Cache: the guard does not pin the cache's collector");
     }
 }
 
@@ -852,14 +840,16 @@ where
         let new = unsafe { new.deref() };
         let old = self.index.upsert(new, guard);
         self.stats.inserts.increment();
-        let replaced = old.map(|old| {
+        if let Some(old) = old {
             // A replacement has proven its key's reuse: it starts in main, keeping its count.
             // Relaxed: a hint, as in `Entry::touch`.
             new.freq
                 .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
-            self.release(old, RemovalCause::Replaced)
-        });
+        }
+        // Admitted before anything can call user code (the listener, in `release`): a panic there
+        // must not leave a published entry that no FIFO owns.
         self.policy.admit(new, old.is_some(), guard);
+        let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
         self.evict_over_capacity(guard);
         if old.is_some() {
             self.sweep(guard);
@@ -1101,8 +1091,9 @@ where
                 // Relaxed: a hint, as in `Entry::touch`.
                 e.freq
                     .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.release(old, RemovalCause::Replaced);
+                // Admitted before the listener runs, as in `insert_unchecked`.
                 self.policy.admit(e, true, guard);
+                self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
                 self.sweep(guard);
                 return Ok(());

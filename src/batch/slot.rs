@@ -1,0 +1,230 @@
+//! The reply slot between the batcher's worker (one writer) and a request's [`Pending`] (one
+//! waiter), in either order, with the waiter free to give up (drop) at any time.
+//!
+//! A mutex-guarded state and a condition variable: the slot is touched twice per request by at
+//! most two threads, so a lock costs nothing measurable here and keeps the three ways of waiting
+//! (blocking, blocking with a timeout, and `Future::poll`) simple and obviously right.
+
+use super::BatchError;
+use crate::sync::{Arc, Condvar, Mutex};
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+/// What the slot holds.
+struct State<Resp> {
+    /// The reply, until the waiter takes it.
+    reply: Option<Result<Resp, BatchError>>,
+    /// The task to wake when the reply arrives, for `Future` waiters.
+    waker: Option<Waker>,
+    /// The `Pending` was dropped: nobody waits, the request need not be computed.
+    cancelled: bool,
+}
+
+/// One request's reply slot.
+pub(super) struct Slot<Resp> {
+    state: Mutex<State<Resp>>,
+    ready: Condvar,
+}
+
+impl<Resp> Slot<Resp> {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                reply: None,
+                waker: None,
+                cancelled: false,
+            }),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> crate::sync::MutexGuard<'_, State<Resp>> {
+        // A panic never happens while the lock is held (no user code runs under it), but if one
+        // did, the state is still consistent: every write to it is a single assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the waiter gave up.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    /// Delivers the reply (once) and wakes the waiter. A reply to a cancelled request is dropped.
+    pub(super) fn send(&self, reply: Result<Resp, BatchError>) {
+        let waker = {
+            let mut state = self.lock();
+            if state.cancelled {
+                return;
+            }
+            debug_assert!(state.reply.is_none(), "a request is answered once");
+            state.reply = Some(reply);
+            state.waker.take()
+        };
+        self.ready.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The reply to a submitted request, to wait for: [`wait`](Pending::wait),
+/// [`wait_timeout`](Pending::wait_timeout), or `.await` (it is a [`Future`], usable from any async
+/// runtime or none). Dropping it cancels the request: if it has not been computed yet, it never
+/// will be.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::batch::{BatchConfig, Batcher};
+///
+/// let batcher = Batcher::spawn(BatchConfig::default(), |xs: Vec<u32>| {
+///     xs.into_iter().map(|x| x + 1).collect()
+/// })
+/// .unwrap();
+/// let pending = batcher.submit(41).unwrap();
+/// assert_eq!(pending.wait(), Ok(42));
+/// ```
+#[must_use = "dropping a Pending cancels its request"]
+pub struct Pending<Resp> {
+    slot: Arc<Slot<Resp>>,
+}
+
+impl<Resp> Pending<Resp> {
+    pub(super) fn new(slot: Arc<Slot<Resp>>) -> Self {
+        Self { slot }
+    }
+
+    /// Blocks until the reply arrives.
+    ///
+    /// # Errors
+    ///
+    /// The [`BatchError`] the request was answered with: expired, handler panicked, or handler
+    /// returned the wrong number of results.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchConfig, Batcher};
+    ///
+    /// let b = Batcher::spawn(BatchConfig::default(), |xs: Vec<&str>| {
+    ///     xs.into_iter().map(str::len).collect()
+    /// })
+    /// .unwrap();
+    /// assert_eq!(b.submit("four").unwrap().wait(), Ok(4));
+    /// ```
+    pub fn wait(self) -> Result<Resp, BatchError> {
+        let mut state = self.slot.lock();
+        loop {
+            if let Some(reply) = state.reply.take() {
+                return reply;
+            }
+            state = self
+                .slot
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until the reply arrives or `timeout` passes. On timeout the `Pending` is handed
+    /// back, so the request is neither lost nor cancelled: wait again, or drop it to cancel.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(..))` when the request was answered with a [`BatchError`]; `Err(self)` on timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchConfig, Batcher};
+    /// use std::time::Duration;
+    ///
+    /// let b = Batcher::spawn(BatchConfig::default(), |xs: Vec<u8>| xs).unwrap();
+    /// let reply = b.submit(7).unwrap().wait_timeout(Duration::from_secs(10));
+    /// assert_eq!(reply.ok(), Some(Ok(7)));
+    /// ```
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<Resp, BatchError>, Self> {
+        let deadline = Instant::now().checked_add(timeout);
+        {
+            let mut state = self.slot.lock();
+            loop {
+                if let Some(reply) = state.reply.take() {
+                    return Ok(reply);
+                }
+                let left = match deadline {
+                    Some(d) => match d.checked_duration_since(Instant::now()) {
+                        Some(left) if !left.is_zero() => left,
+                        _ => break,
+                    },
+                    // Too far to represent: as good as forever.
+                    None => Duration::from_secs(u32::MAX.into()),
+                };
+                state = self
+                    .slot
+                    .ready
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        Err(self)
+    }
+
+    /// Whether the reply has arrived (so [`wait`](Self::wait) would not block).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchConfig, Batcher};
+    ///
+    /// let b = Batcher::spawn(BatchConfig::default(), |xs: Vec<u8>| xs).unwrap();
+    /// let p = b.submit(1).unwrap();
+    /// b.shutdown(); // returns once every accepted request is answered
+    /// assert!(p.is_ready());
+    /// ```
+    pub fn is_ready(&self) -> bool {
+        self.slot.lock().reply.is_some()
+    }
+}
+
+impl<Resp> Future for Pending<Resp> {
+    type Output = Result<Resp, BatchError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.lock();
+        match state.reply.take() {
+            Some(reply) => Poll::Ready(reply),
+            None => {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<Resp> Drop for Pending<Resp> {
+    fn drop(&mut self) {
+        let mut state = self.slot.lock();
+        if state.reply.is_none() {
+            state.cancelled = true;
+        }
+    }
+}
+
+impl<Resp> fmt::Debug for Pending<Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}

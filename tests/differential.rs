@@ -1,0 +1,729 @@
+//! Differential tests: seeded random single-threaded operation sequences applied both to a
+//! latchless structure and to a reference model from `std`, comparing every result.
+//!
+//! - `MsQueue` vs `VecDeque`: `push`, `pop`, `len`, `is_empty`, partial and full `drain`, and
+//!   partial `into_iter` (whose dropped remainder must drop its values). Values count their live
+//!   instances, so after every step the number alive equals the model's length: nothing leaked,
+//!   nothing dropped twice. Half the seeds use the global collector with plain `push`/`pop`, half
+//!   a local `Collector` with `push_with_guard`/`pop_with_guard`. The push probability changes
+//!   in phases, so the queue grows to hundreds of values and shrinks back (node recycling runs).
+//! - `Cache` without eviction (capacity at least the number of keys, sometimes exactly it) vs
+//!   `HashMap`: `get`, `peek`, `contains_key`, `insert`, `remove`, `compare_exchange`, `len`,
+//!   `is_empty` and a rare `clear`, every result equal to the model's; `weight() == len()`, and
+//!   `stats()` hits, misses and inserts equal to the counts of what was observed, no eviction.
+//! - `Cache` with eviction (capacity 1 to 16, 64 keys, a hot set of 8):
+//!   - without a listener: every hit (`get`, `peek`, `contains_key`, a replaced or removed value,
+//!     a failed exchange's current value) is the last value inserted for that key (never a
+//!     removed key, never an older value); `len() <= capacity()` and `weight() == len()` after
+//!     every step, `len()` equal to the number of keys present (scanned every 64 steps); `stats()`
+//!     hits and misses equal the observed hits and misses, inserts the successful writes, and
+//!     evictions exactly the entries that left without a remove: one per insert of a new key into
+//!     a full cache, none otherwise;
+//!   - with an eviction listener: the model is exact, a `HashMap` from which every `Evicted` entry
+//!     the listener reports is removed (after checking it held that value), and every result
+//!     must equal the model's; `Replaced` and `Removed` reports must match what the call
+//!     returned.
+//!
+//! Every test runs `SEEDS` seeds of `STEPS` steps (fewer steps under Miri). On failure the panic
+//! is followed by a line naming the test, seed, step and the last operations; set
+//! `LATCHLESS_DIFF_SEED=<seed>` (decimal or 0x-hex) to run only that seed.
+
+use crossbeam_epoch::Collector;
+use latchless::cache::{Cache, CompareExchangeFailure, RemovalCause};
+use latchless::queue::MsQueue;
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::BuildHasherDefault;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+/// Steps per seed.
+const STEPS: usize = if cfg!(miri) { 300 } else { 10_000 };
+
+/// The seeds every test runs.
+const SEEDS: [u64; 8] = [
+    1,
+    2,
+    3,
+    0xDEAD_BEEF,
+    0x5EED_0001,
+    0x0123_4567_89AB_CDEF,
+    0xFFFF_FFFF_FFFF_FFFF,
+    0x8000_0000_0000_0000,
+];
+
+type FixedHasher = BuildHasherDefault<DefaultHasher>;
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator with no dependency.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// `true` with probability `percent`%.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Where a run is: the step number and the last few operations, for the failure report.
+#[derive(Debug, Default)]
+struct Trace {
+    step: Cell<usize>,
+    recent: RefCell<VecDeque<String>>,
+}
+
+impl Trace {
+    /// Notes that step `step` runs `op`.
+    fn step(&self, step: usize, op: &dyn Debug) {
+        self.step.set(step);
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() == 8 {
+            recent.pop_front();
+        }
+        recent.push_back(format!("{step}: {op:?}"));
+    }
+}
+
+/// The seeds to run: `SEEDS`, or the one in `LATCHLESS_DIFF_SEED`.
+fn seeds() -> Vec<u64> {
+    match std::env::var("LATCHLESS_DIFF_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let seed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            };
+            vec![seed.unwrap_or_else(|e| panic!("LATCHLESS_DIFF_SEED={s:?}: {e}"))]
+        }
+        Err(_) => SEEDS.to_vec(),
+    }
+}
+
+/// Runs `body(seed, trace)` for every seed; if it panics, prints the test name, the seed, the
+/// step and the last operations, then lets the panic go on.
+fn for_each_seed(name: &str, body: impl Fn(u64, &Trace)) {
+    for seed in seeds() {
+        let trace = Trace::default();
+        let result = panic::catch_unwind(AssertUnwindSafe(|| body(seed, &trace)));
+        if let Err(panic) = result {
+            eprintln!(
+                "{name}: failed with seed {seed:#x} (LATCHLESS_DIFF_SEED={seed:#x}) at step {}; \
+                 last operations:\n  {}",
+                trace.step.get(),
+                Vec::from(trace.recent.take()).join("\n  ")
+            );
+            panic::resume_unwind(panic);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MsQueue vs VecDeque.
+// ---------------------------------------------------------------------------------------------
+
+/// A queue payload that counts its live instances, to catch leaked or doubly dropped values.
+#[derive(Debug)]
+struct Tracked {
+    value: u64,
+    live: Rc<Cell<i64>>,
+}
+
+impl Tracked {
+    fn new(value: u64, live: &Rc<Cell<i64>>) -> Self {
+        live.set(live.get() + 1);
+        Self {
+            value,
+            live: Rc::clone(live),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.set(self.live.get() - 1);
+    }
+}
+
+#[derive(Debug)]
+enum QueueStep {
+    Push(u64),
+    Pop,
+    Len,
+    IsEmpty,
+    /// Drain at most this many values, leaving the rest.
+    DrainSome(usize),
+    DrainAll,
+    /// Pop this many values through `into_iter`, then drop the iterator with the rest.
+    IntoIterSome(usize),
+}
+
+/// The queue under test: on the global collector, or on a local one through the guard methods.
+struct QueueUnderTest {
+    queue: MsQueue<Tracked>,
+    local: Option<(Collector, crossbeam_epoch::LocalHandle)>,
+}
+
+impl QueueUnderTest {
+    fn new(local: bool) -> Self {
+        if local {
+            let collector = Collector::new();
+            let handle = collector.register();
+            Self {
+                queue: MsQueue::with_collector(collector.clone()),
+                local: Some((collector, handle)),
+            }
+        } else {
+            Self {
+                queue: MsQueue::new(),
+                local: None,
+            }
+        }
+    }
+
+    /// A fresh empty queue on the same kind of collector.
+    fn fresh(&self) -> MsQueue<Tracked> {
+        match &self.local {
+            Some((collector, _)) => MsQueue::with_collector(collector.clone()),
+            None => MsQueue::new(),
+        }
+    }
+
+    fn push(&self, v: Tracked) {
+        match &self.local {
+            Some((_, handle)) => self.queue.push_with_guard(v, &handle.pin()),
+            None => self.queue.push(v),
+        }
+    }
+
+    fn pop(&self) -> Option<Tracked> {
+        match &self.local {
+            Some((_, handle)) => self.queue.pop_with_guard(&handle.pin()),
+            None => self.queue.pop(),
+        }
+    }
+}
+
+fn values(v: impl IntoIterator<Item = Tracked>) -> Vec<u64> {
+    v.into_iter().map(|t| t.value).collect()
+}
+
+#[test]
+fn ms_queue_matches_vecdeque() {
+    for_each_seed("ms_queue_matches_vecdeque", |seed, trace| {
+        let mut rng = Rng::new(seed);
+        let live = Rc::new(Cell::new(0i64));
+        let local = rng.chance(50);
+        let mut q = QueueUnderTest::new(local);
+        let mut model: VecDeque<u64> = VecDeque::new();
+        let mut next_value = 0u64;
+        let mut push_percent = 50;
+        let mut max_len = 0;
+        for step in 0..STEPS {
+            if step % 512 == 0 {
+                push_percent = [20, 50, 80][rng.below(3) as usize];
+            }
+            let r = rng.below(1_000);
+            let op = if r < 10 * push_percent {
+                next_value += 1;
+                QueueStep::Push(next_value)
+            } else if r < 920 {
+                QueueStep::Pop
+            } else if r < 950 {
+                QueueStep::Len
+            } else if r < 975 {
+                QueueStep::IsEmpty
+            } else if r < 996 {
+                QueueStep::DrainSome(rng.below(16) as usize)
+            } else if r < 998 {
+                QueueStep::DrainAll
+            } else {
+                QueueStep::IntoIterSome(rng.below(model.len() as u64 / 2 + 2) as usize)
+            };
+            trace.step(step, &op);
+            match op {
+                QueueStep::Push(v) => {
+                    q.push(Tracked::new(v, &live));
+                    model.push_back(v);
+                }
+                QueueStep::Pop => {
+                    assert_eq!(q.pop().map(|t| t.value), model.pop_front());
+                }
+                QueueStep::Len => assert_eq!(q.queue.len(), model.len()),
+                QueueStep::IsEmpty => assert_eq!(q.queue.is_empty(), model.is_empty()),
+                QueueStep::DrainSome(k) => {
+                    let got = values(q.queue.drain().take(k));
+                    let want: Vec<u64> = model.drain(..k.min(model.len())).collect();
+                    assert_eq!(got, want);
+                }
+                QueueStep::DrainAll => {
+                    let got = values(q.queue.drain());
+                    let want: Vec<u64> = model.drain(..).collect();
+                    assert_eq!(got, want);
+                    assert!(q.queue.is_empty());
+                }
+                QueueStep::IntoIterSome(k) => {
+                    let fresh = q.fresh();
+                    let queue = std::mem::replace(&mut q.queue, fresh);
+                    let mut it = queue.into_iter();
+                    let got = values(it.by_ref().take(k));
+                    let want: Vec<u64> = model.drain(..k.min(model.len())).collect();
+                    assert_eq!(got, want);
+                    // The rest drops with the iterator.
+                    drop(it);
+                    model.clear();
+                }
+            }
+            // Nothing leaked, nothing dropped twice: exactly the modelled values are alive.
+            assert_eq!(
+                live.get(),
+                model.len() as i64,
+                "live values vs model length"
+            );
+            max_len = max_len.max(model.len());
+        }
+        assert_eq!(q.queue.len(), model.len());
+        drop(q);
+        assert_eq!(live.get(), 0, "values alive after the queue dropped");
+        assert!(max_len > 100, "the queue never grew: max length {max_len}");
+        println!("seed {seed:#x}, local collector {local}: max length {max_len}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache vs HashMap.
+// ---------------------------------------------------------------------------------------------
+
+type Key = u16;
+type Value = u32;
+
+/// Values are drawn from a small domain, so that exchanges often find what they expect.
+const VALUES: u64 = 6;
+
+#[derive(Clone, Copy, Debug)]
+enum CacheStep {
+    Get(Key),
+    Peek(Key),
+    ContainsKey(Key),
+    Insert(Key, Value),
+    Remove(Key),
+    CompareExchange(Key, Value, Value),
+    Len,
+    Clear,
+}
+
+/// Draws a cache operation over keys `0..keys`, a fraction of them (`hot_percent`%) from the
+/// first `hot` keys. `expected` gives an exchange a plausible expected value, half the time.
+fn cache_step(
+    rng: &mut Rng,
+    keys: u64,
+    hot: u64,
+    hot_percent: u64,
+    clear_permille: u64,
+    expected: impl Fn(Key) -> Option<Value>,
+) -> CacheStep {
+    let key = if rng.chance(hot_percent) {
+        rng.below(hot)
+    } else {
+        rng.below(keys)
+    } as Key;
+    let value = rng.below(VALUES) as Value;
+    let r = rng.below(1_000);
+    if r < clear_permille {
+        return CacheStep::Clear;
+    }
+    match r % 100 {
+        0..=29 => CacheStep::Get(key),
+        30..=39 => CacheStep::Peek(key),
+        40..=44 => CacheStep::ContainsKey(key),
+        45..=69 => CacheStep::Insert(key, value),
+        70..=79 => CacheStep::Remove(key),
+        80..=94 => {
+            let current = match expected(key) {
+                Some(v) if rng.chance(50) => v,
+                _ => rng.below(VALUES) as Value,
+            };
+            CacheStep::CompareExchange(key, current, value)
+        }
+        _ => CacheStep::Len,
+    }
+}
+
+/// Counts of what the test observed, to compare with `Cache::stats`.
+#[derive(Debug, Default)]
+struct Observed {
+    hits: u64,
+    misses: u64,
+    inserts: u64,
+    evictions: u64,
+}
+
+impl Observed {
+    fn assert_matches(&self, cache: &Cache<Key, Value, FixedHasher>) {
+        let s = cache.stats();
+        assert_eq!(
+            (s.hits, s.misses, s.inserts, s.evictions, s.rejected),
+            (self.hits, self.misses, self.inserts, self.evictions, 0),
+            "stats (hits, misses, inserts, evictions, rejected) vs observed"
+        );
+    }
+}
+
+#[test]
+fn cache_without_eviction_matches_hashmap() {
+    const KEYS: u64 = 16;
+    for_each_seed("cache_without_eviction_matches_hashmap", |seed, trace| {
+        let mut rng = Rng::new(seed);
+        // Capacity exactly the key count half the time (full, yet never over), else 4x; an
+        // index of one bucket a third of the time (every key in one bucket array).
+        let capacity = if rng.chance(50) { KEYS } else { 4 * KEYS };
+        let one_bucket = rng.below(3) == 0;
+        let builder = Cache::builder(capacity).hasher(FixedHasher::default());
+        let cache = if one_bucket {
+            builder.estimated_entries(1).build()
+        } else {
+            builder.build()
+        };
+        let mut model: HashMap<Key, Value> = HashMap::new();
+        let mut seen = Observed::default();
+        for step in 0..STEPS {
+            let op = cache_step(&mut rng, KEYS, KEYS, 0, 2, |k| model.get(&k).copied());
+            trace.step(step, &op);
+            match op {
+                CacheStep::Get(k) => {
+                    let got = cache.get(&k);
+                    assert_eq!(got, model.get(&k).copied());
+                    if got.is_some() {
+                        seen.hits += 1;
+                    } else {
+                        seen.misses += 1;
+                    }
+                }
+                CacheStep::Peek(k) => assert_eq!(cache.peek(&k), model.get(&k).copied()),
+                CacheStep::ContainsKey(k) => {
+                    assert_eq!(cache.contains_key(&k), model.contains_key(&k));
+                }
+                CacheStep::Insert(k, v) => {
+                    assert_eq!(cache.insert(k, v), model.insert(k, v));
+                    seen.inserts += 1;
+                }
+                CacheStep::Remove(k) => assert_eq!(cache.remove(&k), model.remove(&k)),
+                CacheStep::CompareExchange(k, current, new) => {
+                    let got = cache.compare_exchange(&k, &current, new);
+                    match model.get(&k).copied() {
+                        Some(v) if v == current => {
+                            assert_eq!(got, Ok(()));
+                            model.insert(k, new);
+                            seen.inserts += 1;
+                        }
+                        held => {
+                            let e = got.expect_err("exchange succeeded against the model");
+                            assert_eq!(e.current, held);
+                            assert_eq!(e.new, new);
+                            assert_eq!(e.failure, CompareExchangeFailure::Mismatch);
+                        }
+                    }
+                }
+                CacheStep::Len => {
+                    assert_eq!(cache.len(), model.len());
+                    assert_eq!(cache.is_empty(), model.is_empty());
+                }
+                CacheStep::Clear => {
+                    cache.clear();
+                    model.clear();
+                }
+            }
+            assert_eq!(cache.len(), model.len(), "len after the step");
+            assert_eq!(cache.weight(), model.len() as u64, "weight after the step");
+            seen.assert_matches(&cache);
+        }
+        for k in 0..KEYS as Key {
+            assert_eq!(
+                cache.peek(&k),
+                model.get(&k).copied(),
+                "final state of key {k}"
+            );
+        }
+        println!(
+            "seed {seed:#x}, capacity {capacity}, one bucket {one_bucket}: {} hits, {} misses, \
+             {} inserts",
+            seen.hits, seen.misses, seen.inserts
+        );
+    });
+}
+
+/// Keys and hot set of the eviction tests.
+const EVICTION_KEYS: u64 = 64;
+const HOT_KEYS: u64 = 8;
+
+/// The capacity of an eviction test: 1, 4, 8 or 16.
+fn small_capacity(rng: &mut Rng) -> u64 {
+    [1, 4, 8, 16][rng.below(4) as usize]
+}
+
+/// Checks that a value the cache returned for `k` (if any) is the last one inserted for it;
+/// returns 1 if there was a value to check.
+fn latest(last: &HashMap<Key, Value>, k: Key, got: Option<Value>, what: &str) -> u64 {
+    if let Some(v) = got {
+        assert_eq!(
+            Some(v),
+            last.get(&k).copied(),
+            "{what} for key {k} returned a value that is not the last inserted"
+        );
+    }
+    u64::from(got.is_some())
+}
+
+#[test]
+fn cache_with_eviction_hits_return_the_last_value_inserted() {
+    for_each_seed(
+        "cache_with_eviction_hits_return_the_last_value_inserted",
+        |seed, trace| {
+            let mut rng = Rng::new(seed);
+            let capacity = small_capacity(&mut rng);
+            let cache = Cache::builder(capacity)
+                .hasher(FixedHasher::default())
+                .build();
+            // The last value written for each key; `None` once removed. A key may also be absent
+            // from the cache because it was evicted: the cache may miss, but never return
+            // anything other than this.
+            let mut last: HashMap<Key, Value> = HashMap::new();
+            let mut seen = Observed::default();
+            let (mut hit_checks, mut full_scans) = (0u64, 0u64);
+            for step in 0..STEPS {
+                let op = cache_step(&mut rng, EVICTION_KEYS, HOT_KEYS, 60, 0, |k| {
+                    last.get(&k).copied()
+                });
+                trace.step(step, &op);
+                let len_before = cache.len() as u64;
+                // How the step changed the entry count, but for evictions.
+                let (mut added, mut removed) = (0u64, 0u64);
+                match op {
+                    CacheStep::Get(k) => {
+                        let got = cache.get(&k);
+                        hit_checks += latest(&last, k, got, "get");
+                        if got.is_some() {
+                            seen.hits += 1;
+                        } else {
+                            seen.misses += 1;
+                        }
+                    }
+                    CacheStep::Peek(k) => hit_checks += latest(&last, k, cache.peek(&k), "peek"),
+                    CacheStep::ContainsKey(k) => {
+                        if cache.contains_key(&k) {
+                            assert!(last.contains_key(&k), "contains_key of a removed key {k}");
+                        }
+                    }
+                    CacheStep::Insert(k, v) => {
+                        let replaced = cache.insert(k, v);
+                        hit_checks += latest(&last, k, replaced, "insert (replaced value)");
+                        added = u64::from(replaced.is_none());
+                        last.insert(k, v);
+                        seen.inserts += 1;
+                    }
+                    CacheStep::Remove(k) => {
+                        let got = cache.remove(&k);
+                        hit_checks += latest(&last, k, got, "remove");
+                        removed = u64::from(got.is_some());
+                        last.remove(&k);
+                    }
+                    CacheStep::CompareExchange(k, current, new) => {
+                        match cache.compare_exchange(&k, &current, new) {
+                            Ok(()) => {
+                                assert_eq!(
+                                    last.get(&k),
+                                    Some(&current),
+                                    "exchange succeeded from a value that is not the last \
+                                     inserted"
+                                );
+                                last.insert(k, new);
+                                seen.inserts += 1;
+                            }
+                            Err(e) => {
+                                hit_checks +=
+                                    latest(&last, k, e.current, "failed exchange (current)");
+                                assert_ne!(e.current, Some(current), "exchange failed on a match");
+                                assert_eq!(e.new, new);
+                                assert_eq!(e.failure, CompareExchangeFailure::Mismatch);
+                            }
+                        }
+                    }
+                    CacheStep::Len => {
+                        let len = cache.len();
+                        assert_eq!(cache.is_empty(), len == 0, "is_empty vs len {len}");
+                    }
+                    CacheStep::Clear => unreachable!("no clear in this test"),
+                }
+                let len = cache.len() as u64;
+                assert!(len <= capacity, "len {len} over capacity {capacity}");
+                assert_eq!(cache.weight(), len, "weight vs len");
+                // Entries that left without a remove were evicted: exactly as many as needed.
+                let evicted = (len_before + added - removed)
+                    .checked_sub(len)
+                    .expect("more entries than were added");
+                let over = (len_before + added - removed).saturating_sub(capacity);
+                assert_eq!(
+                    evicted, over,
+                    "evictions in this step vs entries over capacity"
+                );
+                seen.evictions += evicted;
+                seen.assert_matches(&cache);
+                if step % 64 == 63 {
+                    full_scans += 1;
+                    let present = (0..EVICTION_KEYS as Key)
+                        .filter(|k| cache.contains_key(k))
+                        .count();
+                    assert_eq!(present, cache.len(), "keys present vs len");
+                }
+            }
+            println!(
+                "seed {seed:#x}, capacity {capacity}: {hit_checks} returned values checked, \
+                 {} evictions, {full_scans} full scans",
+                seen.evictions
+            );
+            assert!(seen.evictions > 0, "nothing was evicted");
+            assert!(hit_checks > 100, "too few hits to check: {hit_checks}");
+            assert!(full_scans > 0);
+        },
+    );
+}
+
+/// What the eviction listener heard.
+type Events = Arc<Mutex<Vec<(Key, Value, RemovalCause)>>>;
+
+#[test]
+fn cache_with_eviction_matches_hashmap_through_the_listener() {
+    for_each_seed(
+        "cache_with_eviction_matches_hashmap_through_the_listener",
+        |seed, trace| {
+            let mut rng = Rng::new(seed);
+            let capacity = small_capacity(&mut rng);
+            let events: Events = Arc::default();
+            let sink = Arc::clone(&events);
+            let cache = Cache::builder(capacity)
+                .hasher(FixedHasher::default())
+                .eviction_listener(move |k: &Key, v: &Value, cause| {
+                    sink.lock().unwrap().push((*k, *v, cause));
+                })
+                .build();
+            // Exact: evictions reported by the listener are applied to it.
+            let mut model: HashMap<Key, Value> = HashMap::new();
+            let mut seen = Observed::default();
+            for step in 0..STEPS {
+                let op = cache_step(&mut rng, EVICTION_KEYS, HOT_KEYS, 60, 2, |k| {
+                    model.get(&k).copied()
+                });
+                trace.step(step, &op);
+                // What the step should report besides evictions: `Replaced` or `Removed` entries.
+                let mut expected_reports: Vec<(Key, Value, RemovalCause)> = Vec::new();
+                match op {
+                    CacheStep::Get(k) => {
+                        let got = cache.get(&k);
+                        assert_eq!(got, model.get(&k).copied());
+                        if got.is_some() {
+                            seen.hits += 1;
+                        } else {
+                            seen.misses += 1;
+                        }
+                    }
+                    CacheStep::Peek(k) => assert_eq!(cache.peek(&k), model.get(&k).copied()),
+                    CacheStep::ContainsKey(k) => {
+                        assert_eq!(cache.contains_key(&k), model.contains_key(&k));
+                    }
+                    CacheStep::Insert(k, v) => {
+                        let old = model.insert(k, v);
+                        assert_eq!(cache.insert(k, v), old);
+                        expected_reports.extend(old.map(|o| (k, o, RemovalCause::Replaced)));
+                        seen.inserts += 1;
+                    }
+                    CacheStep::Remove(k) => {
+                        let old = model.remove(&k);
+                        assert_eq!(cache.remove(&k), old);
+                        expected_reports.extend(old.map(|o| (k, o, RemovalCause::Removed)));
+                    }
+                    CacheStep::CompareExchange(k, current, new) => {
+                        let got = cache.compare_exchange(&k, &current, new);
+                        match model.get(&k).copied() {
+                            Some(v) if v == current => {
+                                assert_eq!(got, Ok(()));
+                                model.insert(k, new);
+                                expected_reports.push((k, current, RemovalCause::Replaced));
+                                seen.inserts += 1;
+                            }
+                            held => {
+                                let e = got.expect_err("exchange succeeded against the model");
+                                assert_eq!(e.current, held);
+                                assert_eq!(e.new, new);
+                                assert_eq!(e.failure, CompareExchangeFailure::Mismatch);
+                            }
+                        }
+                    }
+                    CacheStep::Len => assert_eq!(cache.len(), model.len()),
+                    CacheStep::Clear => {
+                        cache.clear();
+                        let mut all: Vec<_> = model
+                            .drain()
+                            .map(|(k, v)| (k, v, RemovalCause::Removed))
+                            .collect();
+                        all.sort_unstable_by_key(|&(k, v, _)| (k, v));
+                        expected_reports = all;
+                    }
+                }
+                let mut reports = Vec::new();
+                for (k, v, cause) in events.lock().unwrap().drain(..) {
+                    if cause == RemovalCause::Evicted {
+                        assert_eq!(
+                            model.remove(&k),
+                            Some(v),
+                            "the listener reported evicting ({k}, {v}), which the model lacks"
+                        );
+                        seen.evictions += 1;
+                    } else {
+                        reports.push((k, v, cause));
+                    }
+                }
+                if matches!(op, CacheStep::Clear) {
+                    reports.sort_unstable_by_key(|&(k, v, _)| (k, v));
+                }
+                assert_eq!(
+                    reports, expected_reports,
+                    "listener reports besides evictions"
+                );
+                assert_eq!(cache.len(), model.len(), "len after the step");
+                assert!(cache.len() as u64 <= capacity, "len over capacity");
+                seen.assert_matches(&cache);
+            }
+            println!(
+                "seed {seed:#x}, capacity {capacity}: {} hits, {} misses, {} evictions",
+                seen.hits, seen.misses, seen.evictions
+            );
+            assert!(seen.evictions > 0, "nothing was evicted");
+            for k in 0..EVICTION_KEYS as Key {
+                assert_eq!(
+                    cache.peek(&k),
+                    model.get(&k).copied(),
+                    "final state of key {k}"
+                );
+            }
+        },
+    );
+}
