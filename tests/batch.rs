@@ -5,7 +5,8 @@
 //! - faults: a panicking handler fails exactly its batch (`HandlerPanicked`) and the worker serves
 //!   the next one; a wrong output count fails every request of the batch (`BadHandlerOutput`);
 //! - admission: beyond `max_queue` the very request is handed back (`Overloaded`) at once; a
-//!   request costlier than a whole batch is refused at `submit` (`TooCostly`);
+//!   request costlier than a whole batch is refused at `submit` (`TooCostly`); a client that has
+//!   its reply is admitted again at once, even with `max_queue = 1`;
 //! - deadlines and cancellation: an expired request is answered `Expired` and a request whose
 //!   `Pending` was dropped is skipped, and the handler never sees either;
 //! - shutdown (explicit, by dropping the last handle, from several threads at once, from inside
@@ -1022,11 +1023,20 @@ fn stress_total() -> u64 {
     }
 }
 
-/// Submits `req`, retrying while the queue is full; counts the refusals into `refused` and checks
-/// that each hands back the very request.
-fn submit_retrying(b: &Batcher<u64, u64>, req: u64, refused: &mut u64) -> Pending<u64> {
+/// Submits `req` (with `deadline`, if any), retrying while the queue is full; counts the refusals
+/// into `refused` and checks that each hands back the very request.
+fn submit_retrying(
+    b: &Batcher<u64, u64>,
+    req: u64,
+    deadline: Option<Instant>,
+    refused: &mut u64,
+) -> Pending<u64> {
     loop {
-        match b.submit(req) {
+        let submitted = match deadline {
+            Some(d) => b.submit_with(req, d),
+            None => b.submit(req),
+        };
+        match submitted {
             Ok(p) => return p,
             Err(SubmitError::Overloaded(back)) => {
                 assert_eq!(back, req, "Overloaded handed back another request");
@@ -1066,6 +1076,7 @@ fn eight_threads_every_request_answered_exactly_once_with_its_own_answer() {
     let b = Guarded(Some(b));
 
     let clients = b.clone();
+    let far = Instant::now() + LONG_WAIT;
     let refused: u64 = within_for(STRESS_GUARD, "the stress clients", move || {
         thread::scope(|s| {
             let workers: Vec<_> = (0..THREADS)
@@ -1078,22 +1089,11 @@ fn eight_threads_every_request_answered_exactly_once_with_its_own_answer() {
                         while i < per_thread {
                             let w = 1 + (i * 7 + t * 13) % 24;
                             if w % 5 == 0 {
-                                // A blocking call now and then.
+                                // Now and then a lone request, with a deadline that never
+                                // comes (`call` itself would wait without a hang guard).
                                 let req = (t << 32) | i;
-                                loop {
-                                    match b.call(req) {
-                                        Ok(r) => {
-                                            assert_eq!(r, f(req), "wrong answer to {req:#x}");
-                                            break;
-                                        }
-                                        Err(CallError::Refused(SubmitError::Overloaded(back))) => {
-                                            assert_eq!(back, req);
-                                            refused += 1;
-                                            thread::yield_now();
-                                        }
-                                        Err(e) => panic!("call({req:#x}): {e}"),
-                                    }
-                                }
+                                let p = submit_retrying(&b, req, Some(far), &mut refused);
+                                assert_eq!(answer(p), Ok(f(req)), "wrong answer to {req:#x}");
                                 i += 1;
                                 continue;
                             }
@@ -1101,7 +1101,7 @@ fn eight_threads_every_request_answered_exactly_once_with_its_own_answer() {
                             let end = (i + w).min(per_thread);
                             for j in i..end {
                                 let req = (t << 32) | j;
-                                window.push((req, submit_retrying(&b, req, &mut refused)));
+                                window.push((req, submit_retrying(&b, req, None, &mut refused)));
                             }
                             for (req, p) in window.drain(..) {
                                 assert_eq!(answer(p), Ok(f(req)), "wrong answer to {req:#x}");
