@@ -140,8 +140,7 @@ pub(crate) mod thread {
 /// Outside loom it is std's thread park/unpark on the thread that registered itself. Under loom
 /// it is a mutex-guarded token and a condition variable: loom's own `unpark` also wakes a thread
 /// blocked on a mutex, which std's never does, and would fail a model over a protocol that is
-/// sound under std. loom has no timed park: `park_timeout` is a spurious wake-up there, so models
-/// explore the untimed paths and the wake-up protocol, never a timeout.
+/// sound under std. loom has no clock: `park_timeout` waits for an unpark there.
 #[derive(Debug, Default)]
 pub(crate) struct Parker {
     #[cfg(not(loom))]
@@ -189,9 +188,13 @@ impl Parker {
         *token = false;
     }
 
+    /// Under loom the clock stands still, so a timeout never fires: a timed park waits for an
+    /// unpark like `park`. A model whose progress needs a timeout would deadlock; one whose
+    /// progress must come from an unpark (shutdown waking a worker that waits out `max_wait`)
+    /// shows a lost wake-up as a deadlock.
     #[cfg(loom)]
     pub(crate) fn park_timeout(&self, _: std::time::Duration) {
-        *self.token.lock().unwrap() = false;
+        self.park();
     }
 
     #[cfg(loom)]

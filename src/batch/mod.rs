@@ -38,7 +38,9 @@ pub use slot::Pending;
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::queue::MsQueue;
-use crate::sync::{fence, now, thread, Arc, AtomicBool, Mutex, Ordering, Parker, UNDER_LOOM};
+use crate::sync::{
+    fence, now, thread, Arc, AtomicBool, Backoff, Mutex, Ordering, Parker, UNDER_LOOM,
+};
 use core::fmt;
 use slot::Slot;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -812,7 +814,7 @@ impl<Req, Resp> Shared<Req, Resp> {
                 if self.may_exit() {
                     return;
                 }
-                self.sleep(None);
+                self.sleep(None, false);
                 continue;
             };
             let close_at = first.submitted.checked_add(self.config.max_wait);
@@ -835,11 +837,11 @@ impl<Req, Resp> Shared<Req, Resp> {
                         }
                         let left = close_at.and_then(|t| t.checked_duration_since(now()));
                         match left {
-                            Some(left) if !left.is_zero() => self.sleep(Some(left)),
+                            Some(left) if !left.is_zero() => self.sleep(Some(left), true),
                             // `max_wait` passed (or is too far to represent: then it is `None`
                             // from `checked_add`, and we wait untimed).
                             _ if close_at.is_some() => break,
-                            _ => self.sleep(None),
+                            _ => self.sleep(None, true),
                         }
                     }
                 }
@@ -953,13 +955,35 @@ impl<Req, Resp> Shared<Req, Resp> {
         }
     }
 
-    /// Parks the worker until a producer or shutdown wakes it, or `timeout` passes.
-    fn sleep(&self, timeout: Option<Duration>) {
+    /// Parks the worker until a producer or shutdown wakes it, or `timeout` passes; `filling`
+    /// says whether a batch is waiting for more requests. It first
+    /// spins a little (crossbeam's `Backoff`), so that a request arriving right after a batch is
+    /// picked up without a park and an unpark; under loom it parks at once, to keep models small.
+    fn sleep(&self, timeout: Option<Duration>, filling: bool) {
+        if !UNDER_LOOM {
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                if !self.queue.is_empty() {
+                    return;
+                }
+                backoff.snooze();
+            }
+        }
         // Relaxed: ordered by the fence below.
         self.sleeping.store(true, Ordering::Relaxed);
         // SeqCst fence: pairs with the one in `wake` (see there).
         fence(Ordering::SeqCst);
-        let idle = self.queue.is_empty() && !self.may_exit();
+        // While a batch fills, shutdown ends the wait: the batch must close at once rather than
+        // sleep out `max_wait`. Between batches, shutdown ends it only once every accepted
+        // request is answered (a refused submitter still releasing its place wakes us after).
+        // Relaxed: ordered by the fence above, which pairs with the one in `wake` after
+        // `shutdown`'s store.
+        let stop = if filling {
+            self.shutting_down.load(Ordering::Relaxed)
+        } else {
+            self.may_exit()
+        };
+        let idle = self.queue.is_empty() && !stop;
         if idle {
             match timeout {
                 Some(t) => self.parker.park_timeout(t),

@@ -6,7 +6,7 @@
 //! (blocking, blocking with a timeout, and `Future::poll`) simple and obviously right.
 
 use super::BatchError;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicBool, Backoff, Condvar, Mutex, Ordering, UNDER_LOOM};
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
@@ -28,6 +28,8 @@ struct State<Resp> {
 pub(super) struct Slot<Resp> {
     state: Mutex<State<Resp>>,
     ready: Condvar,
+    /// Set once the reply is in `state`: lets a waiter spin briefly before it sleeps.
+    sent: AtomicBool,
 }
 
 impl<Resp> Slot<Resp> {
@@ -39,6 +41,7 @@ impl<Resp> Slot<Resp> {
                 cancelled: false,
             }),
             ready: Condvar::new(),
+            sent: AtomicBool::new(false),
         })
     }
 
@@ -62,6 +65,9 @@ impl<Resp> Slot<Resp> {
             }
             debug_assert!(state.reply.is_none(), "a request is answered once");
             state.reply = Some(reply);
+            // Release: a hint for `Pending::wait`'s spin; the reply itself is read under the
+            // mutex, which orders it.
+            self.sent.store(true, Ordering::Release);
             state.waker.take()
         };
         self.ready.notify_one();
@@ -117,6 +123,15 @@ impl<Resp> Pending<Resp> {
     /// assert_eq!(b.submit("four").unwrap().wait(), Ok(4));
     /// ```
     pub fn wait(self) -> Result<Resp, BatchError> {
+        // A reply usually comes within microseconds: spin a little before sleeping (not under
+        // loom, to keep models small).
+        if !UNDER_LOOM {
+            let backoff = Backoff::new();
+            // Acquire: pairs with the Release store in `send` (a hint only, see there).
+            while !self.slot.sent.load(Ordering::Acquire) && !backoff.is_completed() {
+                backoff.snooze();
+            }
+        }
         let mut state = self.slot.lock();
         loop {
             if let Some(reply) = state.reply.take() {
