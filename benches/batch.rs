@@ -13,24 +13,28 @@
 //! Both sides form batches of up to 64 greedily (the batcher with `max_wait` zero, as the
 //! baseline never waits either), and every reply is checked. One iteration is [`ELEMS`] requests
 //! split between the threads (`Throughput::Elements`). Threads are spawned once per sample,
-//! released by a barrier, and timed from the first client's start to the last one's end. These
-//! are wall-clock numbers on a shared machine, for development; after each contender the mean
-//! batch size it reached is printed to stderr.
+//! released by a barrier, and timed from the first client's start to the last one's end (by the
+//! worker runner in `benches/common/`). These are wall-clock numbers on a shared machine, for
+//! development; after each contender the mean batch size it reached is printed to stderr.
 //!
 //! ```text
 //! cargo bench --bench batch
 //! cargo bench --bench batch -- batch/dispatch_noop/2t   # one group
 //! ```
 
+#[allow(dead_code)]
+mod common;
+
+use common::workers::{run_workers, share};
 use criterion::{criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, Throughput};
 use crossbeam_channel::{bounded, unbounded, Sender};
 use latchless::batch::{BatchConfig, Batcher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Requests per iteration, over all threads.
 const ELEMS: u64 = 1024;
@@ -166,46 +170,32 @@ enum Mode {
 /// time from the first client's start to the last one's end.
 fn run<D: Dispatch>(d: &D, mode: Mode, threads: u64, iters: u64) -> Duration {
     let total = iters * ELEMS;
-    let barrier = Barrier::new(usize::try_from(threads).expect("a few threads"));
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                let (from, to) = (total * t / threads, total * (t + 1) / threads);
-                s.spawn(move || {
-                    let mut out = Vec::with_capacity(WINDOW as usize);
-                    barrier.wait();
-                    let start = Instant::now();
-                    match mode {
-                        Mode::Call => {
-                            for x in from..to {
-                                assert_eq!(d.call(x), x, "a reply to another request");
-                            }
-                        }
-                        Mode::Window => {
-                            let mut lo = from;
-                            while lo < to {
-                                let hi = (lo + WINDOW).min(to);
-                                out.clear();
-                                d.window(lo..hi, &mut out);
-                                assert!(out.iter().copied().eq(lo..hi), "replies out of order");
-                                lo = hi;
-                            }
-                        }
+    let clients: Vec<_> = (0..threads)
+        .map(|t| {
+            let requests = share(total, threads, t);
+            let (from, to) = (requests.start, requests.end);
+            // Allocated here, outside the timed region.
+            let mut out = Vec::with_capacity(WINDOW as usize);
+            move || match mode {
+                Mode::Call => {
+                    for x in from..to {
+                        assert_eq!(d.call(x), x, "a reply to another request");
                     }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        let times: Vec<(Instant, Instant)> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        let first = times.iter().map(|t| t.0).min();
-        let last = times.iter().map(|t| t.1).max();
-        last.zip(first)
-            .map_or(Duration::ZERO, |(last, first)| last - first)
-    })
+                }
+                Mode::Window => {
+                    let mut lo = from;
+                    while lo < to {
+                        let hi = (lo + WINDOW).min(to);
+                        out.clear();
+                        d.window(lo..hi, &mut out);
+                        assert!(out.iter().copied().eq(lo..hi), "replies out of order");
+                        lo = hi;
+                    }
+                }
+            }
+        })
+        .collect();
+    run_workers(clients).0.wall
 }
 
 /// Adds contender `d` to `group` under `id`, then reports the mean batch size it reached.

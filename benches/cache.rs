@@ -14,13 +14,19 @@
 //! the threads (`Throughput::Elements`); threads are spawned once per sample, released by a
 //! barrier, and timed from the first worker's start to the last one's end. These are wall-clock
 //! numbers for development; the README's ratios come from the interleaving harness in
-//! `benches/cache_compare.rs`.
+//! `benches/cache_compare.rs`. The contenders and the worker runner are in `benches/common/`,
+//! shared with it.
 //!
 //! ```text
 //! cargo bench --bench cache
 //! cargo bench --bench cache -- cache/get_100/1t   # one group
 //! ```
 
+#[allow(dead_code)]
+mod common;
+
+use common::caches::BenchCache;
+use common::workers::{run_workers, share_len};
 use criterion::{criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, Throughput};
 use latchless::cache::Cache;
@@ -28,10 +34,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use std::hint::black_box;
-use std::num::NonZeroUsize;
-use std::sync::{Barrier, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Ops per iteration, shared by the threads.
 const ELEMS: u64 = 1000;
@@ -45,69 +49,6 @@ const CAPACITY: u64 = 10_000;
 const STREAM_LEN: usize = 1 << 20;
 /// Marks an op as an insert; the key is in the low bits.
 const INSERT_BIT: u64 = 1 << 63;
-
-/// A cache under test.
-trait BenchCache: Sync {
-    /// A cache of `capacity` entries with the library's default settings.
-    fn make(capacity: u64) -> Self;
-    fn get(&self, key: u64) -> Option<u64>;
-    fn insert(&self, key: u64, value: u64);
-    /// Brings the cache to a steady state after the prefill (moka: apply pending evictions).
-    fn settle(&self) {}
-}
-
-impl BenchCache for Cache<u64, u64> {
-    fn make(capacity: u64) -> Self {
-        Cache::new(capacity)
-    }
-    fn get(&self, key: u64) -> Option<u64> {
-        Cache::get(self, &key)
-    }
-    fn insert(&self, key: u64, value: u64) {
-        Cache::insert(self, key, value);
-    }
-}
-
-impl BenchCache for moka::sync::Cache<u64, u64> {
-    fn make(capacity: u64) -> Self {
-        moka::sync::Cache::new(capacity)
-    }
-    fn get(&self, key: u64) -> Option<u64> {
-        moka::sync::Cache::get(self, &key)
-    }
-    fn insert(&self, key: u64, value: u64) {
-        moka::sync::Cache::insert(self, key, value);
-    }
-    fn settle(&self) {
-        self.run_pending_tasks();
-    }
-}
-
-impl BenchCache for quick_cache::sync::Cache<u64, u64> {
-    fn make(capacity: u64) -> Self {
-        quick_cache::sync::Cache::new(usize::try_from(capacity).expect("capacity fits usize"))
-    }
-    fn get(&self, key: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &key)
-    }
-    fn insert(&self, key: u64, value: u64) {
-        quick_cache::sync::Cache::insert(self, key, value);
-    }
-}
-
-impl BenchCache for Mutex<lru::LruCache<u64, u64>> {
-    fn make(capacity: u64) -> Self {
-        let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
-            .expect("a positive capacity");
-        Mutex::new(lru::LruCache::new(cap))
-    }
-    fn get(&self, key: u64) -> Option<u64> {
-        self.lock().unwrap().get(&key).copied()
-    }
-    fn insert(&self, key: u64, value: u64) {
-        self.lock().unwrap().put(key, value);
-    }
-}
 
 /// [`STREAM_LEN`] ops for one thread: Zipf keys, `insert_percent`% of them inserts.
 fn op_stream(insert_percent: u64, seed: u64) -> Vec<u64> {
@@ -128,6 +69,7 @@ fn op_stream(insert_percent: u64, seed: u64) -> Vec<u64> {
 
 /// Runs `n` ops of `stream` from position `pos` (wrapping) against `cache`.
 fn work<C: BenchCache>(cache: &C, stream: &[u64], pos: usize, n: u64) {
+    let mut local = cache.local();
     let mask = stream.len() - 1;
     let mut i = pos;
     for _ in 0..n {
@@ -135,42 +77,11 @@ fn work<C: BenchCache>(cache: &C, stream: &[u64], pos: usize, n: u64) {
         i = i.wrapping_add(1);
         let key = op & !INSERT_BIT;
         if op & INSERT_BIT == 0 {
-            black_box(cache.get(key));
+            black_box(cache.get(&mut local, key));
         } else {
-            cache.insert(key, key);
+            cache.insert(&mut local, key, key);
         }
     }
-}
-
-/// A worker's body.
-type Job<'env> = Box<dyn FnOnce() + Send + 'env>;
-
-/// Runs `jobs` on one thread each, released together by a barrier, and returns the time from
-/// the first worker's start to the last one's end (read by the workers themselves).
-fn run_workers(jobs: Vec<Job<'_>>) -> Duration {
-    let barrier = Barrier::new(jobs.len());
-    thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    job();
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        let times: Vec<(Instant, Instant)> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        let first = times.iter().map(|t| t.0).min();
-        let last = times.iter().map(|t| t.1).max();
-        last.zip(first)
-            .map_or(Duration::ZERO, |(last, first)| last - first)
-    })
 }
 
 /// Adds contender `C` to `group` under `id`: a cache made and prefilled once, then `iters *
@@ -181,8 +92,11 @@ fn contender<C: BenchCache>(
     streams: &[Vec<u64>],
 ) {
     let cache = C::make(CAPACITY);
-    for key in 0..CAPACITY {
-        cache.insert(key, key);
+    {
+        let mut local = cache.local();
+        for key in 0..CAPACITY {
+            cache.insert(&mut local, key, key);
+        }
     }
     cache.settle();
     let cache = &cache;
@@ -192,18 +106,17 @@ fn contender<C: BenchCache>(
     group.bench_function(id, |b| {
         b.iter_custom(|iters| {
             let total = iters * ELEMS;
-            let jobs: Vec<Job<'_>> = streams
+            let jobs: Vec<_> = streams
                 .iter()
                 .enumerate()
                 .map(|(i, stream)| {
-                    let i = i as u64;
-                    let n = total * (i + 1) / threads - total * i / threads;
+                    let n = share_len(total, threads, i as u64);
                     let start = pos;
-                    Box::new(move || work(cache, stream, start, n)) as Job<'_>
+                    move || work(cache, stream, start, n)
                 })
                 .collect();
             pos = pos.wrapping_add(usize::try_from(total / threads).unwrap_or(0));
-            run_workers(jobs)
+            run_workers(jobs).0.wall
         });
     });
 }

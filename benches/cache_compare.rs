@@ -63,7 +63,16 @@
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it only smoke-tests both reports with
 //! a few thousand requests and ops and one round.
+//!
+//! The throughput contenders, the measuring, the rotation and the statistics live in
+//! `benches/common/`, shared with `benches/compare.rs` and `benches/cache.rs`.
 
+#[allow(dead_code)]
+mod common;
+
+use common::caches::{BenchCache, LatchlessPinned};
+use common::harness::{self, fixed2, machine, median, rotate_rounds, Invocation, Tally};
+use common::workers::{run_workers, share_len, thread_cpu_time, Sample};
 use latchless::cache::Cache;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::SeedableRng;
@@ -75,9 +84,8 @@ use std::hint::black_box;
 use std::io::{self, BufRead, BufReader};
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::{Barrier, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// Keys drawn by the Zipf workloads: `0..ZIPF_KEYS`, key `r - 1` being the `r`-th most frequent.
 const ZIPF_KEYS: u64 = 100_000;
@@ -93,8 +101,6 @@ const INSERT_PERCENT: u64 = 10;
 const INSERT_BIT: u64 = 1 << 63;
 /// quick_cache's shard count in the hit-ratio replays (its default on a 2-CPU machine).
 const QUICK_CACHE_SHARDS: usize = 8;
-/// A pinned latchless worker repins its guard after this many operations.
-const REPIN_EVERY: u32 = 64;
 
 /// The hasher of the hit-ratio replays: SipHash-1-3 with fixed keys, so runs are reproducible.
 type FixedState = BuildHasherDefault<DefaultHasher>;
@@ -371,212 +377,16 @@ fn hit_ratio_report(workloads: &[Workload]) -> String {
 }
 
 // ----------------------------------------------------------------------------------------------
-// Throughput: measuring one run (as in benches/compare.rs)
+// Throughput runs (the contenders, the workers and the measuring are in benches/common/)
 // ----------------------------------------------------------------------------------------------
 
-/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
-#[cfg(unix)]
-fn thread_cpu_time() -> Option<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` only writes one `timespec` through the pointer, and `ts` is a live,
-    // writable, properly aligned `timespec` owned by this frame for the whole call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return None;
-    }
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u32::try_from(ts.tv_nsec).ok()?;
-    Some(Duration::new(secs, nanos))
-}
-
-/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
-#[cfg(not(unix))]
-fn thread_cpu_time() -> Option<Duration> {
-    None
-}
-
-/// What one run measured.
+/// What one throughput run measured: the workers' times, and the `get`s that hit out of all
+/// `get`s, over the workers.
 #[derive(Clone, Copy, Debug)]
-struct Sample {
-    /// From the first worker's start to the last one's end.
-    wall: Duration,
-    /// CPU time of the worker threads, summed; `None` without a per-thread CPU clock.
-    cpu: Option<Duration>,
-    /// `get`s that hit, and all `get`s, over the workers.
+struct Run {
+    sample: Sample,
     hits: u64,
     gets: u64,
-}
-
-/// A worker's body; returns its `(hits, gets)`.
-type Job<'env> = Box<dyn FnOnce() -> (u64, u64) + Send + 'env>;
-
-/// Runs `jobs` on one thread each, released together by a barrier, and returns what was
-/// measured. A worker's panic is re-raised here. Wall time runs from the first worker's start to
-/// the last worker's end, both read by the workers themselves.
-fn run_workers(jobs: Vec<Job<'_>>) -> Sample {
-    let barrier = Barrier::new(jobs.len());
-    thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    let cpu_start = thread_cpu_time();
-                    let start = Instant::now();
-                    let counts = job();
-                    let end = Instant::now();
-                    let cpu = thread_cpu_time()
-                        .zip(cpu_start)
-                        .map(|(end, start)| end - start);
-                    (start, end, cpu, counts)
-                })
-            })
-            .collect();
-        let mut first_start: Option<Instant> = None;
-        let mut last_end: Option<Instant> = None;
-        let mut cpu = Some(Duration::ZERO);
-        let (mut hits, mut gets) = (0, 0);
-        for h in handles {
-            let (start, end, c, (h, g)) = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            first_start = Some(first_start.map_or(start, |f| f.min(start)));
-            last_end = Some(last_end.map_or(end, |l| l.max(end)));
-            cpu = cpu.zip(c).map(|(a, b)| a + b);
-            hits += h;
-            gets += g;
-        }
-        let wall = last_end
-            .zip(first_start)
-            .map_or(Duration::ZERO, |(end, start)| end - start);
-        Sample {
-            wall,
-            cpu,
-            hits,
-            gets,
-        }
-    })
-}
-
-// ----------------------------------------------------------------------------------------------
-// Throughput contenders
-// ----------------------------------------------------------------------------------------------
-
-/// A cache under test, seen through per-thread state so that a contender that profits from
-/// per-thread setup (a pinned epoch guard) can use it.
-trait BenchCache: Sync {
-    /// Per-thread state, made on the worker thread.
-    type Local;
-    /// A cache of `capacity` entries with the library's default settings.
-    fn make(capacity: u64) -> Self;
-    fn local(&self) -> Self::Local;
-    fn get(&self, local: &mut Self::Local, key: u64) -> Option<u64>;
-    fn insert(&self, local: &mut Self::Local, key: u64, value: u64);
-    /// Brings the cache to a steady state after the prefill (moka: apply pending evictions).
-    fn settle(&self) {}
-}
-
-impl BenchCache for Cache<u64, u64> {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Cache::new(capacity)
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        Cache::get(self, &key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        Cache::insert(self, key, value);
-    }
-}
-
-/// latchless's `Cache` driven through `get_with_guard`/`insert_with_guard`, each worker holding
-/// one guard and repinning it every [`REPIN_EVERY`] operations.
-struct LatchlessPinned(Cache<u64, u64>);
-
-/// A worker's guard and its operations since the last repin.
-struct PinnedLocal {
-    guard: crossbeam_epoch::Guard,
-    ops: u32,
-}
-
-impl PinnedLocal {
-    fn tick(&mut self) -> &crossbeam_epoch::Guard {
-        self.ops += 1;
-        if self.ops == REPIN_EVERY {
-            self.ops = 0;
-            self.guard.repin();
-        }
-        &self.guard
-    }
-}
-
-impl BenchCache for LatchlessPinned {
-    type Local = PinnedLocal;
-    fn make(capacity: u64) -> Self {
-        Self(Cache::new(capacity))
-    }
-    fn local(&self) -> PinnedLocal {
-        PinnedLocal {
-            guard: crossbeam_epoch::pin(),
-            ops: 0,
-        }
-    }
-    fn get(&self, local: &mut PinnedLocal, key: u64) -> Option<u64> {
-        self.0.get_with_guard(&key, local.tick())
-    }
-    fn insert(&self, local: &mut PinnedLocal, key: u64, value: u64) {
-        self.0.insert_with_guard(key, value, local.tick());
-    }
-}
-
-impl BenchCache for moka::sync::Cache<u64, u64> {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        moka::sync::Cache::new(capacity)
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        moka::sync::Cache::get(self, &key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        moka::sync::Cache::insert(self, key, value);
-    }
-    fn settle(&self) {
-        self.run_pending_tasks();
-    }
-}
-
-impl BenchCache for quick_cache::sync::Cache<u64, u64> {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        quick_cache::sync::Cache::new(usize::try_from(capacity).expect("capacity fits usize"))
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        quick_cache::sync::Cache::insert(self, key, value);
-    }
-}
-
-impl BenchCache for Mutex<lru::LruCache<u64, u64>> {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
-            .expect("a positive capacity");
-        Mutex::new(lru::LruCache::new(cap))
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.lock().unwrap().get(&key).copied()
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.lock().unwrap().put(key, value);
-    }
 }
 
 /// Runs `ops` (keys, with [`INSERT_BIT`] on inserts) against `cache`; returns `(hits, gets)`.
@@ -600,7 +410,7 @@ fn work<C: BenchCache>(cache: &C, ops: &[u64]) -> (u64, u64) {
 }
 
 /// One measured run: a fresh, prefilled cache, one worker per stream.
-fn run_cache<C: BenchCache>(streams: &[Vec<u64>]) -> Sample {
+fn run_cache<C: BenchCache>(streams: &[Vec<u64>]) -> Run {
     let cache = C::make(THROUGHPUT_CAPACITY);
     {
         let mut local = cache.local();
@@ -611,11 +421,12 @@ fn run_cache<C: BenchCache>(streams: &[Vec<u64>]) -> Sample {
     }
     cache.settle();
     let cache = &cache;
-    let jobs: Vec<Job<'_>> = streams
+    let jobs: Vec<_> = streams.iter().map(|ops| move || work(cache, ops)).collect();
+    let (sample, counts) = run_workers(jobs);
+    let (hits, gets) = counts
         .iter()
-        .map(|ops| Box::new(move || work(cache, ops)) as Job<'_>)
-        .collect();
-    run_workers(jobs)
+        .fold((0, 0), |(hits, gets), &(h, g)| (hits + h, gets + g));
+    Run { sample, hits, gets }
 }
 
 /// `len` throughput ops for one thread: Zipf keys, `insert_percent`% of them inserts.
@@ -639,7 +450,7 @@ fn op_stream(len: usize, insert_percent: u64, seed: u64) -> Vec<u64> {
 #[derive(Clone, Copy)]
 struct Contender {
     name: &'static str,
-    run: fn(&[Vec<u64>]) -> Sample,
+    run: fn(&[Vec<u64>]) -> Run,
 }
 
 /// The contender the ratios are taken against.
@@ -700,58 +511,21 @@ const SCENARIOS: [Scenario; 4] = [
     },
 ];
 
-/// The median of `xs` (mean of the middle two for an even count); NaN when empty.
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// What the rounds measured for one contender.
+/// What the rounds measured for one contender: the common [`Tally`], and the share of `get`s
+/// that hit.
 #[derive(Default)]
-struct Tally {
-    wall_mops: Vec<f64>,
-    cpu_mops: Vec<f64>,
-    /// Worker CPU time over wall time: how many workers ran at once, on average.
-    busy: Vec<f64>,
+struct CacheTally {
+    tally: Tally,
     /// Percentage of `get`s that hit.
     hit_pct: Vec<f64>,
 }
 
-impl Tally {
-    fn record(&mut self, ops: u64, s: Sample) {
-        let mops = ops as f64 / 1e6;
-        self.wall_mops.push(mops / s.wall.as_secs_f64());
-        if let Some(cpu) = s.cpu {
-            self.cpu_mops.push(mops / cpu.as_secs_f64());
-            self.busy.push(cpu.as_secs_f64() / s.wall.as_secs_f64());
+impl CacheTally {
+    fn record(&mut self, ops: u64, run: Run) {
+        self.tally.record(ops, run.sample);
+        if run.gets > 0 {
+            self.hit_pct.push(100.0 * run.hits as f64 / run.gets as f64);
         }
-        if s.gets > 0 {
-            self.hit_pct.push(100.0 * s.hits as f64 / s.gets as f64);
-        }
-    }
-}
-
-/// Formats a ratio, or `n/a` when it is not a number.
-fn ratio(x: f64, base: f64) -> String {
-    let r = x / base;
-    if r.is_finite() {
-        format!("{r:.2}")
-    } else {
-        "n/a".to_owned()
-    }
-}
-
-/// Formats a number with two decimals, or `n/a` when it is not a number.
-fn fixed2(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.2}")
-    } else {
-        "n/a".to_owned()
     }
 }
 
@@ -763,7 +537,7 @@ fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
     // Generated once, outside every timed region: one stream per thread, its own seed.
     let streams: Vec<Vec<u64>> = (0..sc.threads)
         .map(|i| {
-            let len = ops * (i + 1) / sc.threads - ops * i / sc.threads;
+            let len = share_len(ops, sc.threads, i);
             op_stream(
                 usize::try_from(len).expect("ops fit usize"),
                 sc.insert_percent,
@@ -776,43 +550,20 @@ fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
     for c in &contenders {
         (c.run)(&warm);
     }
-    let mut tallies: Vec<Tally> = (0..n).map(|_| Tally::default()).collect();
-    for round in 0..rounds {
-        eprint!("\r{}: round {}/{rounds}   ", sc.name, round + 1);
-        for k in 0..n {
-            let i = (round + k) % n;
-            let sample = (contenders[i].run)(&streams);
-            tallies[i].record(ops, sample);
-        }
-    }
-    eprintln!();
+    let mut tallies: Vec<CacheTally> = (0..n).map(|_| CacheTally::default()).collect();
+    rotate_rounds(sc.name, rounds, n, |i| {
+        let run = (contenders[i].run)(&streams);
+        tallies[i].record(ops, run);
+    });
     let base = contenders
         .iter()
         .position(|c| c.name == BASELINE)
         .expect("the baseline is one of the contenders");
-    let base_wall = median(&tallies[base].wall_mops);
-    let base_cpu = median(&tallies[base].cpu_mops);
     for (c, t) in contenders.iter().zip(&tallies) {
-        let wall = median(&t.wall_mops);
-        let cpu = median(&t.cpu_mops);
-        let lo = t.wall_mops.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = t
-            .wall_mops
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {}–{} | {} |",
-            sc.name,
-            c.name,
-            fixed2(wall),
-            ratio(wall, base_wall),
-            fixed2(cpu),
-            ratio(cpu, base_cpu),
-            fixed2(median(&t.busy)),
-            fixed2(lo),
-            fixed2(hi),
+            "{} {} |",
+            t.tally.row(sc.name, c.name, &tallies[base].tally),
             fixed2(median(&t.hit_pct)),
         );
     }
@@ -822,79 +573,26 @@ fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
 // Main
 // ----------------------------------------------------------------------------------------------
 
-/// The CPU model from `/proc/cpuinfo`, where there is one.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU model".to_owned())
-}
-
-/// The 1-minute load average from `/proc/loadavg`, where there is one.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// A positive integer from the environment variable `name`, if set.
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .map(|s| match s.trim().parse::<u64>() {
-            Ok(v) if v > 0 => v,
-            _ => panic!("{name}={s:?}: expected a positive integer"),
-        })
-}
-
 fn main() {
-    // cargo bench passes `--bench`; cargo test runs bench targets without it.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench_mode = args.iter().any(|a| a == "--bench");
-    let filter = args
-        .iter()
-        .find(|a| !a.starts_with('-'))
-        .cloned()
-        .or_else(|| std::env::var("LATCHLESS_BENCH_FILTER").ok())
-        .unwrap_or_default();
-
-    let requested_rounds = env_u64("LATCHLESS_BENCH_ROUNDS").unwrap_or(9);
-    let hit_limit = env_u64("LATCHLESS_HIT_REQUESTS")
+    let inv = Invocation::from_env();
+    let filter = inv.filter.as_str();
+    let hit_limit = harness::env_u64("LATCHLESS_HIT_REQUESTS")
         .map(|n| usize::try_from(n).expect("a sane number of requests"));
-    let (rounds, ops, zipf_requests, max_requests) = if bench_mode {
-        (
-            requested_rounds.max(7),
-            env_u64("LATCHLESS_BENCH_OPS").unwrap_or(2_000_000),
-            ZIPF_REQUESTS,
-            hit_limit.unwrap_or(usize::MAX),
-        )
+    let (rounds, ops) = (inv.rounds, inv.ops());
+    let (zipf_requests, max_requests) = if inv.bench_mode {
+        (ZIPF_REQUESTS, hit_limit.unwrap_or(usize::MAX))
     } else {
-        (1, 2_000, 5_000, 5_000)
+        (5_000, 5_000)
     };
-    let rounds = usize::try_from(rounds).expect("a sane number of rounds");
-    if bench_mode && requested_rounds < 7 {
-        eprintln!("LATCHLESS_BENCH_ROUNDS={requested_rounds} raised to 7, the minimum");
-    }
 
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    if !bench_mode {
+    if !inv.bench_mode {
         println!("(smoke test: no `--bench` argument, so a few thousand requests and ops and 1 round; not a measurement)");
     }
-    println!(
-        "machine: {cpus} CPUs available (nproc), {}, load average at start {}",
-        cpu_model(),
-        load_average(),
-    );
+    println!("{}", machine());
     let started = Instant::now();
 
     // Hit ratio.
-    let (workloads, notes) = workloads(zipf_requests, max_requests, &filter);
+    let (workloads, notes) = workloads(zipf_requests, max_requests, filter);
     if !workloads.is_empty() || !notes.is_empty() {
         let limit = if max_requests == usize::MAX {
             "traces replayed whole".to_owned()
@@ -920,7 +618,7 @@ fn main() {
     // Throughput.
     let mut rows = String::new();
     for sc in &SCENARIOS {
-        if sc.name.contains(filter.as_str()) {
+        if sc.name.contains(filter) {
             run_scenario(sc, rounds, ops, &mut rows);
         }
     }

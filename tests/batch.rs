@@ -42,6 +42,14 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+// Sizing from `LATCHLESS_STRESS_N`, shared with the other stress tests; this binary does not
+// split its total over threads, so `stress_n_split` goes unused.
+#[allow(dead_code)]
+#[path = "common/stress_env.rs"]
+mod stress_env;
+
+use stress_env::stress_n;
+
 /// How long anything may take before the test calls it a hang. Generous: the machine is shared.
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -1012,15 +1020,7 @@ fn pending_is_a_future() {
 
 /// Total requests in the stress test.
 fn stress_total() -> u64 {
-    let default = if cfg!(miri) { 400 } else { 80_000 };
-    match std::env::var("LATCHLESS_STRESS_N") {
-        Ok(s) => s
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|e| panic!("LATCHLESS_STRESS_N={s:?} is not a count: {e}")),
-        Err(_) => default,
-    }
+    stress_n(if cfg!(miri) { 400 } else { 80_000 })
 }
 
 /// Submits `req` (with `deadline`, if any), retrying while the queue is full; counts the refusals

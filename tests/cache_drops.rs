@@ -16,6 +16,7 @@
 use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, CompareExchangeFailure};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 
 const N: usize = if cfg!(miri) { 64 } else { 10_000 };
@@ -29,13 +30,19 @@ struct DropLog {
 }
 
 impl DropLog {
-    /// A log for ids `0..n`, leaked: see the module docs.
+    /// A log for ids `0..n`, leaked: see the module docs. It stays listed in `LOGS`, so leak
+    /// checkers (valgrind memcheck in CI) see it as still reachable, not lost.
     fn new(n: usize) -> &'static Self {
-        Box::leak(Box::new(Self {
+        static LOGS: Mutex<Vec<&'static DropLog>> = Mutex::new(Vec::new());
+        let log: &'static Self = Box::leak(Box::new(Self {
             created: (0..n).map(|_| AtomicU32::new(0)).collect(),
             dropped: (0..n).map(|_| AtomicU32::new(0)).collect(),
             double_drop: AtomicBool::new(false),
-        }))
+        }));
+        LOGS.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(log);
+        log
     }
 
     /// Instances of `id` alive now.

@@ -5,11 +5,10 @@
 //! churn of inserts, replacements, removals, exchanges, evictions and clears from several threads.
 //!
 //! A counting `#[global_allocator]` (this file is its own test binary, so it affects nothing
-//! else) wraps `System`. Only allocations made inside a measured section (by the test thread and
-//! the workers it starts) are counted, so the test harness's own allocations stay out of the
-//! numbers. Each block carries a header holding the id of the section that allocated it: its free
-//! is matched exactly, whichever thread performs it, and a block outliving its section (freed by
-//! a later one) is not counted against the later one. Sections are serialised by a `Mutex`.
+//! else), shared with `tests/leak.rs` in `tests/common/counting_alloc.rs` (documented there),
+//! counts the live blocks and bytes allocated inside a measured section by the test thread and
+//! the workers it starts, whichever thread frees them; the test harness's own allocations stay
+//! out of the numbers.
 //!
 //! With crossbeam-epoch's global collector (`Cache::new`) exact accounting is impossible: the
 //! collector is never dropped and may keep garbage. That case only checks that the live heap
@@ -17,198 +16,21 @@
 
 use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, RemovalCause};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::mem::ManuallyDrop;
-use std::ptr;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
+
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+
+use counting_alloc::{on_tracked_threads, Counting, Section};
 
 const N: usize = if cfg!(miri) { 200 } else { 20_000 };
 const THREADS: usize = 4;
 
-// ---------------------------------------------------------------------------------------------
-// The counting allocator.
-
-/// Blocks and bytes allocated in the current section and not yet freed. Signed: a free without
-/// its allocation shows as a negative count rather than wrapping.
-static BLOCKS: AtomicIsize = AtomicIsize::new(0);
-static BYTES: AtomicIsize = AtomicIsize::new(0);
-
-/// The id of the measured section in progress, 0 between sections. Changed only under `SERIAL`,
-/// while no worker of a section runs.
-static SECTION: AtomicUsize = AtomicUsize::new(0);
-
-std::thread_local! {
-    /// Whether this thread's allocations belong to the current section. `const`-initialised
-    /// and without a destructor: reading it never allocates, even during thread teardown.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn set_counted(on: bool) {
-    COUNTED.with(|c| c.set(on));
-}
-
-fn is_counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
-}
-
-/// The smallest header in front of a block; the header is also at least the block's alignment,
-/// so the block after it stays aligned. Its last word holds the allocating section's id.
-const MIN_HEADER: usize = 16;
-const ID_SIZE: usize = size_of::<usize>();
-
-/// The layout requested from `System` for a caller's `layout`, and the header size (where the
-/// caller's block starts in it); `None` on overflow.
-fn outer_layout(layout: Layout) -> Option<(Layout, usize)> {
-    let header = layout.align().max(MIN_HEADER);
-    let outer = Layout::from_size_align(layout.size().checked_add(header)?, header).ok()?;
-    Some((outer, header))
-}
-
-/// `System`, counting the live blocks of the measured section.
-struct CountingAlloc;
-
-// SAFETY: each block comes from `System` with a valid layout (`outer_layout`) and goes back to it
-// with the same layout. The caller's pointer lies `header` bytes into the block, and `header` is
-// a multiple of the caller's alignment (both powers of two, `header >= align`), so it is aligned
-// and has `layout.size()` bytes after it. Nothing here allocates, so nothing recurses.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((outer, header)) = outer_layout(layout) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: `outer` is non-zero in size: it includes the header.
-        let base = unsafe { System.alloc(outer) };
-        if base.is_null() {
-            return base;
-        }
-        // Relaxed: `SECTION` only changes while no counted thread of another section runs
-        // (ordered with the workers by spawn and join, and with the test thread by `SERIAL`).
-        let section = if is_counted() {
-            SECTION.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        let block = base.wrapping_add(header);
-        let id = block.wrapping_sub(ID_SIZE).cast::<usize>();
-        // SAFETY: `id` lies `header - ID_SIZE` bytes into the `outer.size() > header` bytes just
-        // allocated (in bounds, writable) and is aligned for `usize`: `base` is aligned to
-        // `header >= 16`, and `header - ID_SIZE` is a multiple of `ID_SIZE`.
-        unsafe { id.write(section) };
-        if section != 0 {
-            // Relaxed: statistics, read after the section's workers are joined.
-            BLOCKS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        block
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((outer, header)) = outer_layout(layout) else {
-            // `alloc` returned null for such a layout: no such block exists.
-            std::process::abort();
-        };
-        // `ptr` came from `alloc` with this `layout` (the caller's obligation): it lies `header`
-        // bytes into a block from `System`, right after the section id.
-        let base = ptr.wrapping_sub(header);
-        let id = ptr.wrapping_sub(ID_SIZE).cast::<usize>();
-        // SAFETY: `alloc` wrote the id at this aligned, in-bounds address; nothing else writes
-        // the header.
-        let section = unsafe { id.read() };
-        // Relaxed: see `alloc`. A block of an earlier section no longer counts.
-        if section != 0 && section == SECTION.load(Ordering::Relaxed) {
-            BLOCKS.fetch_sub(1, Ordering::Relaxed);
-            BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: `base` came from `System.alloc(outer)` in `alloc`, and is freed once, here.
-        unsafe { System.dealloc(base, outer) };
-    }
-}
-
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-// ---------------------------------------------------------------------------------------------
-// Measured sections.
-
-/// Serialises measured sections: the tests of a binary run in parallel.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Blocks and bytes allocated in a section and still live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Live {
-    blocks: isize,
-    bytes: isize,
-}
-
-/// A measured section: holds `SERIAL`, counts the current thread's allocations from zero, and
-/// stops counting when dropped.
-struct Section {
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Section {
-    fn start() -> Self {
-        static LAST: AtomicUsize = AtomicUsize::new(0);
-        // A failed test poisons the lock; the counters are reset below, so carry on.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed (all): see `alloc`; the lock orders sections.
-        let id = LAST.fetch_add(1, Ordering::Relaxed) + 1;
-        BLOCKS.store(0, Ordering::Relaxed);
-        BYTES.store(0, Ordering::Relaxed);
-        SECTION.store(id, Ordering::Relaxed);
-        set_counted(true);
-        Self { _serial: serial }
-    }
-
-    fn live(&self) -> Live {
-        Live {
-            blocks: BLOCKS.load(Ordering::Relaxed),
-            bytes: BYTES.load(Ordering::Relaxed),
-        }
-    }
-
-    #[track_caller]
-    fn assert_all_freed(&self, what: &str) {
-        assert_eq!(
-            self.live(),
-            Live {
-                blocks: 0,
-                bytes: 0
-            },
-            "{what}: blocks/bytes allocated in the section and still live"
-        );
-    }
-}
-
-impl Drop for Section {
-    fn drop(&mut self) {
-        set_counted(false);
-        // Relaxed: see `alloc`; the lock, still held, orders this with the next section.
-        SECTION.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Runs `f(t)` on `threads` counted workers and joins them natively, so each worker's
-/// thread-local destructors have run by the time this returns.
-fn on_counted_threads(threads: usize, f: impl Fn(usize) + Sync) {
-    thread::scope(|s| {
-        let f = &f;
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    set_counted(true);
-                    f(t);
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().expect("worker panicked");
-        }
-    });
-}
+static ALLOC: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------------
 // The caches under test.
@@ -242,17 +64,7 @@ fn byte_cache(
 #[test]
 fn counting_detects_leaks() {
     let m = Section::start();
-    let leaked = Box::into_raw(Box::new(7u64));
-    assert_eq!(
-        m.live(),
-        Live {
-            blocks: 1,
-            bytes: 8
-        }
-    );
-    // SAFETY: `leaked` came from `Box::into_raw` just above and is reclaimed once.
-    drop(unsafe { Box::from_raw(leaked) });
-    m.assert_all_freed("after freeing the box");
+    m.assert_counts_a_leaked_box();
 
     let collector = Collector::new();
     let cache = Cache::builder(100).collector(collector.clone()).build();
@@ -317,7 +129,7 @@ fn threads_with_guards_and_plain_calls_free_everything() {
         let collector = Collector::new();
         let evicted = Arc::new(AtomicU64::new(0));
         let cache = byte_cache(1_000, &collector, &evicted);
-        on_counted_threads(THREADS, |t| {
+        on_tracked_threads(THREADS, |t| {
             let handle = collector.register();
             let mut guard = handle.pin();
             for i in 0..N / THREADS {
@@ -360,7 +172,7 @@ fn single_flight_waiters_free_everything() {
         let cache: Cache<u64, Arc<Vec<u8>>> =
             Cache::builder(8).collector(collector.clone()).build();
         let barrier = Barrier::new(THREADS);
-        on_counted_threads(THREADS, |_| {
+        on_tracked_threads(THREADS, |_| {
             for round in 0..ROUNDS as u64 {
                 barrier.wait();
                 // Everyone asks for the same new key: one computes, the others wait on its

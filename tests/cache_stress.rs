@@ -28,6 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
+#[path = "common/stress_env.rs"]
+mod stress_env;
+
+use stress_env::stress_n_split;
+
 const THREADS: usize = 4;
 /// Distinct keys.
 const KEYS: u64 = 300;
@@ -42,18 +47,7 @@ const WEIGHTED_CAPACITY: u64 = 400;
 
 /// Total number of operations, rounded down to a multiple of `THREADS`.
 fn total_ops() -> usize {
-    let default = if cfg!(miri) { 2_000 } else { 1_000_000 };
-    let n = match std::env::var("LATCHLESS_STRESS_N") {
-        Ok(s) => s
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|e| panic!("LATCHLESS_STRESS_N={s:?} is not a count: {e}")),
-        Err(_) => default,
-    };
-    let n = n / THREADS * THREADS;
-    assert!(n > 0, "LATCHLESS_STRESS_N must be at least {THREADS}");
-    n
+    stress_n_split(if cfg!(miri) { 2_000 } else { 1_000_000 }, THREADS)
 }
 
 // ---------------------------------------------------------------------------------------------

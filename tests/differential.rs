@@ -40,6 +40,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+/// The seeded generator (SplitMix64), shared with `tests/linearizability/main.rs`.
+#[path = "common/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 /// Steps per seed.
 const STEPS: usize = if cfg!(miri) { 300 } else { 10_000 };
 
@@ -56,34 +62,6 @@ const SEEDS: [u64; 8] = [
 ];
 
 type FixedHasher = BuildHasherDefault<DefaultHasher>;
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator with no dependency.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// `true` with probability `percent`%.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// Where a run is: the step number and the last few operations, for the failure report.
 #[derive(Debug, Default)]

@@ -16,23 +16,17 @@ use latchless::queue::MsQueue;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
+#[path = "common/stress_env.rs"]
+mod stress_env;
+
+use stress_env::stress_n_split;
+
 const PRODUCERS: usize = 4;
 const CONSUMERS: usize = 4;
 
 /// Total number of values pushed through the queue, rounded down to a multiple of `PRODUCERS`.
 fn total_values() -> usize {
-    let default = if cfg!(miri) { 2_000 } else { 1_000_000 };
-    let n = match std::env::var("LATCHLESS_STRESS_N") {
-        Ok(s) => s
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|e| panic!("LATCHLESS_STRESS_N={s:?} is not a count: {e}")),
-        Err(_) => default,
-    };
-    let n = n / PRODUCERS * PRODUCERS;
-    assert!(n > 0, "LATCHLESS_STRESS_N must be at least {PRODUCERS}");
-    n
+    stress_n_split(if cfg!(miri) { 2_000 } else { 1_000_000 }, PRODUCERS)
 }
 
 /// A value carries its producer in the high half and its sequence number in the low half.

@@ -3,7 +3,8 @@
 //!
 //! Layout: this test binary is `tests/linearizability/main.rs`; the checker itself (recording
 //! with a global clock, Wing & Gong search with Lowe's memoisation, generic over a sequential
-//! [`checker::Model`]) is the module `tests/linearizability/checker.rs`, documented there.
+//! [`checker::Model`]) is the module `tests/linearizability/checker.rs`, documented there; the
+//! seeded generator is `tests/common/rng.rs`, shared with `tests/differential.rs`.
 //!
 //! Each round spawns 2 to 4 threads that meet at a `Barrier`, then run 6 to 8 random operations
 //! each with a little random spinning in between, every operation stamped by the checker's
@@ -33,11 +34,16 @@
 //! many operations overlapped another thread's and how many configurations the search explored.
 
 mod checker;
+// The seeded generator shared with `tests/differential.rs`; its `chance` goes unused here.
+#[allow(dead_code)]
+#[path = "../common/rng.rs"]
+mod rng;
 
 use checker::{check, Clock, History, Model, Operation, Recorder, Violation};
 use crossbeam_epoch::{Collector, LocalHandle};
 use latchless::cache::{Cache, CompareExchangeFailure};
 use latchless::queue::MsQueue;
+use rng::Rng;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -55,31 +61,8 @@ const BROKEN_ROUNDS: usize = if cfg!(miri) { 8 } else { 500 };
 const START_SPINS: u32 = if cfg!(miri) { 10 } else { 5_000 };
 
 // ---------------------------------------------------------------------------------------------
-// Randomness and the round driver.
+// Randomness (the SplitMix64 generator of `tests/common/rng.rs`) and the round driver.
 // ---------------------------------------------------------------------------------------------
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough to pick operations.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A short random pause between two operations, so that threads interleave differently from one
 /// round to the next: mostly a few spins, sometimes a yield.

@@ -1,0 +1,104 @@
+//! The cache contenders of `benches/cache.rs` and `benches/cache_compare.rs`: latchless's
+//! `Cache` (plain, and through `*_with_guard` with a pinned guard), `moka::sync::Cache`,
+//! `quick_cache::sync::Cache` and `Mutex<lru::LruCache>`, each built with its library's default
+//! settings, behind [`BenchCache`].
+
+use super::PinnedLocal;
+use latchless::cache::Cache;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+/// A cache under test, seen through per-thread state so that a contender that profits from
+/// per-thread setup (a pinned epoch guard) can use it.
+pub(crate) trait BenchCache: Sync {
+    /// Per-thread state, made on the worker thread.
+    type Local;
+    /// A cache of `capacity` entries with the library's default settings.
+    fn make(capacity: u64) -> Self;
+    fn local(&self) -> Self::Local;
+    fn get(&self, local: &mut Self::Local, key: u64) -> Option<u64>;
+    fn insert(&self, local: &mut Self::Local, key: u64, value: u64);
+    /// Brings the cache to a steady state after the prefill (moka: apply pending evictions).
+    fn settle(&self) {}
+}
+
+impl BenchCache for Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Cache::new(capacity)
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        Cache::insert(self, key, value);
+    }
+}
+
+/// latchless's `Cache` driven through `get_with_guard`/`insert_with_guard`, each worker holding
+/// one guard and repinning it every [`REPIN_EVERY`](super::REPIN_EVERY) operations.
+pub(crate) struct LatchlessPinned(Cache<u64, u64>);
+
+impl BenchCache for LatchlessPinned {
+    type Local = PinnedLocal;
+    fn make(capacity: u64) -> Self {
+        Self(Cache::new(capacity))
+    }
+    fn local(&self) -> PinnedLocal {
+        PinnedLocal::pin()
+    }
+    fn get(&self, local: &mut PinnedLocal, key: u64) -> Option<u64> {
+        self.0.get_with_guard(&key, local.tick())
+    }
+    fn insert(&self, local: &mut PinnedLocal, key: u64, value: u64) {
+        self.0.insert_with_guard(key, value, local.tick());
+    }
+}
+
+impl BenchCache for moka::sync::Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        moka::sync::Cache::new(capacity)
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        moka::sync::Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        moka::sync::Cache::insert(self, key, value);
+    }
+    fn settle(&self) {
+        self.run_pending_tasks();
+    }
+}
+
+impl BenchCache for quick_cache::sync::Cache<u64, u64> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        quick_cache::sync::Cache::new(usize::try_from(capacity).expect("capacity fits usize"))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        quick_cache::sync::Cache::insert(self, key, value);
+    }
+}
+
+impl BenchCache for Mutex<lru::LruCache<u64, u64>> {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
+            .expect("a positive capacity");
+        Mutex::new(lru::LruCache::new(cap))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.lock().unwrap().get(&key).copied()
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.lock().unwrap().put(key, value);
+    }
+}
