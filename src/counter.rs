@@ -8,7 +8,9 @@
 //! construction and a thread's stripe is fixed for its life (threads are numbered round-robin),
 //! so `add` is one uncontended `fetch_add` and never allocates.
 
-use crate::sync::{const_fn_outside_loom, thread_index, AtomicU64, Backoff, CachePadded, Ordering};
+use crate::sync::{
+    const_fn_outside_loom, thread_index, AtomicU64, Backoff, CachePadded, Ordering, UNDER_LOOM,
+};
 use core::fmt;
 
 /// A 64-bit counter in one atomic word, with wait-free `add` and a compare-and-swap bounded add
@@ -333,6 +335,16 @@ impl ShardedCounter {
             cells: (0..n)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
+        }
+    }
+
+    /// A counter for the crate's own statistics: as [`new`](Self::new), but a single cell under
+    /// loom, which keeps models small.
+    pub(crate) fn for_stats() -> Self {
+        if UNDER_LOOM {
+            Self::with_shards(1)
+        } else {
+            Self::new()
         }
     }
 

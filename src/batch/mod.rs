@@ -403,13 +403,7 @@ struct Counters {
 
 impl Counters {
     fn new() -> Self {
-        let sharded = || {
-            if UNDER_LOOM {
-                ShardedCounter::with_shards(1)
-            } else {
-                ShardedCounter::new()
-            }
-        };
+        let sharded = ShardedCounter::for_stats;
         Self {
             submitted: sharded(),
             refused_overloaded: sharded(),

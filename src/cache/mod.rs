@@ -142,14 +142,7 @@ struct Stats {
 
 impl Stats {
     fn new() -> Self {
-        // Under loom, one cell per counter keeps the models small.
-        let counter = || {
-            if UNDER_LOOM {
-                ShardedCounter::with_shards(1)
-            } else {
-                ShardedCounter::new()
-            }
-        };
+        let counter = ShardedCounter::for_stats;
         Self {
             hits: counter(),
             misses: counter(),
@@ -768,11 +761,7 @@ where
     /// assert_eq!(cache.insert(1, "b"), Some("a"));
     /// ```
     pub fn insert(&self, key: K, value: V) -> Option<V> {
-        self.insert_unchecked(key, value, &self.pin())
-            .unwrap_or_else(|(k, v)| {
-                self.notify(&k, &v, RemovalCause::Refused);
-                None
-            })
+        self.insert_or_notify(key, value, &self.pin())
     }
 
     /// [`insert`](Self::insert) under a guard the caller already holds.
@@ -794,6 +783,11 @@ where
     #[track_caller]
     pub fn insert_with_guard(&self, key: K, value: V, guard: &Guard) -> Option<V> {
         self.check_guard(guard);
+        self.insert_or_notify(key, value, guard)
+    }
+
+    /// `insert`'s refusal path: the listener hears of a too-heavy entry, which is then dropped.
+    fn insert_or_notify(&self, key: K, value: V, guard: &Guard) -> Option<V> {
         self.insert_unchecked(key, value, guard)
             .unwrap_or_else(|(k, v)| {
                 self.notify(&k, &v, RemovalCause::Refused);
