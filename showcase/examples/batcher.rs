@@ -1,0 +1,304 @@
+//! Serves a candle LSTM and a candle transformer to many client threads, three ways, and
+//! prints what each way achieved: one request at a time, a rayon thread pool, and latchless's
+//! `Batcher` (with each session's model state in latchless's `Cache`).
+//!
+//! ```text
+//! cargo run --release --example batcher
+//! cargo run --release --example batcher -- --model transformer --clients 64 --max-wait-ms 2
+//! cargo run --release --example batcher -- --help
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use latchless::batch::BatchConfig;
+use latchless_showcase::lstm::{LstmConfig, LstmLm};
+use latchless_showcase::model::LanguageModel;
+use latchless_showcase::serve::Engine;
+use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
+use latchless_showcase::workload::{self, Mode, Outcome, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelChoice {
+    Lstm,
+    Transformer,
+    Both,
+}
+
+/// Serve byte-level candle models to many client threads through latchless's batcher, and
+/// compare with serving one request at a time and with a rayon thread pool.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Which model to serve.
+    #[arg(long, value_enum, default_value_t = ModelChoice::Both)]
+    model: ModelChoice,
+    /// Client threads; each sends its next request when the previous one is answered.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    clients: u64,
+    /// Requests per model and mode, shared out among the clients.
+    #[arg(long, default_value_t = 320)]
+    requests: usize,
+    /// Sessions per client; a client takes turns among its own sessions.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    sessions_per_client: u64,
+    /// Shortest prompt, in bytes (0 sends some empty prompts, which are answered with an error).
+    #[arg(long, default_value_t = 8)]
+    min_prompt: usize,
+    /// Longest prompt, in bytes.
+    #[arg(long, default_value_t = 48)]
+    max_prompt: usize,
+    /// Fewest bytes to generate per request.
+    #[arg(long, default_value_t = 8)]
+    min_new: usize,
+    /// Most bytes to generate per request.
+    #[arg(long, default_value_t = 24)]
+    max_new: usize,
+    /// The batcher's largest batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch: u64,
+    /// How long a batch may wait for more requests, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// The most tokens (prompt plus generated) in one batch.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch_cost: u64,
+    /// The most requests waiting or running in the batcher; beyond it clients are refused and
+    /// retry after a millisecond.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue: u64,
+    /// Bytes of model state the session cache keeps.
+    #[arg(long, default_value_t = 64 << 20)]
+    session_bytes: u64,
+    /// Seed of the weights and of the workload.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Which ways of serving to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Sequential, Mode::Pool, Mode::Batcher])]
+    modes: Vec<Mode>,
+    /// Rounds of all modes, in rotating order; the report shows each mode's median round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=15))]
+    rounds: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if args.min_prompt > args.max_prompt {
+        return Err(format!(
+            "--min-prompt {} is above --max-prompt {}",
+            args.min_prompt, args.max_prompt
+        ));
+    }
+    if args.min_new > args.max_new {
+        return Err(format!(
+            "--min-new {} is above --max-new {}",
+            args.min_new, args.max_new
+        ));
+    }
+    if args.modes.is_empty() {
+        return Err("--modes names no mode".into());
+    }
+    let work = Workload {
+        clients: args.clients as usize,
+        requests: args.requests,
+        sessions_per_client: args.sessions_per_client as usize,
+        prompt_len: args.min_prompt..=args.max_prompt,
+        max_new: args.min_new..=args.max_new,
+        seed: args.seed,
+    };
+    let batch = BatchConfig {
+        max_batch_size: args.max_batch as usize,
+        max_batch_cost: args.max_batch_cost,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        max_queue: args.max_queue as usize,
+    };
+    batch.validate().map_err(|e| e.to_string())?;
+    println!(
+        "{} clients, {} requests per model and mode, prompts of {}-{} bytes, {}-{} bytes generated; \
+         batcher: up to {} requests or {} tokens per batch, {} ms max wait; {} cores",
+        work.clients,
+        work.requests,
+        args.min_prompt,
+        args.max_prompt,
+        args.min_new,
+        args.max_new,
+        batch.max_batch_size,
+        batch.max_batch_cost,
+        args.max_wait_ms,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let seed = args.seed;
+    if matches!(args.model, ModelChoice::Lstm | ModelChoice::Both) {
+        let model = LstmLm::new(LstmConfig::showcase(), seed).map_err(|e| e.to_string())?;
+        serve_model(Arc::new(model), args, &work, &batch)?;
+    }
+    if matches!(args.model, ModelChoice::Transformer | ModelChoice::Both) {
+        let model =
+            TransformerLm::new(TransformerConfig::showcase(), seed).map_err(|e| e.to_string())?;
+        serve_model(Arc::new(model), args, &work, &batch)?;
+    }
+    Ok(())
+}
+
+fn serve_model<M: LanguageModel>(
+    model: Arc<M>,
+    args: &Args,
+    work: &Workload,
+    batch: &BatchConfig,
+) -> Result<(), String> {
+    let requests = work.requests();
+    let total = requests.iter().map(Vec::len).sum::<usize>() as u64;
+    let mut modes = args.modes.clone();
+    modes.dedup();
+    let mut rounds: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
+    let progress = ProgressBar::new(total * modes.len() as u64 * args.rounds);
+    progress.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} ({elapsed})")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    for round in 0..args.rounds as usize {
+        for k in 0..modes.len() {
+            // Rotate the order every round, so no mode always runs first or last.
+            let m = (k + round) % modes.len();
+            progress.set_message(format!("{}: {}", model.name(), modes[m].label()));
+            // A fresh engine: every mode starts with an empty session cache.
+            let engine = Arc::new(
+                Engine::new(Arc::clone(&model), args.session_bytes).map_err(|e| e.to_string())?,
+            );
+            rounds[m].push(workload::run(
+                modes[m], engine, &requests, batch, &progress,
+            )?);
+        }
+    }
+    progress.finish_and_clear();
+    let outcomes: Vec<Outcome> = rounds
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.requests_per_sec().total_cmp(&b.requests_per_sec()));
+            let mid = r.len() / 2;
+            r.swap_remove(mid)
+        })
+        .collect();
+    report(&model, args, batch, &outcomes)
+}
+
+fn report<M: LanguageModel>(
+    model: &Arc<M>,
+    args: &Args,
+    batch: &BatchConfig,
+    outcomes: &[Outcome],
+) -> Result<(), String> {
+    println!();
+    println!("== {} ==", model.name());
+    println!(
+        "{:<14} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9}",
+        "mode",
+        "req/s",
+        "tokens/s",
+        "req/CPU-s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors",
+        "vs first"
+    );
+    let base = outcomes[0].requests_per_sec();
+    for o in outcomes {
+        let errors: u64 = o.errors.values().sum();
+        println!(
+            "{:<14} {:>8.1} {:>9.0} {:>10.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8.2}x",
+            o.mode.label(),
+            o.requests_per_sec(),
+            o.tokens_per_sec(),
+            o.requests_per_cpu_sec(),
+            o.latency_ms(0.5),
+            o.latency_ms(0.9),
+            o.latency_ms(0.99),
+            errors,
+            o.requests_per_sec() / base,
+        );
+    }
+    for o in outcomes {
+        for (e, n) in &o.errors {
+            println!("  {}: {n} x {e}", o.mode.label());
+        }
+    }
+    let Some(b) = outcomes.iter().find(|o| o.mode == Mode::Batcher) else {
+        return Ok(());
+    };
+    let stats = b.batches.as_ref();
+    let mean_batch = stats.map_or(1.0, |s| s.mean_batch_size());
+    if let Some(s) = stats {
+        const LABELS: [&str; 8] = ["1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"];
+        let sizes: Vec<String> = LABELS
+            .iter()
+            .zip(s.batch_sizes)
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| format!("{l}: {n}"))
+            .collect();
+        println!(
+            "batcher: {} batches, mean size {:.1} (by size: {}); session cache hits {:.1}%; \
+             refusals {}; expired {}",
+            s.batches,
+            mean_batch,
+            sizes.join(", "),
+            b.session_hit_ratio * 100.0,
+            b.refusals,
+            s.expired,
+        );
+    }
+    let compute_ms = b.compute.mean() / 1000.0;
+    let bound = batch.max_wait.as_secs_f64() * 1000.0 + 2.0 * compute_ms;
+    let p99 = b.latency_ms(0.99);
+    println!(
+        "batcher p99 {p99:.1} ms against max_wait + 2 x mean batch compute = {:.1} + 2 x {compute_ms:.1} = {bound:.1} ms: {}",
+        batch.max_wait.as_secs_f64() * 1000.0,
+        verdict(p99 <= bound),
+    );
+    if let Some(seq) = outcomes.iter().find(|o| o.mode == Mode::Sequential) {
+        // What batching alone gains at the batch size the batcher reached, measured now.
+        let engine = Engine::new(Arc::clone(model), 1).map_err(|e| e.to_string())?;
+        let n = mean_batch.round().max(1.0) as usize;
+        let prompt = (args.min_prompt.max(1) + args.max_prompt) / 2;
+        let new = (args.min_new + args.max_new) / 2;
+        let one = workload::raw_requests_per_sec(&engine, 1, prompt, new, 5)
+            .map_err(|e| e.to_string())?;
+        let many = workload::raw_requests_per_sec(&engine, n, prompt, new, 5)
+            .map_err(|e| e.to_string())?;
+        let raw_gain = many / one;
+        let served_gain = b.requests_per_sec() / seq.requests_per_sec();
+        println!(
+            "raw model gain at batch {n}: {raw_gain:.2}x; batcher over one at a time: {served_gain:.2}x = {:.2} of it (target 0.8): {}",
+            served_gain / raw_gain,
+            verdict(served_gain >= 0.8 * raw_gain),
+        );
+    }
+    if let Some(pool) = outcomes.iter().find(|o| o.mode == Mode::Pool) {
+        let ratio = b.requests_per_sec() / pool.requests_per_sec();
+        println!(
+            "batcher over rayon pool: {ratio:.2}x requests/s (target above 1): {}",
+            verdict(ratio > 1.0)
+        );
+    }
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}

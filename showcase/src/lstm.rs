@@ -1,0 +1,304 @@
+//! A byte-level LSTM language model: embedding, stacked LSTM layers, linear head.
+
+use candle_core::{Result, Tensor};
+use candle_nn::rnn::{LSTMConfig, LSTMState, LSTM, RNN};
+use candle_nn::{Embedding, Linear, Module};
+
+use crate::model::{index_tensor, LanguageModel, VOCAB};
+use crate::weights::SeededWeights;
+
+/// The LSTM's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LstmConfig {
+    /// Width of the byte embedding.
+    pub embed: usize,
+    /// Width of each layer's hidden and cell state.
+    pub hidden: usize,
+    /// How many LSTM layers are stacked.
+    pub layers: usize,
+    /// The most tokens one request may feed and generate together.
+    pub max_request_tokens: usize,
+}
+
+impl LstmConfig {
+    /// The showcase's LSTM: 64-wide embedding, two layers of 256.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::lstm::LstmConfig;
+    ///
+    /// assert_eq!(LstmConfig::showcase().layers, 2);
+    /// ```
+    pub fn showcase() -> Self {
+        Self {
+            embed: 64,
+            hidden: 256,
+            layers: 2,
+            max_request_tokens: 512,
+        }
+    }
+
+    /// A small LSTM for tests and examples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::lstm::LstmConfig;
+    ///
+    /// assert!(LstmConfig::tiny().hidden < LstmConfig::showcase().hidden);
+    /// ```
+    pub fn tiny() -> Self {
+        Self {
+            embed: 16,
+            hidden: 32,
+            layers: 2,
+            max_request_tokens: 128,
+        }
+    }
+}
+
+/// A sequence's LSTM state: `h` and `c` of each layer, each `[1, hidden]`.
+#[derive(Debug, Clone)]
+pub struct LstmSeqState {
+    layers: Vec<LSTMState>,
+}
+
+/// The LSTM language model, on the CPU, with seeded random weights.
+#[derive(Debug)]
+pub struct LstmLm {
+    config: LstmConfig,
+    embed: Embedding,
+    layers: Vec<LSTM>,
+    head: Linear,
+}
+
+impl LstmLm {
+    /// Builds the model from `seed`: the same seed gives the same weights.
+    ///
+    /// # Errors
+    ///
+    /// A candle error, or a zero size in `config`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    /// use latchless_showcase::model::LanguageModel;
+    ///
+    /// let model = LstmLm::new(LstmConfig::tiny(), 42).unwrap();
+    /// assert_eq!(model.name(), "lstm");
+    /// ```
+    pub fn new(config: LstmConfig, seed: u64) -> Result<Self> {
+        if config.embed == 0 || config.hidden == 0 || config.layers == 0 {
+            candle_core::bail!("LSTM sizes must be non-zero: {config:?}");
+        }
+        let vb = SeededWeights::var_builder(seed);
+        let embed = candle_nn::embedding(VOCAB, config.embed, vb.pp("embed"))?;
+        let layers = (0..config.layers)
+            .map(|l| {
+                let input = if l == 0 { config.embed } else { config.hidden };
+                // One candle `LSTM` is one layer; each gets its own prefix.
+                candle_nn::lstm(
+                    input,
+                    config.hidden,
+                    LSTMConfig::default(),
+                    vb.pp(format!("lstm{l}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = candle_nn::linear(config.hidden, VOCAB, vb.pp("head"))?;
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            head,
+        })
+    }
+
+    /// The model's sizes.
+    pub fn config(&self) -> &LstmConfig {
+        &self.config
+    }
+}
+
+/// LSTM sequences being generated together: each layer's `h` and `c`, `[rows, hidden]`.
+#[derive(Debug)]
+pub struct LstmBatch {
+    layers: Vec<LSTMState>,
+}
+
+impl LstmLm {
+    /// One step of every layer for `x`, `[rows, embed]`, from `state`; returns the new state.
+    fn step(&self, mut x: Tensor, state: &[LSTMState]) -> Result<Vec<LSTMState>> {
+        let mut out = Vec::with_capacity(state.len());
+        for (layer, s) in self.layers.iter().zip(state) {
+            let next = layer.step(&x, s)?;
+            x = next.h.clone();
+            out.push(next);
+        }
+        Ok(out)
+    }
+}
+
+impl LanguageModel for LstmLm {
+    type State = LstmSeqState;
+    type Batch = LstmBatch;
+
+    fn name(&self) -> &'static str {
+        "lstm"
+    }
+
+    fn max_request_tokens(&self) -> usize {
+        self.config.max_request_tokens
+    }
+
+    fn fresh_state(&self) -> LstmSeqState {
+        let zero = || {
+            Tensor::zeros(
+                (1, self.config.hidden),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .expect("a zero tensor on the CPU")
+        };
+        LstmSeqState {
+            layers: (0..self.config.layers)
+                .map(|_| LSTMState::new(zero(), zero()))
+                .collect(),
+        }
+    }
+
+    fn state_bytes(&self, state: &LstmSeqState) -> u64 {
+        state
+            .layers
+            .iter()
+            .map(|s| (s.h.elem_count() + s.c.elem_count()) as u64 * 4)
+            .sum()
+    }
+
+    fn fit(
+        &self,
+        state: LstmSeqState,
+        prompt: &[u32],
+        _max_new: usize,
+    ) -> (LstmSeqState, Vec<u32>) {
+        // An LSTM's state has a fixed size however long the sequence: nothing to trim.
+        (state, prompt.to_vec())
+    }
+
+    fn prefill(
+        &self,
+        states: Vec<LstmSeqState>,
+        tokens: &[&[u32]],
+        _steps: usize,
+    ) -> Result<(LstmBatch, Tensor)> {
+        let rows = states.len();
+        if rows == 0 || rows != tokens.len() || tokens.iter().any(|t| t.is_empty()) {
+            candle_core::bail!("prefill needs one non-empty token list per state");
+        }
+        let dev = &candle_core::Device::Cpu;
+        // Longest first: at step t the rows still feeding are a prefix of the batch, so only
+        // real tokens are computed and no row's state is touched after its last token.
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+        let longest = tokens[order[0]].len();
+        let mut ids = Vec::with_capacity(rows * longest);
+        for &i in &order {
+            ids.extend_from_slice(tokens[i]);
+            ids.extend(std::iter::repeat_n(0u32, longest - tokens[i].len()));
+        }
+        let embedded = self
+            .embed
+            .forward(&Tensor::from_vec(ids, (rows, longest), dev)?)?; // [rows, longest, embed]
+        let mut state: Vec<LSTMState> = (0..self.config.layers)
+            .map(|l| {
+                let h: Vec<&Tensor> = order.iter().map(|&i| &states[i].layers[l].h).collect();
+                let c: Vec<&Tensor> = order.iter().map(|&i| &states[i].layers[l].c).collect();
+                Ok(LSTMState::new(Tensor::cat(&h, 0)?, Tensor::cat(&c, 0)?))
+            })
+            .collect::<Result<_>>()?;
+        for t in 0..longest {
+            let feeding = order.iter().take_while(|&&i| tokens[i].len() > t).count();
+            let x = embedded
+                .narrow(1, t, 1)?
+                .squeeze(1)?
+                .narrow(0, 0, feeding)?;
+            if feeding == rows {
+                state = self.step(x.contiguous()?, &state)?;
+                continue;
+            }
+            let head: Vec<LSTMState> = state
+                .iter()
+                .map(|s| {
+                    Ok(LSTMState::new(
+                        s.h.narrow(0, 0, feeding)?,
+                        s.c.narrow(0, 0, feeding)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let next = self.step(x.contiguous()?, &head)?;
+            state = next
+                .into_iter()
+                .zip(&state)
+                .map(|(n, s)| {
+                    let rest = rows - feeding;
+                    Ok(LSTMState::new(
+                        Tensor::cat(&[&n.h, &s.h.narrow(0, feeding, rest)?], 0)?,
+                        Tensor::cat(&[&n.c, &s.c.narrow(0, feeding, rest)?], 0)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+        }
+        // Back to the callers' order.
+        let mut inverse = vec![0; rows];
+        for (at, &i) in order.iter().enumerate() {
+            inverse[i] = at;
+        }
+        let back = index_tensor(&inverse)?;
+        let layers = state
+            .iter()
+            .map(|s| {
+                Ok(LSTMState::new(
+                    s.h.index_select(&back, 0)?,
+                    s.c.index_select(&back, 0)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let logits = self.head.forward(&layers[self.config.layers - 1].h)?;
+        Ok((LstmBatch { layers }, logits))
+    }
+
+    fn decode(&self, batch: &mut LstmBatch, tokens: &[u32]) -> Result<Tensor> {
+        let rows = batch.layers[0].h.dim(0)?;
+        if tokens.len() != rows {
+            candle_core::bail!("{} tokens for a batch of {rows}", tokens.len());
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), rows, &candle_core::Device::Cpu)?;
+        batch.layers = self.step(self.embed.forward(&ids)?, &batch.layers)?;
+        self.head.forward(&batch.layers[self.config.layers - 1].h)
+    }
+
+    fn retain(&self, batch: &mut LstmBatch, keep: &[usize]) -> Result<()> {
+        let keep = index_tensor(keep)?;
+        for s in &mut batch.layers {
+            *s = LSTMState::new(s.h.index_select(&keep, 0)?, s.c.index_select(&keep, 0)?);
+        }
+        Ok(())
+    }
+
+    fn state_of(&self, batch: &LstmBatch, row: usize) -> Result<LstmSeqState> {
+        Ok(LstmSeqState {
+            layers: batch
+                .layers
+                .iter()
+                .map(|s| {
+                    Ok(LSTMState::new(
+                        s.h.narrow(0, row, 1)?.copy()?,
+                        s.c.narrow(0, row, 1)?.copy()?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+}

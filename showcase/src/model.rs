@@ -1,0 +1,188 @@
+//! What the two models share: a byte vocabulary, per-sequence state, and batched generation.
+
+use candle_core::{Result, Tensor};
+
+/// Both models read and write bytes: 256 tokens.
+pub const VOCAB: usize = 256;
+
+/// A byte-level language model that runs many sequences at once, each from its own state.
+///
+/// The contract that makes batching invisible to a request: a row's logits and state depend
+/// only on its own state and tokens, never on the other rows of its batch or on how long they
+/// are (up to floating-point rounding in the kernels).
+pub trait LanguageModel: Send + Sync + 'static {
+    /// One sequence's state: everything needed to continue it.
+    type State: Clone + Send + Sync + 'static;
+
+    /// Sequences being generated together, between [`prefill`](Self::prefill) and their last
+    /// [`decode`](Self::decode) step.
+    type Batch;
+
+    /// The model's name on the command line and in reports.
+    fn name(&self) -> &'static str;
+
+    /// The most tokens one request may feed and generate together.
+    fn max_request_tokens(&self) -> usize;
+
+    /// The state of a sequence that has seen nothing.
+    fn fresh_state(&self) -> Self::State;
+
+    /// How many bytes the state's tensors hold (the session cache's weight).
+    fn state_bytes(&self, state: &Self::State) -> u64;
+
+    /// Makes room for a request that feeds `prompt` and generates `max_new` tokens: returns the
+    /// state to start from and the tokens to feed. A model with a bounded context may start
+    /// over from the most recent part of the sequence here.
+    fn fit(&self, state: Self::State, prompt: &[u32], max_new: usize) -> (Self::State, Vec<u32>);
+
+    /// Starts a batch: feeds `tokens[i]` (non-empty) to sequence `i`, which starts from
+    /// `states[i]`; returns the batch and the logits after each sequence's last token,
+    /// `[rows, VOCAB]`. `steps` is how many [`decode`](Self::decode) steps are to come at
+    /// most, so that the batch can reserve room for them.
+    ///
+    /// # Errors
+    ///
+    /// A candle error, an empty token list, or a sequence longer than the model's context.
+    fn prefill(
+        &self,
+        states: Vec<Self::State>,
+        tokens: &[&[u32]],
+        steps: usize,
+    ) -> Result<(Self::Batch, Tensor)>;
+
+    /// Feeds one token to each sequence of the batch; returns the logits, `[rows, VOCAB]`.
+    ///
+    /// # Errors
+    ///
+    /// A candle error, a token count other than the batch's rows, or a sequence running past
+    /// the model's context.
+    fn decode(&self, batch: &mut Self::Batch, tokens: &[u32]) -> Result<Tensor>;
+
+    /// Keeps only the batch's rows `keep` (increasing indices), in that order.
+    ///
+    /// # Errors
+    ///
+    /// A candle error.
+    fn retain(&self, batch: &mut Self::Batch, keep: &[usize]) -> Result<()>;
+
+    /// Row `row`'s state, in storage of its own (a batch's tensors are shared by all its
+    /// rows, and must not be kept alive by a cached session).
+    ///
+    /// # Errors
+    ///
+    /// A candle error.
+    fn state_of(&self, batch: &Self::Batch, row: usize) -> Result<Self::State>;
+}
+
+/// One sequence's part in a call to [`generate`].
+#[derive(Debug, Clone)]
+pub struct Job<S> {
+    /// In: the state to continue from. Out: the state after the prompt and every generated token.
+    pub state: S,
+    /// The tokens to feed first. Must not be empty.
+    pub prompt: Vec<u32>,
+    /// How many tokens to generate.
+    pub max_new: usize,
+    /// If set, these tokens are fed back instead of the model's greedy picks (and reported as
+    /// the output), so that logits can be compared across runs whatever near-ties do.
+    pub forced: Option<Vec<u32>>,
+    /// Out: the generated tokens.
+    pub output: Vec<u32>,
+    /// Out, if set to `Some` beforehand: the logits each output token was picked from.
+    pub logits: Option<Vec<Vec<f32>>>,
+}
+
+impl<S> Job<S> {
+    /// A job that continues `state` with `prompt` and generates `max_new` tokens greedily.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::model::{generate, Job, LanguageModel};
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    ///
+    /// let model = LstmLm::new(LstmConfig::tiny(), 1).unwrap();
+    /// let mut jobs = vec![Job::new(model.fresh_state(), vec![104, 105], 3)];
+    /// generate(&model, &mut jobs).unwrap();
+    /// assert_eq!(jobs[0].output.len(), 3);
+    /// ```
+    pub fn new(state: S, prompt: Vec<u32>, max_new: usize) -> Self {
+        Self {
+            state,
+            prompt,
+            max_new,
+            forced: None,
+            output: Vec::new(),
+            logits: None,
+        }
+    }
+}
+
+/// Runs every job together: one prefill of all prompts, then decode steps for all sequences at
+/// once; a sequence that has produced its tokens stops taking part. Each generated token is
+/// fed back, so a job's final state covers its prompt and its whole output.
+///
+/// # Errors
+///
+/// A candle error, or a job with an empty prompt (checked before any work).
+pub fn generate<M: LanguageModel + ?Sized>(model: &M, jobs: &mut [Job<M::State>]) -> Result<()> {
+    if jobs.iter().any(|j| j.prompt.is_empty()) {
+        candle_core::bail!("a job has an empty prompt");
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let states = jobs.iter().map(|j| j.state.clone()).collect();
+    let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
+    let steps = jobs.iter().map(|j| j.max_new).max().unwrap_or(0);
+    let (mut batch, logits) = model.prefill(states, &prompts, steps)?;
+    let mut logits = logits.to_vec2::<f32>()?;
+    // The job of each batch row.
+    let mut rows: Vec<usize> = (0..jobs.len()).collect();
+    loop {
+        let mut keep = Vec::with_capacity(rows.len());
+        let mut next = Vec::with_capacity(rows.len());
+        for (r, (&i, row)) in rows.iter().zip(logits).enumerate() {
+            let job = &mut jobs[i];
+            if job.output.len() == job.max_new {
+                // Its last token has been fed: done.
+                job.state = model.state_of(&batch, r)?;
+                continue;
+            }
+            let picked = match &job.forced {
+                Some(forced) => forced.get(job.output.len()).copied().unwrap_or(0),
+                None => argmax(&row),
+            };
+            if let Some(l) = job.logits.as_mut() {
+                l.push(row);
+            }
+            job.output.push(picked);
+            keep.push(r);
+            next.push(picked);
+        }
+        if keep.is_empty() {
+            return Ok(());
+        }
+        if keep.len() < rows.len() {
+            model.retain(&mut batch, &keep)?;
+            rows = keep.iter().map(|&r| rows[r]).collect();
+        }
+        logits = model.decode(&mut batch, &next)?.to_vec2::<f32>()?;
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A `u32` index tensor on the CPU, for `index_select`.
+pub(crate) fn index_tensor(indices: &[usize]) -> Result<Tensor> {
+    let v: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+    Tensor::from_vec(v, indices.len(), &candle_core::Device::Cpu)
+}
