@@ -16,7 +16,7 @@ pub trait LanguageModel: Send + Sync + 'static {
 
     /// Sequences being generated together, between [`prefill`](Self::prefill) and their last
     /// [`decode`](Self::decode) step.
-    type Batch;
+    type Batch: Send;
 
     /// The model's name on the command line and in reports.
     fn name(&self) -> &'static str;

@@ -1,5 +1,5 @@
 //! A small byte-level decoder-only transformer: learned positions, causal multi-head attention
-//! with a per-sequence key/value cache, a GELU MLP, pre-layer norms.
+//! with a per-sequence key/value cache, a ReLU MLP, pre-layer norms.
 
 use candle_core::{Device, IndexOp, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, Module};
@@ -95,8 +95,9 @@ struct Block {
 /// The transformer language model, on the CPU, with seeded random weights.
 ///
 /// A session that would outgrow [`TransformerConfig::context`] keeps its most recent tokens (a
-/// sliding window): [`fit`](LanguageModel::fit) restarts it from as much of its recent past as
-/// leaves room for the request, recomputing the keys and values from position 0.
+/// sliding window): [`fit`](LanguageModel::fit) restarts it from its most recent tokens (half
+/// the context, or less if the request needs the room), recomputing their keys and values from
+/// position 0. Positions are learned, so a window cannot simply drop its oldest keys.
 #[derive(Debug)]
 pub struct TransformerLm {
     config: TransformerConfig,
@@ -218,11 +219,10 @@ impl LanguageModel for TransformerLm {
         if state.len() + prompt.len() + max_new <= self.config.context {
             return (state, prompt.to_vec());
         }
-        // Slide the window: start over from the most recent tokens that leave room.
-        let keep = self
-            .config
-            .context
-            .saturating_sub(prompt.len() + max_new)
+        // Slide the window: start over from the most recent tokens, at most half the context,
+        // so that the next few requests fit again without recomputing the window each time.
+        let keep = (self.config.context / 2)
+            .min(self.config.context.saturating_sub(prompt.len() + max_new))
             .min(state.len());
         let mut tokens = state.tokens[state.len() - keep..].to_vec();
         tokens.extend_from_slice(prompt);
@@ -291,22 +291,28 @@ impl LanguageModel for TransformerLm {
         let mut kv = Vec::with_capacity(c.layers);
         for (l, b) in self.blocks.iter().enumerate() {
             let qkv = b.qkv.forward(&b.ln1.forward(&x)?)?; // [packed, 3 * d_model]
+                                                           // The batch's keys and values, written row by row in place: each row's past, then
+                                                           // its new ones, ending at column `end`.
+            let k_all = Tensor::zeros((rows, heads, cols, head_dim), x.dtype(), dev)?;
+            let v_all = Tensor::zeros((rows, heads, cols, head_dim), x.dtype(), dev)?;
             let mut ys = Vec::with_capacity(rows);
-            let mut ks = Vec::with_capacity(rows);
-            let mut vs = Vec::with_capacity(rows);
             for i in 0..rows {
                 let r = qkv
                     .narrow(0, start[i], new[i])?
                     .reshape((new[i], 3, heads, head_dim))?
                     .permute((1, 2, 0, 3))?; // [3, heads, new, head_dim]
                 let q = r.i(0)?.contiguous()?;
-                let (mut k, mut v) = (r.i(1)?, r.i(2)?);
+                let (k_row, v_row) = (k_all.narrow(0, i, 1)?, v_all.narrow(0, i, 1)?);
+                let first = end - total[i];
                 if let Some((pk, pv)) = states[i].kv.get(l) {
-                    k = Tensor::cat(&[pk, &k], 1)?;
-                    v = Tensor::cat(&[pv, &v], 1)?;
+                    k_row.slice_set(&pk.unsqueeze(0)?, 2, first)?;
+                    v_row.slice_set(&pv.unsqueeze(0)?, 2, first)?;
                 }
-                // `cat` along an inner dimension may hand back a transposed layout.
-                let (k, v) = (k.contiguous()?, v.contiguous()?); // [heads, total, head_dim]
+                k_row.slice_set(&r.i(1)?.contiguous()?.unsqueeze(0)?, 2, first + past[i])?;
+                v_row.slice_set(&r.i(2)?.contiguous()?.unsqueeze(0)?, 2, first + past[i])?;
+                // The row's keys and values, [heads, total, head_dim], as views.
+                let k = k_row.squeeze(0)?.narrow(1, first, total[i])?;
+                let v = v_row.squeeze(0)?.narrow(1, first, total[i])?;
                 let mut att = (q.matmul(&k.t()?)? * scale)?;
                 if let Some(m) = &causal[i] {
                     att = att.broadcast_add(m)?;
@@ -316,15 +322,13 @@ impl LanguageModel for TransformerLm {
                     .transpose(0, 1)?
                     .reshape((new[i], c.d_model))?;
                 ys.push(y);
-                ks.push(k.pad_with_zeros(1, end - total[i], reserve)?);
-                vs.push(v.pad_with_zeros(1, end - total[i], reserve)?);
             }
             let y = Tensor::cat(&ys, 0)?;
             x = (x + b.proj.forward(&y)?)?;
             x = (&x
                 + b.fc2
-                    .forward(&b.fc1.forward(&b.ln2.forward(&x)?)?.gelu_erf()?)?)?;
-            kv.push((Tensor::stack(&ks, 0)?, Tensor::stack(&vs, 0)?));
+                    .forward(&b.fc1.forward(&b.ln2.forward(&x)?)?.relu()?)?)?;
+            kv.push((k_all, v_all));
         }
         let last: Vec<usize> = (0..rows).map(|i| start[i] + new[i] - 1).collect();
         let last = x.index_select(&index_tensor(&last)?, 0)?;
@@ -390,12 +394,18 @@ impl LanguageModel for TransformerLm {
                 *v = Tensor::cat(&[&*v, &z], 2)?.contiguous()?;
             }
         }
-        let (cols, at) = (batch.mask.dim(1)?, batch.next_column);
+        let at = batch.next_column;
         // Every row's new key goes in the same new column, visible to the row.
         batch
             .mask
             .slice_set(&Tensor::zeros((rows, 1), x.dtype(), dev)?, 1, at)?;
-        let mask4 = batch.mask.reshape((rows, 1, 1, cols))?;
+        // Attention reads the columns written so far, not the reserved ones after them.
+        let used = at + 1;
+        let mask4 = batch
+            .mask
+            .narrow(1, 0, used)?
+            .contiguous()?
+            .reshape((rows, 1, 1, used))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         for (b, (k_all, v_all)) in self.blocks.iter().zip(batch.kv.iter_mut()) {
             let qkv = b
@@ -406,11 +416,12 @@ impl LanguageModel for TransformerLm {
             let q = qkv.i(0)?.unsqueeze(2)?.contiguous()?; // [rows, heads, 1, head_dim]
             k_all.slice_set(&qkv.i(1)?.unsqueeze(2)?.contiguous()?, 2, at)?;
             v_all.slice_set(&qkv.i(2)?.unsqueeze(2)?.contiguous()?, 2, at)?;
-            let y = attend(&q, k_all, v_all, &mask4, scale)?.reshape((rows, c.d_model))?;
+            let (k, v) = (k_all.narrow(2, 0, used)?, v_all.narrow(2, 0, used)?);
+            let y = attend(&q, &k, &v, &mask4, scale)?.reshape((rows, c.d_model))?;
             x = (x + b.proj.forward(&y)?)?;
             x = (&x
                 + b.fc2
-                    .forward(&b.fc1.forward(&b.ln2.forward(&x)?)?.gelu_erf()?)?)?;
+                    .forward(&b.fc1.forward(&b.ln2.forward(&x)?)?.relu()?)?)?;
         }
         batch.next_column += 1;
         for ((row_cols, seen), &t) in batch.columns.iter_mut().zip(&mut batch.tokens).zip(tokens) {
@@ -463,4 +474,48 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Resu
     candle_nn::ops::softmax_last_dim(&att)?
         .matmul(v)?
         .transpose(1, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decoding past the reserved columns grows the cache and gives the same logits as
+    /// reserving them up front.
+    #[test]
+    fn decoding_beyond_the_reservation_matches_reserving() {
+        let model = TransformerLm::new(TransformerConfig::tiny(), 9).unwrap();
+        let run = |reserve: usize| -> Vec<Vec<f32>> {
+            let states = vec![model.fresh_state(), model.fresh_state()];
+            let (mut batch, first) = model.prefill(states, &[&[1, 2, 3], &[4]], reserve).unwrap();
+            let mut out = first.to_vec2::<f32>().unwrap();
+            for step in 0..20u32 {
+                let logits = model.decode(&mut batch, &[step, step + 1]).unwrap();
+                out.extend(logits.to_vec2::<f32>().unwrap());
+            }
+            out
+        };
+        let (reserved, grown) = (run(20), run(0));
+        let diff = reserved
+            .iter()
+            .flatten()
+            .zip(grown.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "logits differ by {diff}");
+    }
+
+    #[test]
+    fn a_sequence_past_the_context_is_an_error() {
+        let model = TransformerLm::new(TransformerConfig::tiny(), 9).unwrap();
+        let long = vec![1; model.config().context + 1];
+        assert!(model
+            .prefill(vec![model.fresh_state()], &[&long], 0)
+            .is_err());
+        let full = vec![1; model.config().context];
+        let (mut batch, _) = model
+            .prefill(vec![model.fresh_state()], &[&full], 1)
+            .unwrap();
+        assert!(model.decode(&mut batch, &[1]).is_err());
+    }
 }

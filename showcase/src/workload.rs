@@ -325,34 +325,76 @@ fn clients(
     })
 }
 
-/// The model's own throughput, in requests per second, when `batch` requests of the given
-/// shape are generated together on the engine's compute thread: the median of `reps` runs.
-/// Comparing batch 1 with batch n gives what batching alone can gain, before any serving cost.
+/// The jobs that serving `reqs` with `engine` would run now: each continues its session's
+/// state if the engine's cache holds it (read without touching the cache's statistics), else
+/// starts fresh; the model's [`fit`](LanguageModel::fit) applied as when serving.
+pub fn jobs_for<M: LanguageModel>(engine: &Engine<M>, reqs: &[Request]) -> Vec<Job<M::State>> {
+    let model = engine.model();
+    reqs.iter()
+        .map(|r| {
+            let state = match engine.sessions().peek(&r.session) {
+                Some(s) => s.state().clone(),
+                None => model.fresh_state(),
+            };
+            let prompt: Vec<u32> = r.prompt.iter().map(|&b| u32::from(b)).collect();
+            let (state, feed) = model.fit(state, &prompt, r.max_new);
+            Job::new(state, feed, r.max_new)
+        })
+        .collect()
+}
+
+/// What batching alone gains on `jobs`, before any serving cost: the model's jobs per second
+/// when it generates them all together, over its jobs per second when it generates them one
+/// at a time, on the engine's compute thread. The median of `reps` runs of each, interleaved.
 ///
 /// # Errors
 ///
-/// A candle error.
-pub fn raw_requests_per_sec<M: LanguageModel>(
+/// A candle error, or a job with an empty prompt.
+pub fn raw_batching_gain<M: LanguageModel>(
     engine: &Engine<M>,
-    batch: usize,
-    prompt_len: usize,
-    max_new: usize,
+    jobs: &[Job<M::State>],
     reps: usize,
-) -> candle_core::Result<f64> {
+) -> candle_core::Result<RawGain> {
     let model = engine.model();
-    let mut rates = (0..reps.max(1))
-        .map(|_| {
-            let mut jobs: Vec<_> = (0..batch.max(1))
-                .map(|i| {
-                    let prompt = (0..prompt_len.max(1)).map(|t| ((i + t) % 95 + 32) as u32);
-                    Job::new(model.fresh_state(), prompt.collect(), max_new)
-                })
-                .collect();
-            let start = Instant::now();
-            engine.on_compute_thread(|| generate(model, &mut jobs))?;
-            Ok(jobs.len() as f64 / start.elapsed().as_secs_f64().max(1e-9))
-        })
-        .collect::<candle_core::Result<Vec<f64>>>()?;
-    rates.sort_by(f64::total_cmp);
-    Ok(rates[rates.len() / 2])
+    let n = jobs.len() as f64;
+    let mut alone = Vec::new();
+    let mut together = Vec::new();
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        for job in jobs {
+            engine.on_compute_thread(|| generate(model, &mut [job.clone()]))?;
+        }
+        alone.push(n / start.elapsed().as_secs_f64().max(1e-9));
+        let mut all = jobs.to_vec();
+        let start = Instant::now();
+        engine.on_compute_thread(|| generate(model, &mut all))?;
+        together.push(n / start.elapsed().as_secs_f64().max(1e-9));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(RawGain {
+        batch: jobs.len(),
+        alone: median(alone),
+        together: median(together),
+    })
+}
+
+/// The result of [`raw_batching_gain`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawGain {
+    /// How many requests ran together.
+    pub batch: usize,
+    /// Requests per second, one at a time.
+    pub alone: f64,
+    /// Requests per second, all together.
+    pub together: f64,
+}
+
+impl RawGain {
+    /// `together / alone`.
+    pub fn gain(&self) -> f64 {
+        self.together / self.alone.max(1e-9)
+    }
 }

@@ -1,0 +1,164 @@
+//! The serving engine: bad input answered with errors, sessions continued and guarded, and
+//! many client threads served through the batcher, every request answered once.
+
+use std::sync::Arc;
+
+use latchless::batch::{BatchConfig, Batcher};
+use latchless_showcase::lstm::{LstmConfig, LstmLm};
+use latchless_showcase::model::{generate, Job, LanguageModel};
+use latchless_showcase::serve::{Engine, Request, ServeError};
+use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
+
+fn lstm_engine(session_bytes: u64) -> Engine<LstmLm> {
+    Engine::new(
+        Arc::new(LstmLm::new(LstmConfig::tiny(), 5).unwrap()),
+        session_bytes,
+    )
+    .unwrap()
+}
+
+fn req(session: u64, prompt: &[u8], max_new: usize) -> Request {
+    Request {
+        session,
+        prompt: prompt.to_vec(),
+        max_new,
+    }
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_rest_of_the_batch_is_served() {
+    let engine = lstm_engine(1 << 20);
+    let limit = engine.model().max_request_tokens();
+    let replies = engine.serve(vec![
+        req(1, b"", 4),
+        req(2, b"fine", 3),
+        req(3, &vec![b'a'; limit], 1),
+        req(4, b"x", usize::MAX),
+    ]);
+    assert_eq!(replies[0], Err(ServeError::EmptyPrompt));
+    assert_eq!(replies[1].as_ref().unwrap().text.len(), 3);
+    assert_eq!(
+        replies[2],
+        Err(ServeError::TooLong {
+            requested: limit + 1,
+            limit
+        })
+    );
+    assert!(matches!(replies[3], Err(ServeError::TooLong { .. })));
+    // Nothing was stored for the refused sessions.
+    assert!(!engine.sessions().contains_key(&1));
+    assert!(engine.sessions().contains_key(&2));
+}
+
+#[test]
+fn a_session_continues_where_it_stopped() {
+    let engine = lstm_engine(1 << 20);
+    let first = engine
+        .serve(vec![req(7, b"hello ", 5)])
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(!first.resumed);
+    let second = engine
+        .serve(vec![req(7, b"again", 6)])
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(second.resumed);
+    // The same as one sequence run straight through: first prompt, first reply, second prompt.
+    let model = engine.model();
+    let mut whole: Vec<u32> = b"hello ".iter().map(|&b| u32::from(b)).collect();
+    whole.extend(first.text.iter().map(|&b| u32::from(b)));
+    whole.extend(b"again".iter().map(|&b| u32::from(b)));
+    let mut job = vec![Job::new(model.fresh_state(), whole, 6)];
+    generate(model, &mut job).unwrap();
+    let expected: Vec<u8> = job[0].output.iter().map(|&t| t as u8).collect();
+    assert_eq!(second.text, expected);
+}
+
+#[test]
+fn the_same_session_twice_in_a_batch_loses_the_second_time() {
+    let engine = lstm_engine(1 << 20);
+    let replies = engine.serve(vec![req(1, b"a", 2), req(1, b"b", 2), req(2, b"c", 2)]);
+    assert!(replies[0].is_ok());
+    assert_eq!(replies[1], Err(ServeError::SessionBusy { session: 1 }));
+    assert!(replies[2].is_ok());
+    // The winner's state is the one kept: the session continues from "a" and its reply.
+    let version = engine.sessions().peek(&1).unwrap().version();
+    let again = engine.serve(vec![req(1, b"d", 1)]).pop().unwrap().unwrap();
+    assert!(again.resumed);
+    assert_ne!(engine.sessions().peek(&1).unwrap().version(), version);
+}
+
+#[test]
+fn a_state_heavier_than_the_cache_is_not_kept() {
+    // The tiny LSTM's state is 2 layers x (h, c) x 32 floats = 512 bytes.
+    let engine = lstm_engine(100);
+    assert!(engine.serve(vec![req(1, b"abc", 2)])[0].is_ok());
+    let again = engine
+        .serve(vec![req(1, b"abc", 2)])
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(!again.resumed);
+    assert_eq!(engine.sessions().len(), 0);
+}
+
+#[test]
+fn a_transformer_session_slides_its_window_instead_of_failing() {
+    let model = Arc::new(TransformerLm::new(TransformerConfig::tiny(), 3).unwrap());
+    let context = model.config().context;
+    let engine = Engine::new(Arc::clone(&model), 1 << 24).unwrap();
+    for turn in 0..8 {
+        let reply = engine.serve(vec![req(1, &[b'q'; 12], 6)]).pop().unwrap();
+        let reply = reply.unwrap_or_else(|e| panic!("turn {turn}: {e}"));
+        assert_eq!(reply.text.len(), 6);
+        let seen = engine.sessions().peek(&1).unwrap().state().len();
+        assert!(
+            seen <= context,
+            "turn {turn}: {seen} tokens in a context of {context}"
+        );
+        assert!(seen >= 18, "turn {turn}: the request's own tokens are kept");
+    }
+}
+
+#[test]
+fn many_clients_through_the_batcher_each_get_their_own_replies() {
+    const CLIENTS: u64 = 8;
+    const TURNS: usize = 12;
+    let engine = Arc::new(lstm_engine(1 << 24));
+    let handler_engine = Arc::clone(&engine);
+    let config = BatchConfig {
+        max_batch_size: 6,
+        max_batch_cost: 200,
+        ..BatchConfig::default()
+    };
+    let batcher = Batcher::spawn_with_cost(config, Request::cost, move |reqs| {
+        handler_engine.serve(reqs)
+    })
+    .unwrap();
+    std::thread::scope(|s| {
+        for client in 0..CLIENTS {
+            let batcher = batcher.clone();
+            s.spawn(move || {
+                for turn in 0..TURNS {
+                    let max_new = 1 + (turn + client as usize) % 5;
+                    let prompt = format!("client {client} turn {turn}");
+                    let reply = batcher
+                        .call(req(client, prompt.as_bytes(), max_new))
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(reply.text.len(), max_new);
+                    assert_eq!(reply.resumed, turn > 0, "client {client} turn {turn}");
+                    assert!(reply.batch_size >= 1 && reply.batch_size <= 6);
+                }
+            });
+        }
+    });
+    batcher.shutdown();
+    let stats = batcher.stats();
+    assert_eq!(stats.completed, CLIENTS * TURNS as u64);
+    assert_eq!(engine.sessions().len(), CLIENTS as usize);
+    // Batching happened: fewer batches than requests.
+    assert!(stats.batches < stats.completed, "{stats:?}");
+}
