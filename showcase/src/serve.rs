@@ -182,6 +182,32 @@ impl<M: LanguageModel> Engine<M> {
     /// assert!(replies[1].is_err());
     /// ```
     pub fn new(model: Arc<M>, session_bytes: u64) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Self::with_compute_threads(model, session_bytes, 1)
+    }
+
+    /// As [`new`](Self::new), with `threads` compute threads: candle then splits large matrix
+    /// products between them. At least one thread is used.
+    ///
+    /// # Errors
+    ///
+    /// If the compute threads cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    /// use latchless_showcase::serve::Engine;
+    /// use std::sync::Arc;
+    ///
+    /// let model = Arc::new(LstmLm::new(LstmConfig::tiny(), 1).unwrap());
+    /// let engine = Engine::with_compute_threads(model, 1 << 20, 2).unwrap();
+    /// assert_eq!(engine.compute_threads(), 2);
+    /// ```
+    pub fn with_compute_threads(
+        model: Arc<M>,
+        session_bytes: u64,
+        threads: usize,
+    ) -> Result<Self, rayon::ThreadPoolBuildError> {
         let weigher_model = Arc::clone(&model);
         let sessions = Cache::builder(session_bytes)
             .weigher(move |_: &u64, s: &Session<M::State>| {
@@ -189,8 +215,8 @@ impl<M: LanguageModel> Engine<M> {
             })
             .build();
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "showcase-compute".into())
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("showcase-compute-{i}"))
             .build()?;
         Ok(Self {
             model,
@@ -198,6 +224,11 @@ impl<M: LanguageModel> Engine<M> {
             pool,
             next_version: AtomicU64::new(1),
         })
+    }
+
+    /// How many compute threads the engine runs candle on.
+    pub fn compute_threads(&self) -> usize {
+        self.pool.current_num_threads()
     }
 
     /// The model.
