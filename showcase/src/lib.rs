@@ -10,6 +10,8 @@
 //! - [`serve`]: requests, replies, the session cache and the batch handler.
 //! - [`workload`]: the three ways of serving the same workload that the example compares.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod lstm;
 pub mod model;
 pub mod serve;
