@@ -25,9 +25,11 @@
 //! accepted, evicting others as needed. Once every writer has returned, `weight() <=
 //! capacity()`; while writers run, the total may pass the capacity by at most one entry per
 //! concurrent writer, which evicts before it returns. An entry heavier than the capacity is
-//! refused: counted in [`CacheStats::rejected`], reported to the eviction listener, and handed
-//! back by [`try_insert`](Cache::try_insert). A capacity of 0 makes a cache that stores nothing
-//! (every insert is refused): no panic.
+//! refused: counted in [`CacheStats::rejected`], reported to the eviction listener by
+//! [`insert`](Cache::insert) and [`get_or_insert_with`](Cache::get_or_insert_with), and handed
+//! back by [`try_insert`](Cache::try_insert) and [`compare_exchange`](Cache::compare_exchange)
+//! instead. A capacity of 0 makes a cache that stores only entries that weigh 0 (with the
+//! default weight of 1, nothing): no panic.
 //!
 //! # Memory
 //!
@@ -55,7 +57,8 @@ use std::collections::hash_map::RandomState;
 
 /// Computes an entry's weight.
 type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u64 + Send + Sync>;
-/// Hears of every entry that leaves the cache or is refused.
+/// Hears of every entry that leaves the cache or is refused (by `insert` or
+/// `get_or_insert_with`).
 type Listener<K, V> = Box<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
 
 /// Why an entry left the cache (or never entered it), as told to the
@@ -257,7 +260,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Calls `listener` with the key, value and cause of every entry that leaves the cache
-    /// (evicted, replaced, removed) or is refused. It runs on the thread that caused the removal,
+    /// (evicted, replaced, removed), or is refused by [`Cache::insert`] or
+    /// [`Cache::get_or_insert_with`] (refusals by [`Cache::try_insert`] and
+    /// [`Cache::compare_exchange`] hand the value back instead). It runs on the thread that
+    /// caused the removal,
     /// after the cache's own bookkeeping; keep it short.
     ///
     /// # Examples
