@@ -798,6 +798,9 @@ impl Lru {
 }
 
 #[test]
+// A hit-ratio test of the eviction policy, on one thread: at a size Miri can run, the LRU
+// baseline still hits its warm-up keys too often for the comparison to mean anything.
+#[cfg_attr(miri, ignore = "hit-ratio test: needs its full-size scan")]
 fn a_hot_set_survives_a_scan() {
     const CAPACITY: u64 = 100;
     const HOT: u64 = 50;

@@ -128,7 +128,9 @@ fn threads_with_guards_and_plain_calls_free_everything() {
     {
         let collector = Collector::new();
         let evicted = Arc::new(AtomicU64::new(0));
-        let cache = byte_cache(1_000, &collector, &evicted);
+        // Under Miri, `N` writes of about 7 bytes would not fill 1,000: a smaller cache evicts.
+        let capacity = if cfg!(miri) { 100 } else { 1_000 };
+        let cache = byte_cache(capacity, &collector, &evicted);
         on_tracked_threads(THREADS, |t| {
             let handle = collector.register();
             let mut guard = handle.pin();
@@ -191,6 +193,11 @@ fn single_flight_waiters_free_everything() {
 }
 
 #[test]
+// Under Miri, crossbeam-epoch seals a garbage bag every 4 deferred functions instead of 64, and
+// the global collector's garbage outgrows what pins collect (2,438 blocks live after the first
+// round, 4,468 after the second): the bound measured here does not apply. The local-collector
+// tests above account for every block under Miri too.
+#[cfg_attr(miri, ignore = "the epoch's garbage bags are 16x smaller under Miri")]
 fn global_collector_growth_stays_bounded() {
     // The global collector is never dropped and may keep garbage; a live cache keeps its
     // entries (at most `CAPACITY`, 3 blocks each with key and value), bucket arrays, and FIFO

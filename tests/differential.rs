@@ -24,9 +24,10 @@
 //!     must equal the model's; `Replaced` and `Removed` reports must match what the call
 //!     returned.
 //!
-//! Every test runs `SEEDS` seeds of `STEPS` steps (fewer steps under Miri). On failure the panic
-//! is followed by a line naming the test, seed, step and the last operations; set
-//! `LATCHLESS_DIFF_SEED=<seed>` (decimal or 0x-hex) to run only that seed.
+//! Every test runs `SEEDS` seeds of `STEPS` steps (2 seeds of fewer steps under Miri, where the
+//! checks that a run was not vacuous are skipped). On failure the panic is followed by a line
+//! naming the test, seed, step and the last operations; set `LATCHLESS_DIFF_SEED=<seed>`
+//! (decimal or 0x-hex) to run only that seed.
 
 use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, CompareExchangeFailure, RemovalCause};
@@ -82,7 +83,8 @@ impl Trace {
     }
 }
 
-/// The seeds to run: `SEEDS`, or the one in `LATCHLESS_DIFF_SEED`.
+/// The seeds to run: `SEEDS` (only the first two under Miri, where a cache test takes about 15 s
+/// per seed), or the one in `LATCHLESS_DIFF_SEED`.
 fn seeds() -> Vec<u64> {
     match std::env::var("LATCHLESS_DIFF_SEED") {
         Ok(s) => {
@@ -93,7 +95,7 @@ fn seeds() -> Vec<u64> {
             };
             vec![seed.unwrap_or_else(|e| panic!("LATCHLESS_DIFF_SEED={s:?}: {e}"))]
         }
-        Err(_) => SEEDS.to_vec(),
+        Err(_) => SEEDS[..if cfg!(miri) { 2 } else { SEEDS.len() }].to_vec(),
     }
 }
 
@@ -282,7 +284,10 @@ fn ms_queue_matches_vecdeque() {
         assert_eq!(q.queue.len(), model.len());
         drop(q);
         assert_eq!(live.get(), 0, "values alive after the queue dropped");
-        assert!(max_len > 100, "the queue never grew: max length {max_len}");
+        // Under Miri, `STEPS` is too short for this check (and those like it below).
+        if !cfg!(miri) {
+            assert!(max_len > 100, "the queue never grew: max length {max_len}");
+        }
         println!("seed {seed:#x}, local collector {local}: max length {max_len}");
     });
 }
@@ -578,8 +583,10 @@ fn cache_with_eviction_hits_return_the_last_value_inserted() {
                  {} evictions, {full_scans} full scans",
                 seen.evictions
             );
-            assert!(seen.evictions > 0, "nothing was evicted");
-            assert!(hit_checks > 100, "too few hits to check: {hit_checks}");
+            if !cfg!(miri) {
+                assert!(seen.evictions > 0, "nothing was evicted");
+                assert!(hit_checks > 100, "too few hits to check: {hit_checks}");
+            }
             assert!(full_scans > 0);
         },
     );
@@ -694,7 +701,9 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                 "seed {seed:#x}, capacity {capacity}: {} hits, {} misses, {} evictions",
                 seen.hits, seen.misses, seen.evictions
             );
-            assert!(seen.evictions > 0, "nothing was evicted");
+            if !cfg!(miri) {
+                assert!(seen.evictions > 0, "nothing was evicted");
+            }
             for k in 0..EVICTION_KEYS as Key {
                 assert_eq!(
                     cache.peek(&k),
