@@ -72,27 +72,18 @@ part() {
 #   Miri would warn at each. A freed or out-of-bounds node is still reported through such a
 #   pointer; only aliasing through it goes unchecked.
 #
-# Two groups, by aliasing model:
-# 1. The queue (send_sync, guard, drops, leak, stress): `-Zmiri-tree-borrows`. crossbeam-epoch
-#    breaks Stacked Borrows inside the library (known upstream), so Tree Borrows it is.
-# 2. Everything that builds a `Cache` (cache_drops, cache_leak, cache_stress, cache_api,
-#    differential, linearizability): no aliasing model (`-Zmiri-disable-stacked-borrows`). The
-#    cache's bucket arrays are crossbeam-epoch `Owned<[MaybeUninit<_>]>`s, and crossbeam-epoch
-#    0.9.21 builds the `&mut [MaybeUninit<T>]` behind their `DerefMut` from a shared reference
-#    (`Pointable for [MaybeUninit<T>]`, `deref_mut`, src/atomic.rs:272-275). Tree Borrows
-#    therefore reports the first write into every new bucket array (src/cache/index.rs:90,
-#    `*slot = MaybeUninit::new(p)`) as a write through a frozen tag, and stops there. Until the
-#    cache builds its arrays through a pointer it owns, this group runs without the borrow
-#    tracker: data races, use-after-free, double frees, out-of-bounds and uninitialised reads are
-#    still caught there, aliasing violations are not. To see the report:
-#      MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks" \
-#          cargo +nightly miri test -p latchless --test cache_drops --target-dir target/miri
+# Aliasing model: Tree Borrows (`-Zmiri-tree-borrows`) for every test. crossbeam-epoch breaks
+# Stacked Borrows inside the library (known upstream), so Stacked Borrows cannot be used. Tree
+# Borrows once caught the cache filling its bucket arrays through crossbeam-epoch's
+# `[MaybeUninit<T>]` `DerefMut` (a `&mut` slice derived from a shared reference) and freeing
+# entries through pointers derived from `&Entry`; the cache now owns its array type
+# (`Pointable for Slots`, src/cache/index.rs) and keeps each entry's allocating pointer.
 #
 # Not run under Miri, selected out here:
 # - the unit tests (`--lib`, the counters'): no unsafe code and no shared non-atomic data, and
 #   not scaled for Miri (35 s); tests/stress.rs runs the counters under Miri, scaled.
 # - tests/batch.rs: src/batch has no unsafe code, its requests travel through `MsQueue`, which
-#   group 1 covers, and it takes 70 s; ThreadSanitizer runs it below.
+#   the queue tests cover, and it takes 70 s; ThreadSanitizer runs it below.
 # - tests/cache_hit_ratio.rs: hit ratios of the eviction policy on one thread, not memory safety.
 # - in tests/cache_api.rs, `fifo_stays_bounded_*` (6 tests) and
 #   `weight_and_len_follow_every_change`: single-threaded and about 5 minutes together under
@@ -105,17 +96,15 @@ part() {
 # (stress, about 110 s, and leak, about 100 s, are the longest). From cold, add 3.6 minutes.
 
 miri() {
-    local common="-Zmiri-ignore-leaks -Zmiri-permissive-provenance"
-    local tree="-Zmiri-tree-borrows $common" untracked="-Zmiri-disable-stacked-borrows $common"
     local cargo=(cargo +nightly miri test -p latchless --target-dir target/miri)
-    local queue=(--test send_sync --test guard --test drops --test leak --test stress)
-    local cache=(--test cache_drops --test cache_leak --test cache_stress --test differential
-        --test linearizability)
-    part "build" "${cargo[@]}" "${queue[@]}" "${cache[@]}" --test cache_api --no-run &&
-        part "queue, tree borrows" env MIRIFLAGS="$tree" "${cargo[@]}" "${queue[@]}" &&
-        part "cache, no borrow tracker" env MIRIFLAGS="$untracked" "${cargo[@]}" "${cache[@]}" &&
-        part "cache_api, no borrow tracker" env MIRIFLAGS="$untracked" "${cargo[@]}" \
-            --test cache_api -- --skip fifo_stays_bounded --skip weight_and_len_follow_every_change
+    local tests=(--test send_sync --test guard --test drops --test leak --test stress
+        --test cache_drops --test cache_leak --test cache_stress --test differential
+        --test linearizability --test cache_api)
+    part "build" "${cargo[@]}" "${tests[@]}" --no-run &&
+        part "tests, tree borrows" env \
+            MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance" \
+            "${cargo[@]}" "${tests[@]}" -- --skip fifo_stays_bounded \
+            --skip weight_and_len_follow_every_change
 }
 
 # ---------------------------------------------------------------------------------------------

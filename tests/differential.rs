@@ -160,7 +160,9 @@ enum QueueStep {
 /// The queue under test: on the global collector, or on a local one through the guard methods.
 struct QueueUnderTest {
     queue: MsQueue<Tracked>,
-    local: Option<(Collector, crossbeam_epoch::LocalHandle)>,
+    /// The handle before the collector: a tuple drops its fields in order, and crossbeam-epoch
+    /// 0.9.21 breaks Tree Borrows inside itself when a handle outlives its last `Collector`.
+    local: Option<(crossbeam_epoch::LocalHandle, Collector)>,
 }
 
 impl QueueUnderTest {
@@ -170,7 +172,7 @@ impl QueueUnderTest {
             let handle = collector.register();
             Self {
                 queue: MsQueue::with_collector(collector.clone()),
-                local: Some((collector, handle)),
+                local: Some((handle, collector)),
             }
         } else {
             Self {
@@ -183,21 +185,21 @@ impl QueueUnderTest {
     /// A fresh empty queue on the same kind of collector.
     fn fresh(&self) -> MsQueue<Tracked> {
         match &self.local {
-            Some((collector, _)) => MsQueue::with_collector(collector.clone()),
+            Some((_, collector)) => MsQueue::with_collector(collector.clone()),
             None => MsQueue::new(),
         }
     }
 
     fn push(&self, v: Tracked) {
         match &self.local {
-            Some((_, handle)) => self.queue.push_with_guard(v, &handle.pin()),
+            Some((handle, _)) => self.queue.push_with_guard(v, &handle.pin()),
             None => self.queue.push(v),
         }
     }
 
     fn pop(&self) -> Option<Tracked> {
         match &self.local {
-            Some((_, handle)) => self.queue.pop_with_guard(&handle.pin()),
+            Some((handle, _)) => self.queue.pop_with_guard(&handle.pin()),
             None => self.queue.pop(),
         }
     }

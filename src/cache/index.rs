@@ -15,8 +15,8 @@
 
 use crate::sync::{epoch, AtomicBool, AtomicU8, Ordering, Track};
 use core::borrow::Borrow;
-use core::mem::MaybeUninit;
-use epoch::{Atomic, Guard, Owned, Shared};
+use epoch::{Atomic, Guard, Owned, Pointable, Shared};
+use std::alloc::{self, Layout};
 
 /// One key-value pair, immutable once published but for `freq` and `dead`.
 pub(super) struct Entry<K, V> {
@@ -60,18 +60,129 @@ impl<K, V> Entry<K, V> {
 }
 
 /// A pointer to an entry, as stored in buckets and FIFOs.
+///
+/// Every copy descends from the `Box::into_raw` that allocated the entry ([`Entry::allocate`]),
+/// never from a `&Entry`: the pointer that frees an entry must carry the allocation's full
+/// permission (under Tree Borrows, a pointer derived from a shared reference may only read).
 pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
 
-/// A bucket's array. Every element is initialised when the array is built, and arrays are never
-/// changed after publication.
-type Slots<K, V> = [MaybeUninit<EntryPtr<K, V>>];
+impl<K, V> Entry<K, V> {
+    /// Moves an entry to the heap. The pointer is the owner's: it is freed by the epoch after its
+    /// FIFO pops it, by the cache's `Drop`, or by `reclaim` if it was never published.
+    pub(super) fn allocate(self) -> EntryPtr<K, V> {
+        Box::into_raw(Box::new(self))
+    }
 
-/// Views a published bucket array as the entry pointers it holds.
-#[inline]
-fn entries<K, V>(slots: &Slots<K, V>) -> &[EntryPtr<K, V>] {
-    // SAFETY: `MaybeUninit<P>` has the layout of `P`, and every element of a bucket array is
-    // initialised by `build` before the array is published.
-    unsafe { &*(slots as *const Slots<K, V> as *const [EntryPtr<K, V>]) }
+    /// Frees an entry that was never published, handing it back.
+    ///
+    /// # Safety
+    ///
+    /// `p` came from [`allocate`](Self::allocate), no other thread can reach it (it was never
+    /// published, or every structure that held it is gone), no reference to it is alive, and it
+    /// is not used after this call.
+    pub(super) unsafe fn reclaim(p: EntryPtr<K, V>) -> Self {
+        // SAFETY: the caller guarantees `p` is a `Box` of ours alone, as `allocate` made it.
+        *unsafe { Box::from_raw(p.cast_mut()) }
+    }
+}
+
+/// A bucket's array: its length, then that many entry pointers, in one allocation. Filled by
+/// `build` before publication and never changed after it.
+///
+/// The crate implements crossbeam-epoch's `Pointable` for it rather than using the epoch's own
+/// `[MaybeUninit<T>]` arrays: their `DerefMut` hands out a `&mut` slice derived from a shared
+/// reference, so filling one is a write that Tree Borrows (and Miri) rejects. Here every
+/// reference comes from the allocation's own pointer.
+#[repr(C)]
+pub(super) struct Slots<K, V> {
+    len: usize,
+    ptrs: [EntryPtr<K, V>],
+}
+
+impl<K, V> Slots<K, V> {
+    /// The offset of the pointers from the start of the allocation: just past the header, as
+    /// `repr(C)` lays it out (a pointer is aligned as a `usize`).
+    const PTRS: usize = core::mem::size_of::<usize>();
+
+    /// The allocation of an array of `len` pointers, header included.
+    fn layout(len: usize) -> Layout {
+        let (layout, offset) = Layout::new::<usize>()
+            .extend(Layout::array::<EntryPtr<K, V>>(len).expect("bucket array too long"))
+            .expect("bucket array too long");
+        debug_assert_eq!(offset, Self::PTRS);
+        layout.pad_to_align()
+    }
+
+    /// The wide pointer to the array at `ptr`, its length read from the header.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `init` and has not been dropped.
+    unsafe fn wide(ptr: usize) -> *mut Self {
+        // SAFETY: the caller guarantees a live array, whose header `init` wrote.
+        let len = unsafe { *(ptr as *const usize) };
+        // A slice pointer cast to a struct whose last field is a slice keeps the address and the
+        // length: here the header's address and the pointers' count.
+        core::ptr::slice_from_raw_parts_mut(ptr as *mut EntryPtr<K, V>, len) as *mut Self
+    }
+
+    /// The entry pointers.
+    #[inline]
+    fn entries(&self) -> &[EntryPtr<K, V>] {
+        debug_assert_eq!(self.len, self.ptrs.len());
+        &self.ptrs
+    }
+}
+
+impl<K, V> Pointable for Slots<K, V> {
+    const ALIGN: usize = core::mem::align_of::<usize>();
+
+    /// The number of pointers. They start null; `build` fills them.
+    type Init = usize;
+
+    unsafe fn init(len: usize) -> usize {
+        let layout = Self::layout(len);
+        // SAFETY: the layout is never zero-sized: it holds the header.
+        let base = unsafe { alloc::alloc(layout) };
+        if base.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: `base` is a fresh allocation of `layout`, aligned for `usize`; the header is at
+        // offset 0.
+        unsafe { base.cast::<usize>().write(len) };
+        // SAFETY: the pointers start at `PTRS`, inside the allocation (`layout` holds them).
+        let ptrs = unsafe { base.add(Self::PTRS) }.cast::<EntryPtr<K, V>>();
+        for i in 0..len {
+            // SAFETY: `i < len`, so inside the allocation (`layout` holds `len` pointers).
+            let slot = unsafe { ptrs.add(i) };
+            // SAFETY: aligned and inside the allocation; initialising every pointer makes the
+            // array readable as soon as it exists.
+            unsafe { slot.write(core::ptr::null()) };
+        }
+        base as usize
+    }
+
+    unsafe fn deref<'a>(ptr: usize) -> &'a Self {
+        // SAFETY: the epoch's contract: `ptr` came from `init` and is not dropped.
+        let wide = unsafe { Self::wide(ptr) };
+        // SAFETY: a live array (as above), and nobody holds it mutably (the epoch's contract).
+        unsafe { &*wide }
+    }
+
+    unsafe fn deref_mut<'a>(ptr: usize) -> &'a mut Self {
+        // SAFETY: as in `deref`.
+        let wide = unsafe { Self::wide(ptr) };
+        // SAFETY: a live array, and nobody else holds it at all (the epoch's contract).
+        unsafe { &mut *wide }
+    }
+
+    unsafe fn drop(ptr: usize) {
+        // SAFETY: `ptr` came from `init` and is dropped once (the epoch's contract).
+        let len = unsafe { *(ptr as *const usize) };
+        // SAFETY: allocated by `init` with this very layout (the header holds its length).
+        // Dropping the array drops no entry: it holds raw pointers.
+        unsafe { alloc::dealloc(ptr as *mut u8, Self::layout(len)) };
+    }
 }
 
 /// Builds a bucket array of the `len` pointers `ptrs` yields, or returns null for an empty
@@ -86,8 +197,8 @@ fn build<'g, K, V>(
     }
     let mut array = Owned::<Slots<K, V>>::init(len);
     let mut filled = 0;
-    for (slot, p) in array.iter_mut().zip(ptrs) {
-        *slot = MaybeUninit::new(p);
+    for (slot, p) in array.ptrs.iter_mut().zip(ptrs) {
+        *slot = p;
         filled += 1;
     }
     assert_eq!(filled, len, "bucket array built short");
@@ -148,7 +259,7 @@ impl<K, V> Index<K, V> {
         let cur = self.bucket(hash).load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`: a replaced array is retired through the epoch, so it stays
         // allocated until `guard` drops; `as_ref` handles the empty (null) bucket.
-        let slots = unsafe { cur.as_ref() }.map_or(&[][..], entries);
+        let slots = unsafe { cur.as_ref() }.map_or(&[][..], Slots::entries);
         (cur, slots)
     }
 
@@ -173,16 +284,19 @@ impl<K, V> Index<K, V> {
         })
     }
 
-    /// Publishes `new` (not yet published anywhere), replacing the entry with the same key if
-    /// there is one; returns the replaced entry. Lock-free.
+    /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere), replacing
+    /// the entry with the same key if there is one; returns the replaced entry. Lock-free.
     pub(super) fn upsert<'g>(
         &self,
-        new: &'g Entry<K, V>,
+        new_ptr: EntryPtr<K, V>,
         guard: &'g Guard,
     ) -> Option<&'g Entry<K, V>>
     where
         K: Eq,
     {
+        // SAFETY: the caller's entry is allocated and freed only after it has been published and
+        // then retired, which cannot happen before this call returns.
+        let new = unsafe { &*new_ptr };
         let backoff = crate::sync::Backoff::new();
         loop {
             let (cur, slots) = self.load(new.hash, guard);
@@ -191,7 +305,6 @@ impl<K, V> Index<K, V> {
                 let e = unsafe { &*p };
                 e.hash == new.hash && e.key == new.key
             });
-            let new_ptr: EntryPtr<K, V> = new;
             let next = match old {
                 Some(i) => with_slot(slots, i, new_ptr, guard),
                 None => build(
@@ -208,13 +321,14 @@ impl<K, V> Index<K, V> {
         }
     }
 
-    /// Replaces the entry `expected` (by identity) with `new`, or unlinks it if `new` is `None`,
-    /// provided it is still in its bucket. Returns `false` if it is not. Lock-free.
-    pub(super) fn replace<'g>(
+    /// Replaces the entry `expected` (by identity) with `new` (allocated by this thread, not yet
+    /// published), or unlinks it if `new` is `None`, provided it is still in its bucket. Returns
+    /// `false` if it is not. Lock-free.
+    pub(super) fn replace(
         &self,
         expected: &Entry<K, V>,
-        new: Option<&'g Entry<K, V>>,
-        guard: &'g Guard,
+        new: Option<EntryPtr<K, V>>,
+        guard: &Guard,
     ) -> bool {
         let backoff = crate::sync::Backoff::new();
         let expected_ptr: EntryPtr<K, V> = expected;
@@ -288,7 +402,7 @@ impl<K, V> Index<K, V> {
             // SAFETY: as in `load`.
             if let Some(slots) = unsafe { cur.as_ref() } {
                 // SAFETY: as in `find`.
-                taken.extend(entries(slots).iter().map(|&p| unsafe { &*p }));
+                taken.extend(slots.entries().iter().map(|&p| unsafe { &*p }));
                 // SAFETY: unreachable now; readers that loaded it are pinned.
                 unsafe { guard.defer_destroy(cur) };
             }

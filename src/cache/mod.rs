@@ -49,9 +49,9 @@ use crate::sync::{epoch, Ordering, UNDER_LOOM};
 use core::borrow::Borrow;
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
-use epoch::{Collector, Guard, Owned};
+use epoch::{Collector, Guard};
 use flight::{Flights, Joined};
-use index::{Entry, Index};
+use index::{Entry, EntryPtr, Index};
 use policy::{Evicted, Policy};
 use std::collections::hash_map::RandomState;
 
@@ -833,12 +833,12 @@ where
         // releases weight that was not added.
         self.weight.add(weight);
         self.len.increment();
-        let new = Owned::new(Entry::new(key, value, hash, weight)).into_shared(guard);
+        let new_ptr = Entry::new(key, value, hash, weight).allocate();
         // SAFETY: just allocated; it is freed only after it has been published, then unlinked,
         // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
         // it allocated until then anyway).
-        let new = unsafe { new.deref() };
-        let old = self.index.upsert(new, guard);
+        let new = unsafe { &*new_ptr };
+        let old = self.index.upsert(new_ptr, guard);
         self.stats.inserts.increment();
         if let Some(old) = old {
             // A replacement has proven its key's reuse: it starts in main, keeping its count.
@@ -848,7 +848,7 @@ where
         }
         // Admitted before anything can call user code (the listener, in `release`): a panic there
         // must not leave a published entry that no FIFO owns.
-        self.policy.admit(new, old.is_some(), guard);
+        self.policy.admit(new_ptr, old.is_some(), guard);
         let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
         self.evict_over_capacity(guard);
         if old.is_some() {
@@ -1062,37 +1062,36 @@ where
         }
         // `Err(new)` until the new entry is allocated, then `Ok(entry)`; it is published only by
         // the successful replace.
-        let mut pending: Result<&Entry<K, V>, V> = Err(new);
+        let mut pending: Result<EntryPtr<K, V>, V> = Err(new);
         loop {
             let found = self.index.find(hash, key, guard);
             let Some(old) = found.filter(|e| e.value == *current) else {
                 let new = match pending {
-                    // SAFETY: allocated below by this thread and never published: ours to free.
-                    Ok(e) => unsafe { reclaim_unpublished(e) }.value,
+                    // SAFETY: allocated below by this thread and never published, so ours to
+                    // free; no reference to it outlives the pass that made it.
+                    Ok(p) => unsafe { Entry::reclaim(p) }.value,
                     Err(new) => new,
                 };
                 return Err(mismatch(found, new, CompareExchangeFailure::Mismatch));
             };
-            let e = match pending {
-                Ok(e) => e,
-                Err(new) => {
-                    let shared =
-                        Owned::new(Entry::new(key.clone(), new, hash, weight)).into_shared(guard);
-                    // SAFETY: just allocated, as in `insert_unchecked`.
-                    unsafe { shared.deref() }
-                }
+            let p = match pending {
+                Ok(p) => p,
+                Err(new) => Entry::new(key.clone(), new, hash, weight).allocate(),
             };
-            pending = Ok(e);
+            pending = Ok(p);
+            // SAFETY: allocated by this thread, and freed only after it is published and retired
+            // or, unpublished, by `reclaim` above, after this pass.
+            let e = unsafe { &*p };
             // Counted before publication, as in `insert_unchecked`.
             self.weight.add(weight);
             self.len.increment();
-            if self.index.replace(old, Some(e), guard) {
+            if self.index.replace(old, Some(p), guard) {
                 self.stats.inserts.increment();
                 // Relaxed: a hint, as in `Entry::touch`.
                 e.freq
                     .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
                 // Admitted before the listener runs, as in `insert_unchecked`.
-                self.policy.admit(e, true, guard);
+                self.policy.admit(p, true, guard);
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
                 self.sweep(guard);
@@ -1221,16 +1220,4 @@ impl<K, V, S> Drop for Cache<K, V, S> {
         self.policy.drop_all();
         self.index.free_arrays();
     }
-}
-
-/// Frees an entry that was allocated but never published, handing its fields back.
-///
-/// # Safety
-///
-/// - `e` was allocated with `Owned::new` by the calling thread and never published, so no
-///   other thread can hold it;
-/// - it is not used after this call.
-unsafe fn reclaim_unpublished<K, V>(e: &Entry<K, V>) -> Entry<K, V> {
-    // SAFETY: the caller guarantees `e` came from `Owned::new` (a `Box`) and is ours alone.
-    *unsafe { Box::from_raw(e as *const Entry<K, V> as *mut Entry<K, V>) }
 }

@@ -43,6 +43,10 @@ pub(super) enum Evicted<'g, K, V> {
     Nothing,
 }
 
+/// An entry popped from a FIFO: its owning pointer, to push again or retire, and a reference to
+/// it for the guard's life.
+type Popped<'g, K, V> = (EntryPtr<K, V>, &'g Entry<K, V>);
+
 /// A fixed ring of recently evicted key hashes, with a direct-mapped table for membership.
 struct Ghost {
     ring: Box<[AtomicU64]>,
@@ -120,36 +124,44 @@ impl<K, V> Policy<K, V> {
         }
     }
 
-    /// Takes ownership of a newly published entry: into main if its key was recently evicted from
-    /// small (or `to_main` says it earned main, e.g. it replaced a value), else into small.
-    pub(super) fn admit(&self, e: &Entry<K, V>, to_main: bool, guard: &Guard)
+    /// Takes ownership of a newly published entry (the pointer its inserter allocated): into main
+    /// if its key was recently evicted from small (or `to_main` says it earned main, e.g. it
+    /// replaced a value), else into small.
+    pub(super) fn admit(&self, p: EntryPtr<K, V>, to_main: bool, guard: &Guard)
     where
         K: Send + Sync,
         V: Send + Sync,
     {
-        if to_main || self.ghost.contains(e.hash) {
-            self.push(Fifo::Main, e, guard);
+        // SAFETY: published and not yet in a FIFO, so nobody can retire it yet.
+        let hash = unsafe { (*p).hash };
+        if to_main || self.ghost.contains(hash) {
+            self.push(Fifo::Main, p, guard);
         } else {
-            self.push(Fifo::Small, e, guard);
+            self.push(Fifo::Small, p, guard);
         }
     }
 
-    fn push(&self, fifo: Fifo, e: &Entry<K, V>, guard: &Guard)
+    /// Queues an entry this thread owns: newly admitted, or popped by this thread.
+    fn push(&self, fifo: Fifo, p: EntryPtr<K, V>, guard: &Guard)
     where
         K: Send + Sync,
         V: Send + Sync,
     {
         match fifo {
             Fifo::Small => {
+                // SAFETY: owned by this thread (no FIFO holds it), so nobody can retire it.
+                let weight = unsafe { (*p).weight };
                 // Relaxed: a sizing statistic; no memory is published through it.
-                self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
-                self.small.push_with_guard(Owned(e), guard);
+                self.small_weight.fetch_add(weight, Ordering::Relaxed);
+                self.small.push_with_guard(Owned(p), guard);
             }
-            Fifo::Main => self.main.push_with_guard(Owned(e), guard),
+            Fifo::Main => self.main.push_with_guard(Owned(p), guard),
         }
     }
 
-    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<&'g Entry<K, V>> {
+    /// Pops an entry, which this thread then owns: its pointer (to push again or retire) and a
+    /// reference to it for `guard`'s life.
+    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<Popped<'g, K, V>> {
         let q = match fifo {
             Fifo::Small => &self.small,
             Fifo::Main => &self.main,
@@ -163,16 +175,17 @@ impl<K, V> Policy<K, V> {
             // Relaxed: as in `push`.
             self.small_weight.fetch_sub(e.weight, Ordering::Relaxed);
         }
-        Some(e)
+        Some((p, e))
     }
 
     /// Retires an entry this thread popped and will not push again.
-    fn retire(e: &Entry<K, V>, guard: &Guard) {
+    fn retire(p: EntryPtr<K, V>, guard: &Guard) {
         // SAFETY: the entry was popped from its FIFO by this thread, so no FIFO holds it any more;
         // it has left the index (dead, or unlinked by us), so no new reader can find it; readers
         // that found it earlier are pinned, and the epoch drops it only after they unpin. Popping
-        // happens once per entry, so it is retired once.
-        unsafe { guard.defer_destroy(epoch_shared(e)) };
+        // happens once per entry, so it is retired once. `p` is the allocating pointer, so the
+        // epoch frees it with the allocation's own permission.
+        unsafe { guard.defer_destroy(crate::sync::epoch::Shared::from(p)) };
     }
 
     /// Evicts one entry: pops from the small FIFO while it holds more than its share (or main is
@@ -191,16 +204,16 @@ impl<K, V> Policy<K, V> {
             } else {
                 [Fifo::Main, Fifo::Small]
             };
-            let Some((fifo, e)) = order
+            let Some((fifo, (p, e))) = order
                 .into_iter()
-                .find_map(|f| self.pop(f, guard).map(|e| (f, e)))
+                .find_map(|f| self.pop(f, guard).map(|popped| (f, popped)))
             else {
                 return Evicted::Nothing;
             };
             // Acquire: pairs with the Release store of whoever unlinked it, so that its unlink
             // (and bookkeeping) is done before we retire it.
             if e.dead.load(Ordering::Acquire) {
-                Self::retire(e, guard);
+                Self::retire(p, guard);
                 continue;
             }
             // Relaxed: a hint, as in `Entry::touch`.
@@ -213,7 +226,7 @@ impl<K, V> Policy<K, V> {
                     Fifo::Main => (Fifo::Main, f - 1),
                 };
                 e.freq.store(freq, Ordering::Relaxed);
-                self.push(to, e, guard);
+                self.push(to, p, guard);
                 continue;
             }
             if index.replace(e, None, guard) {
@@ -223,11 +236,11 @@ impl<K, V> Policy<K, V> {
                 if fifo == Fifo::Small {
                     self.ghost.insert(e.hash);
                 }
-                Self::retire(e, guard);
+                Self::retire(p, guard);
                 return Evicted::Victim(e);
             }
             // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
-            Self::retire(e, guard);
+            Self::retire(p, guard);
         }
     }
 
@@ -247,12 +260,12 @@ impl<K, V> Policy<K, V> {
         V: Send + Sync,
     {
         for fifo in [Fifo::Small, Fifo::Main] {
-            if let Some(e) = self.pop(fifo, guard) {
+            if let Some((p, e)) = self.pop(fifo, guard) {
                 // Acquire: as in `evict_one`.
                 if e.dead.load(Ordering::Acquire) {
-                    Self::retire(e, guard);
+                    Self::retire(p, guard);
                 } else {
-                    self.push(fifo, e, guard);
+                    self.push(fifo, p, guard);
                 }
             }
         }
@@ -263,14 +276,10 @@ impl<K, V> Policy<K, V> {
         for q in [&mut self.small, &mut self.main] {
             for Owned(p) in q.drain() {
                 // SAFETY: `&mut self`: no other thread can reach the cache, so no reader holds the
-                // entry; the FIFO owned it, and it is popped (so dropped) exactly once.
-                drop(unsafe { Box::from_raw(p as *mut Entry<K, V>) });
+                // entry; the FIFO owned it, and it is popped (so dropped) exactly once. `p` is the
+                // pointer `Entry::allocate` returned.
+                drop(unsafe { Entry::reclaim(p) });
             }
         }
     }
-}
-
-/// The epoch's pointer type for an entry this thread may retire.
-fn epoch_shared<'g, K, V>(e: &'g Entry<K, V>) -> crate::sync::epoch::Shared<'g, Entry<K, V>> {
-    crate::sync::epoch::Shared::from(e as *const Entry<K, V>)
 }
