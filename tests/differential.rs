@@ -24,6 +24,9 @@
 //!     must equal the model's; `Replaced` and `Removed` reports must match what the call
 //!     returned.
 //!
+//! - Every cache test hashes with SipHash, or on even seeds with a hasher that maps every key to
+//!   one of three hashes, so that keys are told apart by `Eq` alone.
+//!
 //! Every test runs `SEEDS` seeds of `STEPS` steps (2 seeds of fewer steps under Miri, where the
 //! checks that a run was not vacuous are skipped). On failure the panic is followed by a line
 //! naming the test, seed, step and the last operations; set `LATCHLESS_DIFF_SEED=<seed>`
@@ -36,7 +39,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -62,7 +65,54 @@ const SEEDS: [u64; 8] = [
     0x8000_0000_0000_0000,
 ];
 
-type FixedHasher = BuildHasherDefault<DefaultHasher>;
+/// The caches' hasher: SipHash with fixed keys, or, when `collide` is set, that hash reduced to
+/// one of three values, so that distinct keys share their whole 64-bit hash and the cache must
+/// tell them apart by `Eq` alone (a cache matching on the hash would return another key's value).
+/// Every cache test collides on its even seeds (2 and 0x8000_0000_0000_0000, so one of the two
+/// Miri runs too).
+#[derive(Clone, Copy, Debug, Default)]
+struct TestHasher {
+    collide: bool,
+}
+
+impl TestHasher {
+    fn for_seed(seed: u64) -> Self {
+        Self {
+            collide: seed % 2 == 0,
+        }
+    }
+}
+
+struct TestHash {
+    inner: DefaultHasher,
+    collide: bool,
+}
+
+impl Hasher for TestHash {
+    fn write(&mut self, bytes: &[u8]) {
+        self.inner.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let h = self.inner.finish();
+        if self.collide {
+            h % 3
+        } else {
+            h
+        }
+    }
+}
+
+impl BuildHasher for TestHasher {
+    type Hasher = TestHash;
+
+    fn build_hasher(&self) -> TestHash {
+        TestHash {
+            inner: DefaultHasher::new(),
+            collide: self.collide,
+        }
+    }
+}
 
 /// Where a run is: the step number and the last few operations, for the failure report.
 #[derive(Debug, Default)]
@@ -363,7 +413,7 @@ struct Observed {
 }
 
 impl Observed {
-    fn assert_matches(&self, cache: &Cache<Key, Value, FixedHasher>) {
+    fn assert_matches(&self, cache: &Cache<Key, Value, TestHasher>) {
         let s = cache.stats();
         assert_eq!(
             (s.hits, s.misses, s.inserts, s.evictions, s.rejected),
@@ -382,7 +432,8 @@ fn cache_without_eviction_matches_hashmap() {
         // index of one bucket a third of the time (every key in one bucket array).
         let capacity = if rng.chance(50) { KEYS } else { 4 * KEYS };
         let one_bucket = rng.below(3) == 0;
-        let builder = Cache::builder(capacity).hasher(FixedHasher::default());
+        let hasher = TestHasher::for_seed(seed);
+        let builder = Cache::builder(capacity).hasher(hasher);
         let cache = if one_bucket {
             builder.estimated_entries(1).build()
         } else {
@@ -449,7 +500,8 @@ fn cache_without_eviction_matches_hashmap() {
             );
         }
         println!(
-            "seed {seed:#x}, capacity {capacity}, one bucket {one_bucket}: {} hits, {} misses, \
+            "seed {seed:#x}, capacity {capacity}, one bucket {one_bucket}, {hasher:?}: {} hits, \
+             {} misses, \
              {} inserts",
             seen.hits, seen.misses, seen.inserts
         );
@@ -486,7 +538,7 @@ fn cache_with_eviction_hits_return_the_last_value_inserted() {
             let mut rng = Rng::new(seed);
             let capacity = small_capacity(&mut rng);
             let cache = Cache::builder(capacity)
-                .hasher(FixedHasher::default())
+                .hasher(TestHasher::for_seed(seed))
                 .build();
             // The last value written for each key; `None` once removed. A key may also be absent
             // from the cache because it was evicted: the cache may miss, but never return
@@ -607,7 +659,7 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
             let events: Events = Arc::default();
             let sink = Arc::clone(&events);
             let cache = Cache::builder(capacity)
-                .hasher(FixedHasher::default())
+                .hasher(TestHasher::for_seed(seed))
                 .eviction_listener(move |k: &Key, v: &Value, cause| {
                     sink.lock().unwrap().push((*k, *v, cause));
                 })
