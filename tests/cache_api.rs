@@ -205,6 +205,12 @@ fn stats_count_hits_misses_inserts() {
         }
     );
     assert_eq!(s.hit_ratio(), 0.75);
+
+    // `get_or_insert_with`: a miss (and an insert) when it computes, a hit when it does not.
+    assert_eq!(cache.get_or_insert_with(4, || 'd'), 'd');
+    assert_eq!(cache.get_or_insert_with(4, || unreachable!()), 'd');
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.inserts), (4, 2, 4));
 }
 
 // ---------------------------------------------------------------------------------------------

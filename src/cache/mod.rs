@@ -101,9 +101,12 @@ pub enum RemovalCause {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// `get` calls that found their key.
+    /// Lookups that found their key: `get` calls, and `get_or_insert_with` calls answered from
+    /// the cache without computing or waiting.
     pub hits: u64,
-    /// `get` calls that did not.
+    /// Lookups that did not: `get` calls, and `get_or_insert_with`'s first lookup (one more for
+    /// each retry after a panicking initialiser), whether the caller then computes the value or
+    /// waits for another caller's.
     pub misses: u64,
     /// Entries stored (new keys and replacements).
     pub inserts: u64,
