@@ -1,12 +1,20 @@
-//! The one place that chooses between std and loom.
+//! The one place that chooses between std, loom and shuttle.
 //!
 //! Every other module imports its atomics, cells, threads and epoch types from here, so no other
-//! file knows loom exists. Under `--cfg loom --cfg crossbeam_loom` the crate runs on loom's
-//! atomics, `UnsafeCell`, `Track` and thread identities, and crossbeam-epoch (built with its `loom`
-//! feature) runs on loom's atomics as well: a downstream crate's loom models then explore
+//! file knows loom or shuttle exists. Under `--cfg loom --cfg crossbeam_loom` the crate runs on
+//! loom's atomics, `UnsafeCell`, `Track` and thread identities, and crossbeam-epoch (built with its
+//! `loom` feature) runs on loom's atomics as well: a downstream crate's loom models then explore
 //! latchless's protocols too.
 //!
-//! What differs between the two worlds is hidden here:
+//! Under `--cfg shuttle` the crate's own atomics, `Arc`, `Mutex`, `Condvar` and threads are
+//! shuttle's, so a downstream crate's shuttle tests (shuttle-tests/) run randomised schedules of
+//! more threads and longer operation sequences than loom can afford. `UnsafeCell` and `Track` stay
+//! the std wrappers, and crossbeam-epoch stays on std's atomics, with a default collector per OS
+//! thread: see "crossbeam-epoch under shuttle" below for why, why that is sound, and what shuttle
+//! therefore cannot see. shuttle models every atomic as
+//! `SeqCst`: weak-memory bugs are loom's to find.
+//!
+//! What differs between the worlds is hidden here:
 //! - loom's atomics have no `const fn new`: [`const_fn_outside_loom!`] makes a constructor `const`
 //!   only outside loom;
 //! - loom's `UnsafeCell` only hands out raw pointers through closures (`with`, `with_mut`), so
@@ -14,15 +22,59 @@
 //!   `core::cell::UnsafeCell` offers the same closure API;
 //! - loom's `alloc::Track` reports values still alive when a model ends: outside loom, a
 //!   zero-cost wrapper with the same API;
-//! - a thread's stripe index for [`ShardedCounter`](crate::counter::ShardedCounter): loom runs
-//!   every model thread on one OS thread, so std's thread-locals cannot tell them apart.
+//! - a thread's stripe index for [`ShardedCounter`](crate::counter::ShardedCounter): loom and
+//!   shuttle run every model thread on one OS thread, so std's thread-locals cannot tell them
+//!   apart.
+//!
+//! # crossbeam-epoch under shuttle
+//!
+//! shuttle has no epoch mode, so crossbeam-epoch keeps std's atomics. Two things change, both
+//! here:
+//!
+//! - **The default collector is one per OS thread, not the process-wide global one.** Deferred
+//!   functions may touch this shim's atomics (the queue's reuse marker does), and shuttle's atomics
+//!   belong to the OS thread that runs their test: with the global collector, a test running on
+//!   another OS thread (the test harness runs tests in parallel) would run them in its own
+//!   collection, a data race on shuttle's unsynchronised state (seen as a "RefCell already
+//!   borrowed" panic). The per-thread collector is leaked (one per test thread), so its garbage
+//!   runs only when a later pin on the same OS thread collects, inside a shuttle execution. A
+//!   deferred function may so touch an atomic of an earlier execution of the same test thread:
+//!   harmless (the atomic stays allocated through its `Arc`), but it can add a schedule point, so
+//!   a `shuttle::replay` of a failing schedule of a structure on the default collector may
+//!   diverge. Structures built on a caller's collector (`with_collector`, `.collector()`) are
+//!   unaffected and replay exactly; a guard from `crossbeam_epoch::pin()` does not pin the
+//!   default collector under shuttle, so `*_with_guard` refuses it there.
+//! - **Every pin registers its own participant** (`default_collector().register().pin()`), as
+//!   with a caller's collector, instead of going through a thread-local handle: all shuttle
+//!   threads run on one OS thread, and a shared handle would merge their pins. (That would still
+//!   be sound, as one OS thread holding nested guards is, but each shuttle thread having its own
+//!   participant is what a real thread has.)
+//!
+//! Sound under shuttle's scheduling: a shuttle thread switch happens only at a shuttle operation,
+//! so inside epoch's code only in a deferred function that touches one of this shim's types; the
+//! other shuttle threads then run epoch operations on their own participants, which is what
+//! crossbeam-epoch allows any other thread to do at any time, and the collecting thread's guard
+//! keeps its participant pinned meanwhile.
+//!
+//! What follows for the tests: shuttle sees neither crossbeam-epoch's own atomics nor the epoch
+//! `Atomic` pointers of the queue's links and the cache's buckets. It schedules only at this
+//! shim's types (atomics, `Mutex`, `Condvar`, thread spawn, join and park), so an epoch pointer
+//! operation is never preempted on its own: interleavings come from the shim operations around
+//! it. The link protocols are loom's to check.
 
-#[cfg(not(loom))]
+#[cfg(all(loom, shuttle))]
+compile_error!("`--cfg loom` and `--cfg shuttle` exclude each other: run one checker at a time");
+
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use core::sync::atomic::{
     fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+#[cfg(shuttle)]
+pub(crate) use shuttle::sync::atomic::{
     fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
@@ -32,14 +84,46 @@ pub(crate) use loom::{
     cell::UnsafeCell,
     sync::{Arc, Condvar, Mutex, MutexGuard},
 };
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+// shuttle's `Arc` is std's: its reference count is not a schedule point.
+#[cfg(shuttle)]
+pub(crate) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Whether the crate runs under loom, for the few tuning constants that must be tiny there so
-/// that a model of a handful of operations still reaches the code paths they gate.
-pub(crate) const UNDER_LOOM: bool = cfg!(loom);
+/// Whether the crate runs under a model checker, loom or shuttle, for the few tuning constants
+/// that must be tiny there so that a model of a handful of operations still reaches the code paths
+/// they gate (node recycling, one flight shard, one stats cell), and for the spins before a park,
+/// which neither checker can use: neither has a clock, and a spin only adds schedule points that
+/// lead to the same states as parking at once. Under shuttle this keeps the paths the loom models
+/// check and lets longer sequences reach them more often; the spin paths are left to the std
+/// stress tests.
+pub(crate) const UNDER_LOOM: bool = cfg!(any(loom, shuttle));
 
+#[cfg(not(shuttle))]
 pub(crate) use crossbeam_epoch as epoch;
+
+/// crossbeam-epoch with a per-OS-thread default collector and a participant per pin (see
+/// "crossbeam-epoch under shuttle" above). The two functions defined here shadow the glob's.
+#[cfg(shuttle)]
+pub(crate) mod epoch {
+    pub(crate) use crossbeam_epoch::*;
+
+    std::thread_local! {
+        /// Leaked: its garbage may hold this thread's shuttle atomics, which must not be touched
+        /// outside a shuttle execution (as dropping it at thread exit would).
+        static COLLECTOR: &'static Collector = Box::leak(Box::new(Collector::new()));
+    }
+
+    /// This OS thread's collector.
+    pub(crate) fn default_collector() -> &'static Collector {
+        COLLECTOR.with(|c| *c)
+    }
+
+    /// Pins a participant of its own on [`default_collector`].
+    pub(crate) fn pin() -> Guard {
+        default_collector().register().pin()
+    }
+}
 pub(crate) use crossbeam_utils::{Backoff, CachePadded};
 
 /// Makes a `const fn` outside loom and a plain `fn` under loom, whose atomics have no `const`
@@ -57,8 +141,8 @@ macro_rules! const_fn_outside_loom {
 }
 pub(crate) use const_fn_outside_loom;
 
-/// `core::cell::UnsafeCell` with loom's closure API, so payload accesses read the same in both
-/// worlds.
+/// `core::cell::UnsafeCell` with loom's closure API, so payload accesses read the same in every
+/// world. shuttle has no checked cell: under shuttle this std wrapper is used too.
 #[cfg(not(loom))]
 #[derive(Debug)]
 #[repr(transparent)]
@@ -86,7 +170,7 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// loom's leak tracker; outside loom it is the bare value.
+/// loom's leak tracker; outside loom (under shuttle too) it is the bare value.
 #[cfg(not(loom))]
 #[derive(Debug, Default)]
 #[repr(transparent)]
@@ -102,7 +186,7 @@ impl<T> Track<T> {
 
 /// A small per-thread number, stable for the thread's life: threads started one after another
 /// get consecutive numbers, so up to `n` threads spread over `n` stripes without collisions.
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 #[inline]
 pub(crate) fn thread_index() -> usize {
     use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
@@ -126,60 +210,72 @@ pub(crate) fn thread_index() -> usize {
         .fold(0usize, |n, d| n * 10 + (d as usize - '0' as usize))
 }
 
-/// Threads: std's, or loom's model threads.
+/// Under shuttle every thread also shares one OS thread; shuttle's thread id converts to its task
+/// number (0 for the test's main thread, then 1, 2, ... in spawn order), which is the same in
+/// every schedule.
+#[cfg(shuttle)]
+pub(crate) fn thread_index() -> usize {
+    usize::from(shuttle::thread::current().id())
+}
+
+/// Threads: std's, or loom's or shuttle's model threads.
 pub(crate) mod thread {
     #[cfg(loom)]
     pub(crate) use loom::thread::{current, Builder, JoinHandle, Thread};
-    #[cfg(not(loom))]
+    #[cfg(shuttle)]
+    pub(crate) use shuttle::thread::{current, Builder, JoinHandle, Thread};
+    #[cfg(not(any(loom, shuttle)))]
     pub(crate) use std::thread::{current, Builder, JoinHandle, Thread};
 }
 
 /// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark` has
 /// been called since the last return, or spuriously.
 ///
-/// Outside loom it is std's thread park/unpark on the thread that registered itself. Under loom
-/// it is a mutex-guarded token and a condition variable: loom's own `unpark` also wakes a thread
-/// blocked on a mutex, which std's never does, and would fail a model over a protocol that is
-/// sound under std. loom has no clock: `park_timeout` waits for an unpark there.
+/// Under std it is std's thread park/unpark on the thread that registered itself. Under loom
+/// and shuttle it is a mutex-guarded token and a condition variable (the shim's, so the checker
+/// schedules around them): loom's own `unpark` also wakes a thread blocked on a mutex, which std's
+/// never does, and would fail a model over a protocol that is sound under std; shuttle's park is
+/// std-like, but the same token keeps one `Parker` for both checkers. Neither has a clock:
+/// `park_timeout` waits for an unpark there.
 #[derive(Debug, Default)]
 pub(crate) struct Parker {
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     thread: std::sync::OnceLock<std::thread::Thread>,
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     token: Mutex<bool>,
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     woken: Condvar,
 }
 
 impl Parker {
     /// Makes the calling thread the one that parks. Call it before the first `park`.
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     pub(crate) fn register_current(&self) {
         let _ = self.thread.set(std::thread::current());
     }
 
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     pub(crate) fn park(&self) {
         std::thread::park();
     }
 
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
         std::thread::park_timeout(timeout);
     }
 
     /// Wakes the registered thread (a no-op before it registered: it has not parked yet).
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     pub(crate) fn unpark(&self) {
         if let Some(t) = self.thread.get() {
             t.unpark();
         }
     }
 
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     pub(crate) fn register_current(&self) {}
 
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     pub(crate) fn park(&self) {
         let mut token = self.token.lock().unwrap();
         while !*token {
@@ -188,31 +284,31 @@ impl Parker {
         *token = false;
     }
 
-    /// Under loom the clock stands still, so a timeout never fires: a timed park waits for an
+    /// Under loom and shuttle the clock stands still, so a timeout never fires: a timed park waits for an
     /// unpark like `park`. A model whose progress needs a timeout would deadlock; one whose
     /// progress must come from an unpark (shutdown waking a worker that waits out `max_wait`)
     /// shows a lost wake-up as a deadlock.
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     pub(crate) fn park_timeout(&self, _: std::time::Duration) {
         self.park();
     }
 
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     pub(crate) fn unpark(&self) {
         *self.token.lock().unwrap() = true;
         self.woken.notify_one();
     }
 }
 
-/// The time now. Under loom, a constant (one instant for the whole process): models are
-/// deterministic, and a deadline is passed only if it is already due (a zero wait).
-#[cfg(not(loom))]
+/// The time now. Under loom and shuttle, a constant (one instant for the whole process): models
+/// are deterministic, and a deadline is passed only if it is already due (a zero wait).
+#[cfg(not(any(loom, shuttle)))]
 #[inline]
 pub(crate) fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-#[cfg(loom)]
+#[cfg(any(loom, shuttle))]
 pub(crate) fn now() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
