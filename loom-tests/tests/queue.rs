@@ -152,6 +152,9 @@ fn reclamation_with_flush_races_pop() {
             let (q, collector) = (q.clone(), collector.clone());
             thread::spawn(move || {
                 let handle = collector.register();
+                // Bound to a local so that the guard (a temporary borrowing `handle`) is dropped
+                // before `handle`: as a tail expression it would outlive it (edition 2021).
+                #[allow(clippy::let_and_return)]
                 let got = q.pop_with_guard(&handle.pin()).map(|v| v.id);
                 got
             })
@@ -239,6 +242,9 @@ fn node_reuse_races_pop() {
             let (q, collector) = (q.clone(), collector.clone());
             thread::spawn(move || {
                 let handle = collector.register();
+                // Bound to a local so that the guard (a temporary borrowing `handle`) is dropped
+                // before `handle`: as a tail expression it would outlive it (edition 2021).
+                #[allow(clippy::let_and_return)]
                 let got = q.pop_with_guard(&handle.pin()).map(|v| v.id);
                 got
             })
