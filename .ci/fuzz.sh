@@ -89,4 +89,4 @@ trap 'rm -rf "$WORK"' EXIT
 total=$SECONDS
 part "fuzz replay (stable: seed corpus + seeded inputs)" replay
 part "cargo-fuzz ($TOOLCHAIN)" libfuzzer
-echo "::: fuzz tier: ok in $((SECONDS - total)) s"
+echo "::: fuzz: all parts passed in $((SECONDS - total)) s"

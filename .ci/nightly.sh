@@ -8,10 +8,10 @@
 # Builds go to target/miri and target/tsan, apart from the stable build. How these tools were
 # made to work on this kind of machine, and their pitfalls: ../shared/RELIABILITY.md.
 #
-# Measured on the 2-core machine (nightly 1.97 of 2026-05-19), nothing else running: 8.4 minutes
-# with warm target directories (Miri 7.3 in two halves of 7.3 and 4.9 at once, before they were
-# rebalanced; TSan 1.1). From cold, add Miri's sysroot and dependencies (about 3.6 minutes) and
-# std plus the dependencies for TSan (about 5.8).
+# Measured on the 2-core machine (nightly 1.97 of 2026-05-19), from a fresh clone inside .ci/run:
+# 12.7 minutes. Miri 8.8 (build 1.9, then two halves at once of 4.9 and 6.9 minutes, since
+# rebalanced), TSan 3.9 (std and dependencies instrumented 2.9, tests 1.0). With warm target
+# directories the builds take seconds: 8.3 minutes in all (Miri's halves 6.4 and 6.9 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,17 +93,18 @@ part() {
 # `cache_api::a_hot_set_survives_a_scan`, `cache_leak::global_collector_growth_stays_bounded`,
 # `linearizability::racy_map_histories_are_rejected`.
 #
-# Measured, warm, under Tree Borrows: 13.5 minutes in one process with other work beside it;
-# 7.3 minutes as two halves at once (stress, differential and the queue's leak test, each about
-# 100 s of Miri's clock, are the longest). From cold, add 3.6 minutes.
+# Measured under Tree Borrows: 13.5 minutes in one process with other work beside it; as two
+# halves at once, 6.4 and 6.9 minutes (stress, differential and the queue's leak test are the
+# longest, about 100 s of Miri's clock each).
 
 # Miri interprets on one core: the tests run as two halves at once, one per core, each logging
 # to its own file, printed whole when both are done.
 miri() {
     local cargo=(cargo +nightly miri test -p latchless --target-dir target/miri)
-    local queue=(--test stress --test differential --test guard --test drops --test send_sync)
-    local cache=(--test cache_stress --test linearizability --test leak --test cache_drops
-        --test cache_leak --test cache_api)
+    local queue=(--test stress --test differential --test cache_drops --test guard --test drops
+        --test send_sync)
+    local cache=(--test cache_stress --test linearizability --test leak --test cache_leak
+        --test cache_api)
     part "build" "${cargo[@]}" "${queue[@]}" "${cache[@]}" --no-run &&
         part "tests, tree borrows, two halves at once" miri_halves
 }
@@ -112,8 +113,8 @@ miri_halves() {
     export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance"
     local logs=target/miri/logs status=0
     mkdir -p "$logs"
-    part "queue half (with the differential tests)" "${cargo[@]}" "${queue[@]}" \
-        >"$logs/queue.log" 2>&1 &
+    part "queue half (with the differential tests and cache drops)" \
+        "${cargo[@]}" "${queue[@]}" >"$logs/queue.log" 2>&1 &
     local queue_pid=$!
     part "cache half (with the queue's leak test)" "${cargo[@]}" "${cache[@]}" -- \
         --skip fifo_stays_bounded \
@@ -137,8 +138,8 @@ miri_halves() {
 # `LATCHLESS_STRESS_N` sizes stay at their defaults, because a weakened release ordering in the
 # queue was caught in 5 runs out of 5 at 1,000,000 values but only 3 out of 5 at 1,000.
 #
-# Measured, warm: 16 s to build, 100 s of tests (cache_stress 50 s). Building std and the
-# dependencies from cold: 5.8 minutes.
+# Measured: 61-71 s of tests (cache_stress the longest); building std and the dependencies
+# instrumented from cold, 2.9 minutes on a quiet machine.
 
 # A subshell (the parentheses): the sanitizer's RUSTFLAGS must not reach anything after it.
 tsan() (
