@@ -57,16 +57,7 @@ impl<K, V> Entry<K, V> {
             self.freq.store(f + 1, Ordering::Relaxed);
         }
     }
-}
 
-/// A pointer to an entry, as stored in buckets and FIFOs.
-///
-/// Every copy descends from the `Box::into_raw` that allocated the entry ([`Entry::allocate`]),
-/// never from a `&Entry`: the pointer that frees an entry must carry the allocation's full
-/// permission (under Tree Borrows, a pointer derived from a shared reference may only read).
-pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
-
-impl<K, V> Entry<K, V> {
     /// Moves an entry to the heap. The pointer is the owner's: it is freed by the epoch after its
     /// FIFO pops it, by the cache's `Drop`, or by `reclaim` if it was never published.
     pub(super) fn allocate(self) -> EntryPtr<K, V> {
@@ -85,6 +76,13 @@ impl<K, V> Entry<K, V> {
         *unsafe { Box::from_raw(p.cast_mut()) }
     }
 }
+
+/// A pointer to an entry, as stored in buckets and FIFOs.
+///
+/// Every copy descends from the `Box::into_raw` that allocated the entry ([`Entry::allocate`]),
+/// never from a `&Entry`: the pointer that frees an entry must carry the allocation's full
+/// permission (under Tree Borrows, a pointer derived from a shared reference may only read).
+pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
 
 /// A bucket's array: its length, then that many entry pointers, in one allocation. Filled by
 /// `build` before publication and never changed after it.

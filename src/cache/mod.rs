@@ -851,7 +851,7 @@ where
         }
         // Admitted before anything can call user code (the listener, in `release`): a panic there
         // must not leave a published entry that no FIFO owns.
-        self.policy.admit(new_ptr, old.is_some(), guard);
+        self.policy.admit((new_ptr, new), old.is_some(), guard);
         let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
         self.evict_over_capacity(guard);
         if old.is_some() {
@@ -1094,7 +1094,7 @@ where
                 e.freq
                     .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
                 // Admitted before the listener runs, as in `insert_unchecked`.
-                self.policy.admit(p, true, guard);
+                self.policy.admit((p, e), true, guard);
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
                 self.sweep(guard);

@@ -43,9 +43,9 @@ pub(super) enum Evicted<'g, K, V> {
     Nothing,
 }
 
-/// An entry popped from a FIFO: its owning pointer, to push again or retire, and a reference to
-/// it for the guard's life.
-type Popped<'g, K, V> = (EntryPtr<K, V>, &'g Entry<K, V>);
+/// An entry this thread owns (newly admitted, or popped from a FIFO): its allocating pointer, to
+/// queue or retire it, and a borrow of it.
+pub(super) type Held<'g, K, V> = (EntryPtr<K, V>, &'g Entry<K, V>);
 
 /// A fixed ring of recently evicted key hashes, with a direct-mapped table for membership.
 struct Ghost {
@@ -124,35 +124,36 @@ impl<K, V> Policy<K, V> {
         }
     }
 
-    /// Takes ownership of a newly published entry (the pointer its inserter allocated): into main
-    /// if its key was recently evicted from small (or `to_main` says it earned main, e.g. it
-    /// replaced a value), else into small.
-    pub(super) fn admit(&self, p: EntryPtr<K, V>, to_main: bool, guard: &Guard)
+    /// Takes ownership of a newly published entry: `p` is the pointer its inserter allocated,
+    /// `e` a borrow of it. Into main if its key was recently evicted from small (or `to_main` says
+    /// it earned main, e.g. it replaced a value), else into small.
+    pub(super) fn admit(&self, (p, e): Held<'_, K, V>, to_main: bool, guard: &Guard)
     where
         K: Send + Sync,
         V: Send + Sync,
     {
-        // SAFETY: published and not yet in a FIFO, so nobody can retire it yet.
-        let hash = unsafe { (*p).hash };
-        if to_main || self.ghost.contains(hash) {
-            self.push(Fifo::Main, p, guard);
+        let fifo = if to_main || self.ghost.contains(e.hash) {
+            Fifo::Main
         } else {
-            self.push(Fifo::Small, p, guard);
-        }
+            Fifo::Small
+        };
+        self.push(fifo, (p, e), guard);
     }
 
     /// Queues an entry this thread owns: newly admitted, or popped by this thread.
-    fn push(&self, fifo: Fifo, p: EntryPtr<K, V>, guard: &Guard)
+    fn push(&self, fifo: Fifo, (p, e): Held<'_, K, V>, guard: &Guard)
     where
         K: Send + Sync,
         V: Send + Sync,
     {
+        debug_assert!(
+            core::ptr::eq(p, e),
+            "an entry's pointer and its borrow differ"
+        );
         match fifo {
             Fifo::Small => {
-                // SAFETY: owned by this thread (no FIFO holds it), so nobody can retire it.
-                let weight = unsafe { (*p).weight };
                 // Relaxed: a sizing statistic; no memory is published through it.
-                self.small_weight.fetch_add(weight, Ordering::Relaxed);
+                self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
                 self.small.push_with_guard(Owned(p), guard);
             }
             Fifo::Main => self.main.push_with_guard(Owned(p), guard),
@@ -161,7 +162,7 @@ impl<K, V> Policy<K, V> {
 
     /// Pops an entry, which this thread then owns: its pointer (to push again or retire) and a
     /// reference to it for `guard`'s life.
-    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<Popped<'g, K, V>> {
+    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<Held<'g, K, V>> {
         let q = match fifo {
             Fifo::Small => &self.small,
             Fifo::Main => &self.main,
@@ -226,7 +227,7 @@ impl<K, V> Policy<K, V> {
                     Fifo::Main => (Fifo::Main, f - 1),
                 };
                 e.freq.store(freq, Ordering::Relaxed);
-                self.push(to, p, guard);
+                self.push(to, (p, e), guard);
                 continue;
             }
             if index.replace(e, None, guard) {
@@ -265,7 +266,7 @@ impl<K, V> Policy<K, V> {
                 if e.dead.load(Ordering::Acquire) {
                     Self::retire(p, guard);
                 } else {
-                    self.push(fifo, p, guard);
+                    self.push(fifo, (p, e), guard);
                 }
             }
         }
