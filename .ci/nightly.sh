@@ -101,7 +101,7 @@ part() {
 # to its own file, printed whole when both are done.
 miri() {
     local cargo=(cargo +nightly miri test -p latchless --target-dir target/miri)
-    local queue=(--test stress --test differential --test cache_drops --test guard --test drops
+    local queue=(--test stress --test differential --test cache_drops --test queue_api --test drops
         --test send_sync)
     local cache=(--test cache_stress --test linearizability --test leak --test cache_leak
         --test cache_api)

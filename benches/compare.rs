@@ -48,7 +48,7 @@ mod common;
 
 use common::counters::{self, BenchCounter};
 use common::harness::{machine, rotate_rounds, Invocation, Tally};
-use common::queues::{self, BenchQueue, Channel, MsQueuePinned};
+use common::queues::{self, BenchQueue, Channel};
 use common::workers::{run_workers, thread_cpu_time, Job, Sample};
 use crossbeam_queue::SegQueue;
 use latchless::counter::{AtomicCounter, ShardedCounter};
@@ -58,8 +58,6 @@ use std::fmt::Write as _;
 use std::sync::{atomic::AtomicU64, Mutex};
 use std::time::{Duration, Instant};
 
-/// Values pushed and popped per batch in the single-thread scenario.
-const SINGLE_BATCH: u64 = 1000;
 /// Counter runs do this many times as many operations as queue runs: an increment is far
 /// cheaper than a trip through a queue.
 const COUNTER_SCALE: u64 = 10;
@@ -74,7 +72,7 @@ fn run_queue<Q: BenchQueue>(shape: Shape, ops: u64, timeout: Duration) -> Sample
     let q = Q::make();
     let q = &q;
     let jobs: Vec<Job<'_, u64>> = match shape {
-        Shape::Single => vec![Box::new(move || queues::single(q, ops, SINGLE_BATCH))],
+        Shape::Single { batch } => vec![Box::new(move || queues::single(q, ops, batch))],
         Shape::Queue {
             producers,
             consumers,
@@ -106,8 +104,8 @@ fn run_counter<C: BenchCounter>(shape: Shape, ops: u64, _timeout: Duration) -> S
 /// The threads of a scenario.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
-    /// One thread pushes and pops batches.
-    Single,
+    /// One thread pushes `batch` values, then pops them, until `ops` values went through.
+    Single { batch: u64 },
     /// `producers` threads push, `consumers` threads pop.
     Queue { producers: u64, consumers: u64 },
     /// `threads` threads increment one counter.
@@ -135,10 +133,6 @@ fn queue_contenders() -> Vec<Contender> {
         Contender {
             name: "latchless MsQueue",
             run: run_queue::<MsQueue<u64>>,
-        },
-        Contender {
-            name: "latchless MsQueue (guard, repin/64)",
-            run: run_queue::<MsQueuePinned>,
         },
         Contender {
             name: "crossbeam SegQueue",
@@ -200,10 +194,18 @@ fn scenarios(queue_ops: u64) -> Vec<Scenario> {
         consumers: c,
     };
     vec![
-        queue("queue/single/push_pop", Shape::Single),
+        queue("queue/single/pairs", Shape::Single { batch: 1 }),
+        queue("queue/single/push_pop", Shape::Single { batch: 1000 }),
+        queue(
+            "queue/single/burst_1m",
+            Shape::Single {
+                batch: 1_000_000.min(queue_ops),
+            },
+        ),
         queue("queue/spsc/1p1c", mpmc(1, 1)),
         queue("queue/mpmc/2p2c", mpmc(2, 2)),
         queue("queue/mpmc/4p4c", mpmc(4, 4)),
+        queue("queue/mpmc/8p8c", mpmc(8, 8)),
         counter("counter/increment/1t", 1),
         counter("counter/increment/2t", 2),
         counter("counter/increment/4t", 4),

@@ -23,7 +23,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::queues::{self, BenchQueue, Channel, MsQueuePinned};
+use common::queues::{self, BenchQueue, Channel};
 use common::workers::run_workers;
 use criterion::{criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, Throughput};
@@ -109,7 +109,6 @@ fn queues(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
         contender::<MsQueue<u64>>(&mut g, "latchless_MsQueue", shape);
-        contender::<MsQueuePinned>(&mut g, "latchless_MsQueue_guard", shape);
         contender::<SegQueue<u64>>(&mut g, "crossbeam_SegQueue", shape);
         contender::<concurrent_queue::ConcurrentQueue<u64>>(&mut g, "ConcurrentQueue", shape);
         contender::<Mutex<VecDeque<u64>>>(&mut g, "Mutex_VecDeque", shape);

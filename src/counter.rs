@@ -9,7 +9,8 @@
 //! so `add` is one uncontended `fetch_add` and never allocates.
 
 use crate::sync::{
-    const_fn_outside_loom, thread_index, AtomicU64, Backoff, CachePadded, Ordering, UNDER_LOOM,
+    const_fn_outside_loom, thread_index, AtomicU64, Backoff, CachePadded, Ordering,
+    UNDER_MODEL_CHECKER,
 };
 use core::fmt;
 
@@ -341,7 +342,7 @@ impl ShardedCounter {
     /// A counter for the crate's own statistics: as [`new`](Self::new), but a single cell under
     /// loom, which keeps models small.
     pub(crate) fn for_stats() -> Self {
-        if UNDER_LOOM {
+        if UNDER_MODEL_CHECKER {
             Self::with_shards(1)
         } else {
             Self::new()

@@ -36,3 +36,8 @@ pub mod counter;
 pub mod queue;
 mod reclaim;
 mod sync;
+
+/// Counters that the model-checking suites read (queue blocks allocated and freed, counted only
+/// under the model checker); not part of the API.
+#[doc(hidden)]
+pub use sync::census as __model_census;

@@ -1,104 +1,225 @@
 //! [`MsQueue`]: an unbounded lock-free multi-producer multi-consumer FIFO queue.
 //!
-//! The algorithm is the one of Maged M. Michael and Michael L. Scott, "Simple, Fast, and
-//! Practical Non-Blocking and Blocking Concurrent Queue Algorithms" (PODC 1996): a singly linked
-//! list with a sentinel node, `head` pointing at the sentinel and `tail` at the last node or the
-//! one before it. A push links its node after the last one with a compare-and-swap on that node's
-//! `next`, then swings `tail`; a pop swings `head` to the sentinel's successor and takes the
-//! value out of it, the successor becoming the new sentinel. Any thread that finds `tail` lagging
-//! swings it forward first ("helping"), so no operation ever waits for another to finish.
+//! # Lineage
 //!
-//! What we changed from the paper:
-//! - memory is reclaimed with crossbeam-epoch (Fraser's epoch-based reclamation) instead of
-//!   counted pointers. Popped nodes are not handed to the epoch one by one: they stay linked
-//!   behind `head` (the *retired prefix*, from `free` up to `head`), and every
-//!   `RECYCLE_BATCH`-th pop defers one marker through the epoch that, once every thread pinned at
-//!   that time has unpinned, declares the nodes before it reusable. Pushes then take their node
-//!   from the front of the prefix instead of the allocator; the prefix beyond `RETIRED_KEEP`
-//!   nodes is handed to the epoch to be freed. Nodes are only ever reused or freed after a grace
-//!   period, so there is no ABA (see `take_free`);
-//! - each node carries its position in the queue (`seq`), written before the node is published,
-//!   which gives [`MsQueue::len`] in O(1) without a shared length counter on the hot path;
-//! - `head` and `tail` sit on separate cache lines, and failed compare-and-swaps back off.
+//! The queue is a Michael–Scott list of *blocks* of slots:
+//! - Maged M. Michael and Michael L. Scott, "Simple, Fast, and Practical Non-Blocking and Blocking
+//!   Concurrent Queue Algorithms" (PODC 1996): a linked list whose last link is extended by a
+//!   compare-and-swap on the last node's `next`, after which `tail` is swung; any thread that finds
+//!   `tail` lagging swings it itself ("helping"), so nobody waits for the thread that linked.
+//! - Pedro Ramalhete and Andreia Correia's FAAArrayQueue (2016), and LCRQ (Morrison and Afek,
+//!   2013) and LPRQ (Romanov and Koval, 2023) before and after it: the list's nodes are arrays of
+//!   slots, claimed by index, so a block is allocated once per [`BLOCK_CAP`] values, and a pop that
+//!   finds its claimed slot still empty does not wait for the pusher: it marks the slot abandoned
+//!   and moves on, and the pusher that later finds its slot abandoned pushes its value again.
+//!
+//! Here a slot is claimed by a compare-and-swap on a position (one word holding the block's lap
+//! and the slot's offset), never by fetch-and-add: a pop claims a slot only after it has seen that
+//! a push claimed it, so a pop on an empty queue claims nothing and leaves no hole behind.
+//!
+//! # Positions and laps
+//!
+//! `head` and `tail` are each a position and a block pointer. A position counts `LAP =
+//! BLOCK_CAP + 1` per block: offsets `0..BLOCK_CAP` name slots, and offset `BLOCK_CAP` means the
+//! block is used up and the move to the next block is under way. The thread whose claim takes a
+//! position to offset `BLOCK_CAP` moves it on, but any thread that finds it there completes the
+//! move (`finish_lap`): it links the next block after the full one if nobody has (a
+//! compare-and-swap on the block's `next`, as in Michael and Scott's queue), swings the block
+//! pointer, then swings the position to the next lap's offset 0. The block pointer changes only
+//! while the position sits at offset `BLOCK_CAP`, so a thread that reads the position and then the
+//! block pointer, and then claims the position it read by compare-and-swap, holds a slot of the
+//! block it read.
+//!
+//! # Reclamation: who may touch a block, and when it is freed
+//!
+//! A thread dereferences a block in one of two ways:
+//! - **Holding a claimed slot of it.** The pusher and the popper of a slot each touch the slot
+//!   (and, for the block's last slot, its `next`), and the last of the two to leave the slot sets
+//!   its `READ` bit. The block is not freed before every slot's `READ` bit is set, so a claimant's
+//!   accesses never touch freed memory. A claim needs no pin: this is the hot path.
+//! - **Completing a move to the next lap without a claim** (`finish_lap`), which reads the block
+//!   pointer of `head` or `tail` and the block's `lap` and `next`. These threads pin the queue's
+//!   epoch collector first; a block is handed to the collector only after both `head` and `tail`
+//!   have been swung past it, so no pinned thread that loaded it can see it freed.
+//!
+//! A block is retired by the last thread to finish one of its slots, found through per-slot flags
+//! (as in crossbeam's `SegQueue`): the thread that finishes the last slot walks the others, marking
+//! each unfinished one `DESTROY`; whoever finishes a slot marked so continues the walk from the
+//! next slot; the walk that reaches the end retires the block. Finishing the last slot happens
+//! only after both moves past the block are complete: its popper completes the `head` move before
+//! it touches the slot, and its pusher completes the `tail` move before writing. So one pin per
+//! block boundary crossed and one per block retired: pins are amortised over [`BLOCK_CAP`] values.
+//!
+//! A block is never reused, so there is no ABA on block pointers: a pinned thread's pointer cannot
+//! be freed and reallocated under it, and positions only grow.
 
 use crate::reclaim::Reclaim;
 use crate::sync::{
-    epoch, Arc, AtomicUsize, Backoff, CachePadded, Ordering, Track, UnsafeCell, UNDER_LOOM,
+    census, epoch, AtomicPtr, AtomicUsize, Backoff, CachePadded, Ordering, Track, UnsafeCell,
+    QUEUE_BLOCK_CAP, UNDER_MODEL_CHECKER, ZEROED_ATOMICS_VALID,
 };
 use core::{fmt, iter::FusedIterator, marker::PhantomData, mem::MaybeUninit, ptr};
-use epoch::{Atomic, Collector, Guard, Owned, Shared};
+use epoch::Collector;
 
-/// Every pop that makes a node whose position is a multiple of this the sentinel hands one
-/// reuse marker to the epoch (and flushes its thread's epoch garbage so the marker is not held
-/// back in a thread-local bag). Under loom, models pop a handful of values: the recycling paths
-/// must be reachable there.
-const RECYCLE_BATCH: usize = if UNDER_LOOM { 2 } else { 128 };
+/// Slots per block: 31 (2 under loom, 4 under shuttle, so that small models cross blocks).
+pub const BLOCK_CAP: usize = QUEUE_BLOCK_CAP;
 
-/// How many retired nodes the queue keeps for reuse before it frees the excess through the
-/// epoch: enough to cover the grace period of a busy queue, small enough that a drained burst
-/// gives its memory back.
-const RETIRED_KEEP: usize = if UNDER_LOOM { 1 } else { 16 * RECYCLE_BATCH };
+/// Positions per block: its slots, then one for the move to the next block.
+const LAP: usize = BLOCK_CAP + 1;
 
-/// One link of the list. The values of the sentinel and of the retired nodes before it are
-/// uninitialised (moved out by the pop that made the node the sentinel, or never set for the
-/// first one); every node after the sentinel holds an initialised value.
-///
-/// A node may be reused after a grace period, while a thread that read `free` before that may
-/// still read its `next` and `seq` (see `take_free`): those two are atomics, and a reused node is
-/// only ever reached through shared references.
-struct Node<T> {
-    /// Written by the pusher before the node is published; moved out once by the pop that
-    /// swings `head` onto this node.
+/// A position is stored shifted left by this much; the bit below holds `HAS_NEXT`.
+const SHIFT: usize = 1;
+
+/// Set in `head`'s index when `head`'s block is known not to be the last one, so that a pop need
+/// not read `tail` (another thread's hot cache line) to see that its slot was pushed.
+const HAS_NEXT: usize = 1;
+
+/// Slot state: the pusher wrote the value.
+const WRITE: usize = 1;
+/// Slot state: the popper found no value and gave the slot up; the pusher takes its value back.
+const ABANDON: usize = 2;
+/// Slot state: the last of the slot's pusher and popper has left it (the value was taken out, by
+/// the popper, or by the pusher after an abandon). The slot is finished.
+const READ: usize = 4;
+/// Slot state: the block's destruction waits on this slot; its finisher continues it.
+const DESTROY: usize = 8;
+
+/// The position stored in an index.
+#[inline]
+fn position(index: usize) -> usize {
+    index >> SHIFT
+}
+
+/// The number of slots before a position: `LAP` positions per block, `BLOCK_CAP` slots.
+#[inline]
+fn slots_before(position: usize) -> usize {
+    (position / LAP) * BLOCK_CAP + position % LAP
+}
+
+/// One value's place.
+struct Slot<T> {
+    /// Written by the pusher before it sets `WRITE`; moved out once, by the popper after it saw
+    /// `WRITE`, or by the pusher after it saw `ABANDON`.
     value: UnsafeCell<MaybeUninit<T>>,
-    /// Null while this node is the last one; immutable from its link until the node is reused.
-    next: Atomic<Node<T>>,
-    /// This node's position: one more than its predecessor's. Positions only grow, across reuse
-    /// too. Written before publication, immutable until the node is reused.
-    seq: AtomicUsize,
-    /// Under loom, reports a node that was never freed when a model ends.
+    /// `WRITE`, `ABANDON`, `READ` and `DESTROY` bits.
+    state: AtomicUsize,
+}
+
+/// A block of slots, one link of the list.
+struct Block<T> {
+    /// The next block, null until it is linked (once, by compare-and-swap).
+    next: AtomicPtr<Block<T>>,
+    /// Which lap of positions this block holds. Written before the block is published, never
+    /// changed after: `finish_lap` tells by it whether a position's block pointer has been swung.
+    lap: usize,
+    slots: [Slot<T>; BLOCK_CAP],
+    /// Under loom, reports a block that was never freed when a model ends.
     _track: Track<()>,
 }
 
-impl<T> Node<T> {
-    fn empty() -> Self {
-        Self {
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-            next: Atomic::null(),
-            seq: AtomicUsize::new(0),
-            _track: Track::new(()),
+impl<T> Block<T> {
+    /// A new, empty block for `lap`, built directly on the heap: a block of large values never
+    /// sits on the stack.
+    fn alloc(lap: usize) -> *mut Self {
+        census::note_alloc();
+        if ZEROED_ATOMICS_VALID {
+            let layout = std::alloc::Layout::new::<Self>();
+            // SAFETY: `Block<T>` has a non-zero size (it holds at least its `next` pointer).
+            let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Self>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            // SAFETY: `p` is a fresh, non-null allocation for a `Block<T>`: the field's address
+            // is in bounds, and taking it creates no reference.
+            let lap_field = unsafe { ptr::addr_of_mut!((*p).lap) };
+            // SAFETY: in bounds and aligned (above); only `lap` needs a value other than zero.
+            unsafe { lap_field.write(lap) };
+            // All-zero is a valid `Block<T>`: null `next`, lap set above, zero states (no bit
+            // set), uninitialised values (`MaybeUninit`) and a zero-sized `Track` outside loom;
+            // `ZEROED_ATOMICS_VALID` holds for this world's atomics.
+            p
+        } else {
+            Box::into_raw(Box::new(Self {
+                next: AtomicPtr::new(ptr::null_mut()),
+                lap,
+                slots: core::array::from_fn(|_| Slot {
+                    value: UnsafeCell::new(MaybeUninit::uninit()),
+                    state: AtomicUsize::new(0),
+                }),
+                _track: Track::new(()),
+            }))
         }
+    }
+
+    /// Slot `i` of a block.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to a block that stays allocated for `'a`.
+    #[inline]
+    unsafe fn slot<'a>(this: *const Self, i: usize) -> &'a Slot<T> {
+        // SAFETY: allocated for `'a`, per the caller.
+        let block = unsafe { &*this };
+        &block.slots[i]
+    }
+
+    /// Frees a block allocated by [`alloc`](Self::alloc). Values still in it are not dropped.
+    ///
+    /// # Safety
+    ///
+    /// `this` came from `alloc`, is freed once, and nobody touches it afterwards.
+    unsafe fn free(this: *mut Self) {
+        census::note_free();
+        // SAFETY: `alloc` made it with `Box`'s layout (`alloc_zeroed` with `Layout::new::<Self>()`
+        // is the global allocator and layout `Box` uses); freed once, per the caller.
+        drop(unsafe { Box::from_raw(this) });
     }
 }
 
-/// An unbounded lock-free MPMC FIFO queue (Michael & Scott, 1996), with memory reclaimed by
-/// crossbeam-epoch.
+/// `head` or `tail`: an index (position, plus `HAS_NEXT` in `head`'s) and the block holding it.
+struct End<T> {
+    index: AtomicUsize,
+    block: AtomicPtr<Block<T>>,
+}
+
+/// An unbounded lock-free MPMC FIFO queue: a Michael–Scott list of blocks of slots (see the
+/// [module docs](self) for the algorithm and its lineage).
 ///
 /// Values pushed by one thread are popped in the order that thread pushed them. Every pushed
 /// value is popped exactly once, or dropped exactly once when the queue drops.
+///
+/// The queue is unbounded and never blocks: there is no blocking pop and no bounded variant. A
+/// consumer that must wait for values parks on its own (the crate's batcher does).
 ///
 /// # Progress
 ///
 /// | method | progress |
 /// |---|---|
-/// | [`push`](Self::push), [`push_with_guard`](Self::push_with_guard) | lock-free |
-/// | [`pop`](Self::pop), [`pop_with_guard`](Self::pop_with_guard) | lock-free |
-/// | [`is_empty`](Self::is_empty), [`len`](Self::len) | lock-free |
+/// | [`push`](Self::push) | lock-free |
+/// | [`pop`](Self::pop) | lock-free |
+/// | [`is_empty`](Self::is_empty) | wait-free |
+/// | [`len`](Self::len) | lock-free (retries only while pushes complete) |
 ///
-/// Strictly lock-free: no operation ever waits for another thread to finish. A thread stalled in
-/// the middle of a push (its node linked, `tail` not yet swung) is helped past by the next thread
-/// that sees it, and its value is already visible to consumers. Some thread always completes its
-/// operation in a bounded number of its own steps.
+/// No thread ever waits for another. A pop that claims a slot whose pusher has not written it yet
+/// (say, the pusher was preempted) spins briefly, then gives the slot up and moves on; the pusher,
+/// when it resumes, finds the slot given up and pushes its value again, later in the queue. A
+/// thread stalled while moving `head` or `tail` to the next block is helped past by the next thread
+/// that finds the move unfinished. Some thread always completes its operation in a bounded number
+/// of its own steps. (A push is not wait-free: in theory pops can keep giving up its slots.)
 ///
 /// # Memory
 ///
-/// One heap node per value. Popped nodes are recycled: once every thread pinned when they were
-/// popped has unpinned (a grace period of the queue's epoch [`Collector`]), pushes reuse them
-/// instead of allocating. Up to a few thousand retired nodes are kept for reuse; beyond that they
-/// are freed through the epoch, so a drained burst gives its memory back. [`MsQueue::new`] uses crossbeam-epoch's
-/// global collector (shared with every other epoch user in the process, each thread pinning
-/// through its own cached handle); [`MsQueue::with_collector`] uses a collector of the caller's,
-/// which makes reclamation exactly accountable: once the queue and the collector drop, every node
-/// has been freed.
+/// No allocation per value: one per block of [`BLOCK_CAP`] slots, allocated zeroed on the heap.
+/// No epoch pin per operation: a thread pins the queue's epoch collector only when it completes
+/// a move to the next block, or retires a block. A block is retired by the last thread to leave
+/// one of its slots, once all of them have been used; it is freed through the collector once the
+/// threads pinned at that time have unpinned, so a drained burst gives its memory back. Each
+/// slot takes `size_of::<T>()` plus one word.
+///
+/// [`MsQueue::new`] retires blocks through crossbeam-epoch's global collector (shared with every
+/// other epoch user in the process, each thread pinning through its own cached handle);
+/// [`MsQueue::with_collector`] through a collector of the caller's, which makes reclamation
+/// exactly accountable: once the queue and the collector drop, every block has been freed.
 ///
 /// # Thread safety
 ///
@@ -147,18 +268,9 @@ impl<T> Node<T> {
 /// assert_eq!(last, [Some(99), Some(99)]);
 /// ```
 pub struct MsQueue<T> {
-    /// The sentinel node.
-    head: CachePadded<Atomic<Node<T>>>,
-    /// The last node, or (while a push is between its two CASes) the one before it.
-    tail: CachePadded<Atomic<Node<T>>>,
-    /// The oldest retired node not yet reused or freed: the retired prefix runs from here along
-    /// `next` up to `head` (exclusive). Equal to `head` when the prefix is empty.
-    free: CachePadded<Atomic<Node<T>>>,
-    /// Nodes whose position is below this mark were retired before a grace period that has
-    /// ended: no thread can still hold them. Raised by deferred functions, which may outlive the
-    /// queue, hence the `Arc`.
-    reusable: Arc<CachePadded<AtomicUsize>>,
-    /// The global collector or the caller's.
+    head: CachePadded<End<T>>,
+    tail: CachePadded<End<T>>,
+    /// The collector that frees retired blocks: the global one or the caller's.
     reclaim: Reclaim,
     /// The queue owns `T`s (for the drop check).
     _marker: PhantomData<T>,
@@ -169,12 +281,13 @@ pub struct MsQueue<T> {
 // values across threads (`T: Send`) is all that sending the queue requires.
 unsafe impl<T: Send> Send for MsQueue<T> {}
 // SAFETY: through `&MsQueue<T>` threads only push and pop, which move values between threads as
-// above; all shared state is atomics and epoch-protected nodes. `T: Sync` is not needed because no
-// two threads ever access one value.
+// above; all shared state is atomics and slots handed over through their state bits. `T: Sync` is
+// not needed because no two threads ever access one value at once.
 unsafe impl<T: Send> Sync for MsQueue<T> {}
 
 impl<T> MsQueue<T> {
-    /// Creates an empty queue whose nodes are reclaimed by crossbeam-epoch's global collector.
+    /// Creates an empty queue whose blocks are freed through crossbeam-epoch's global collector.
+    /// Allocates its first block.
     ///
     /// # Examples
     ///
@@ -189,10 +302,11 @@ impl<T> MsQueue<T> {
         Self::build(None)
     }
 
-    /// Creates an empty queue whose nodes are reclaimed by `collector`. Plain
-    /// [`push`](Self::push) and [`pop`](Self::pop) then register a fresh handle with it on every
-    /// call, which is slow: pin a handle once per thread and use
-    /// [`push_with_guard`](Self::push_with_guard) and [`pop_with_guard`](Self::pop_with_guard).
+    /// Creates an empty queue whose retired blocks are freed through `collector`: once the queue,
+    /// the collector and every handle of it have dropped, every block has been freed, which a
+    /// test counting allocations can check exactly. The hot path never pins, so this costs
+    /// nothing per operation; each pin (once per block) registers a fresh handle with
+    /// `collector`, which is slower than the global collector's cached one.
     ///
     /// # Examples
     ///
@@ -202,10 +316,8 @@ impl<T> MsQueue<T> {
     ///
     /// let collector = Collector::new();
     /// let q = MsQueue::with_collector(collector.clone());
-    /// let handle = collector.register();
-    /// let guard = handle.pin();
-    /// q.push_with_guard(1, &guard);
-    /// assert_eq!(q.pop_with_guard(&guard), Some(1));
+    /// q.push(1);
+    /// assert_eq!(q.pop(), Some(1));
     /// ```
     #[must_use]
     pub fn with_collector(collector: Collector) -> Self {
@@ -213,31 +325,19 @@ impl<T> MsQueue<T> {
     }
 
     fn build(collector: Option<Collector>) -> Self {
-        // SAFETY: no other thread can see the queue yet, so nothing can race with this
-        // conversion; the node stays reachable from `head` and `tail` until the queue drops.
-        let sentinel = Owned::new(Node::empty()).into_shared(unsafe { epoch::unprotected() });
+        let first = Block::alloc(0);
         Self {
-            head: CachePadded::new(Atomic::from(sentinel)),
-            tail: CachePadded::new(Atomic::from(sentinel)),
-            free: CachePadded::new(Atomic::from(sentinel)),
-            reusable: Arc::new(CachePadded::new(AtomicUsize::new(0))),
+            head: CachePadded::new(End {
+                index: AtomicUsize::new(0),
+                block: AtomicPtr::new(first),
+            }),
+            tail: CachePadded::new(End {
+                index: AtomicUsize::new(0),
+                block: AtomicPtr::new(first),
+            }),
             reclaim: Reclaim::new(collector),
             _marker: PhantomData,
         }
-    }
-
-    #[inline]
-    fn pin(&self) -> Guard {
-        self.reclaim.pin()
-    }
-
-    #[inline]
-    #[track_caller]
-    fn check_guard(&self, guard: &Guard) {
-        self.reclaim.check(
-            guard,
-            "MsQueue: the guard does not pin the queue's collector",
-        );
     }
 
     /// Pushes `value` at the back. Lock-free.
@@ -253,192 +353,223 @@ impl<T> MsQueue<T> {
     /// assert_eq!(q.pop(), Some("a"));
     /// ```
     pub fn push(&self, value: T) {
-        self.push_unchecked(value, &self.pin());
+        let mut value = value;
+        // Each failed round means a pop gave up this push's slot: that pop moved on, and the
+        // value goes to a later slot.
+        while let Err(back) = self.push_once(value) {
+            value = back;
+        }
     }
 
-    /// Pushes `value` at the back, under a guard the caller already holds. Lock-free.
-    ///
-    /// Holding one guard across many operations saves a pin per call; nodes retired meanwhile
-    /// are not freed until it drops.
-    ///
-    /// # Panics
-    ///
-    /// If `guard` does not pin the queue's collector (the global one for [`MsQueue::new`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::queue::MsQueue;
-    ///
-    /// let q = MsQueue::new();
-    /// let guard = crossbeam_epoch::pin();
-    /// for i in 0..3 {
-    ///     q.push_with_guard(i, &guard);
-    /// }
-    /// assert_eq!(q.len(), 3);
-    /// ```
-    #[track_caller]
-    pub fn push_with_guard(&self, value: T, guard: &Guard) {
-        self.check_guard(guard);
-        self.push_unchecked(value, guard);
-    }
-
-    fn push_unchecked(&self, value: T, guard: &Guard) {
-        let node = self
-            .take_free(guard)
-            .unwrap_or_else(|| Owned::new(Node::empty()).into_shared(guard));
-        // SAFETY: `node` is this thread's alone: freshly allocated, or taken from the retired
-        // prefix after a grace period (`take_free`); it stays allocated until it is retired again.
-        let n = unsafe { node.deref() };
-        // SAFETY: nobody reads a node's value before it is published, and a reused node's old
-        // value was moved out when it became the sentinel: this write races with nothing and
-        // overwrites nothing that needs dropping.
-        n.value
-            .with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
-        // Relaxed: published by the Release link below. A stale reader of `free` may read this
-        // `next` (see `take_free`); it is an atomic for that reason.
-        n.next.store(Shared::null(), Ordering::Relaxed);
+    /// Claims a slot at the back and writes `value` into it. Hands the value back if a pop gave
+    /// the slot up before the write.
+    fn push_once(&self, value: T) -> Result<(), T> {
         let backoff = Backoff::new();
+        // Acquire (both loads, here and below): a lap's index is stored after its block pointer
+        // (`finish_lap`), so the block read after the index is the index's block or a later one,
+        // and its contents, published by the link and swing, are visible.
+        let mut tail = self.tail.index.load(Ordering::Acquire);
+        let mut block = self.tail.block.load(Ordering::Acquire);
         loop {
-            // Acquire: pairs with the Release CASes that store into `tail`, so the node it
-            // points to (its `next`, its `seq`) is fully visible before we read it.
-            let tail = self.tail.load(Ordering::Acquire, guard);
-            // SAFETY: `tail` was loaded under `guard`, so it is neither freed nor reused until
-            // `guard` drops (it is never behind `head`, so it is retired only after this load);
-            // it is never null (there is always a sentinel).
-            let t = unsafe { tail.deref() };
-            // Acquire: pairs with the Release CAS that linked `next`, for the same reason.
-            let next = t.next.load(Ordering::Acquire, guard);
-            if !next.is_null() {
-                // `tail` lags behind a linked node: help swing it, then retry.
-                self.advance_tail(tail, next, guard);
+            let offset = position(tail) % LAP;
+            if offset == BLOCK_CAP {
+                // Another pusher claimed the block's last slot and has not moved `tail` on yet:
+                // complete the move for it instead of waiting.
+                self.finish_lap(&self.tail, tail);
+                tail = self.tail.index.load(Ordering::Acquire);
+                block = self.tail.block.load(Ordering::Acquire);
                 continue;
             }
-            // Relaxed: `seq` is published by the Release link below, and `t.seq` was published to
-            // us by the Acquire load of `tail`.
-            n.seq.store(
-                t.seq.load(Ordering::Relaxed).wrapping_add(1),
-                Ordering::Relaxed,
-            );
-            // Release: publishes the node's value and fields; pairs with the Acquire loads of
-            // `next` in `pop`, `push` and `len`. Relaxed on failure: we only retry, and the
-            // retry reloads `tail` with Acquire.
-            match t.next.compare_exchange(
-                Shared::null(),
-                node,
-                Ordering::Release,
-                Ordering::Relaxed,
-                guard,
+            let new_tail = tail + (1 << SHIFT);
+            // SeqCst: claims are totally ordered with the pops' reads of `tail`, which decide
+            // emptiness; it is also a release, so that a thread that later sees this lap's index
+            // at offset `BLOCK_CAP` (Acquire) has our block read before its swing. Acquire on
+            // failure: we reread the block pointer for the index we got.
+            match self.tail.index.compare_exchange_weak(
+                tail,
+                new_tail,
+                Ordering::SeqCst,
+                Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // Best effort: if it fails, another thread already swung `tail` past.
-                    self.advance_tail(tail, node, guard);
-                    return;
+                    if offset + 1 == BLOCK_CAP {
+                        #[cfg(test)]
+                        hooks::reach(hooks::Point::Linking);
+                        // We took the last slot: move `tail` to the next block before writing,
+                        // so the block is not retired while `tail` still points at it.
+                        self.finish_lap(&self.tail, new_tail);
+                    }
+                    #[cfg(test)]
+                    hooks::reach(hooks::Point::Claimed);
+                    // SAFETY: our claim made `block` the block of position `tail` (see the
+                    // module docs), and the block cannot be freed before our slot is finished,
+                    // which only we or its popper can do after our write below.
+                    return unsafe { self.write(block, offset, value) };
                 }
-                Err(_) => backoff.spin(),
+                Err(t) => {
+                    tail = t;
+                    block = self.tail.block.load(Ordering::Acquire);
+                    backoff.spin();
+                }
             }
         }
     }
 
-    /// Takes the oldest retired node off the prefix if a grace period has passed since it was
-    /// retired; the node is then the caller's alone.
+    /// Writes `value` into a slot this thread claimed for a push.
     ///
-    /// Why there is no ABA on `free`: between our load of `free` and our compare-and-swap, the
-    /// node we saw may be taken by another thread and reused, but it cannot come back to the front
-    /// of the prefix while we stay pinned. To get there it would be retired again, at a position
-    /// past today's `tail`, and `free` would have to advance to it through its predecessor, whose
-    /// position is then at least that of the tail we were pinned with. Only a reuse mark above it
-    /// would let `free` pass it, and such a mark comes from a deferred function created after we
-    /// pinned, which cannot run before we unpin. So a successful compare-and-swap means the node
-    /// we checked is the one we took.
-    fn take_free<'g>(&self, guard: &'g Guard) -> Option<Shared<'g, Node<T>>> {
-        // Acquire: pairs with the Release `fetch_max` of the deferred marker, which ran after every
-        // thread that could hold the nodes below the mark had unpinned; our writes to a taken
-        // node therefore come after all of their reads.
-        let mark = self.reusable.load(Ordering::Acquire);
-        let backoff = Backoff::new();
-        loop {
-            // Acquire: pairs with the Release CAS below (and the link that published the node),
-            // so the node's fields are visible.
-            let free = self.free.load(Ordering::Acquire, guard);
-            // SAFETY: `free` was loaded under `guard`: a node of the prefix is freed only through
-            // the epoch (`trim`), so it stays allocated until `guard` drops; never null (it is at
-            // worst `head`).
-            let f = unsafe { free.deref() };
-            // Relaxed: the position is only compared; if the node was reused meanwhile, it reads
-            // larger, and we allocate instead (or our compare-and-swap fails).
-            if f.seq.load(Ordering::Relaxed) >= mark {
-                return None;
-            }
-            // Acquire: pairs with the Release link of the next node, whose fields the next taker
-            // reads after loading `free`.
-            let next = f.next.load(Ordering::Acquire, guard);
-            if next.is_null() {
-                // Taken and reset by another thread: `free` has moved on.
-                backoff.spin();
-                continue;
-            }
-            // Release: passes the next node's publication on to the next taker's Acquire load.
-            // Relaxed on failure: we retry from a fresh Acquire load.
-            match self.free.compare_exchange(
-                free,
-                next,
-                Ordering::Release,
-                Ordering::Relaxed,
-                guard,
-            ) {
-                Ok(_) => return Some(free),
-                Err(_) => backoff.spin(),
-            }
+    /// # Safety
+    ///
+    /// Slot `offset` of `block` was claimed by this thread's push, and the push has not written
+    /// it yet.
+    unsafe fn write(&self, block: *mut Block<T>, offset: usize, value: T) -> Result<(), T> {
+        // SAFETY: the block is allocated while our slot is unfinished (the caller's claim).
+        let slot = unsafe { Block::slot(block, offset) };
+        // SAFETY: until we set `WRITE`, only we touch the value cell: the popper reads it only
+        // after seeing `WRITE`.
+        slot.value
+            .with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
+        // AcqRel: Release publishes the value to the popper that sees `WRITE`; Acquire pairs with
+        // the popper's Release `ABANDON`, so if we finish the slot below, the popper's move of
+        // `head` (for the last slot) happens before our retiring of the block.
+        let prev = slot.state.fetch_or(WRITE, Ordering::AcqRel);
+        if prev & ABANDON == 0 {
+            return Ok(());
+        }
+        // The popper gave the slot up before our write: the value is still ours.
+        // SAFETY: the popper left without reading the value; we wrote it above and nobody else
+        // reads it: it is moved out exactly once, here.
+        let value = slot.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
+        // SAFETY: we are this slot's last user, and the caller's claim holds.
+        unsafe { self.finish_slot(block, offset) };
+        Err(value)
+    }
+
+    /// Marks a slot finished, by its last user, and continues or starts the block's destruction
+    /// when that falls to us.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a claim on slot `offset` of `block` and is the slot's last user; it does
+    /// not touch the slot or the block afterwards.
+    unsafe fn finish_slot(&self, block: *mut Block<T>, offset: usize) {
+        // SAFETY: allocated: our slot is not finished until the RMW below.
+        let slot = unsafe { Block::slot(block, offset) };
+        // AcqRel: Release orders our accesses to the slot before a destroyer's Acquire check of
+        // `READ`; Acquire pairs with the destroyer's Release `DESTROY`, so its walk so far happens
+        // before our continuing it.
+        let prev = slot.state.fetch_or(READ, Ordering::AcqRel);
+        if offset + 1 == BLOCK_CAP {
+            // The last slot is finished only after both `head` and `tail` moved past the block.
+            // SAFETY: the block is not retired before this walk reaches its end.
+            unsafe { self.destroy(block, 0) };
+        } else if prev & DESTROY != 0 {
+            // SAFETY: the walk stopped at our slot and handed itself to us.
+            unsafe { self.destroy(block, offset + 1) };
         }
     }
 
-    /// Hands the reuse marker for the nodes before position `mark` (all retired: `head` is at
-    /// `mark`) to the epoch, and frees the prefix beyond `RETIRED_KEEP` nodes through it.
-    #[cold]
-    fn recycle(&self, mark: usize, guard: &Guard) {
-        let reusable = Arc::clone(&self.reusable);
-        // Release: pairs with the Acquire load in `take_free`; the epoch runs this only after
-        // every thread pinned now has unpinned.
-        guard.defer(move || reusable.fetch_max(mark, Ordering::Release));
-        // Acquire: as in `take_free`.
-        let free = self.free.load(Ordering::Acquire, guard);
-        // SAFETY: as in `take_free`.
-        let first = unsafe { free.deref() }.seq.load(Ordering::Relaxed);
-        let mut excess = mark.saturating_sub(first).saturating_sub(RETIRED_KEEP);
-        while excess > 0 {
-            let Some(node) = self.take_free(guard) else {
-                break;
-            };
-            // SAFETY: `take_free` made the node ours: it is unreachable from the queue, and
-            // threads that read it from `free` before are pinned, so the epoch frees it only after
-            // they unpin. Its value was moved out when it became a sentinel.
-            unsafe { guard.defer_destroy(node) };
-            excess -= 1;
+    /// Walks slots `start..BLOCK_CAP - 1` of a block whose last slot is finished: an unfinished
+    /// slot gets `DESTROY` and its finisher continues from there; past the end, the block is
+    /// retired.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the destruction (it finished the block's last slot, or a slot marked
+    /// `DESTROY` just before `start`).
+    unsafe fn destroy(&self, block: *mut Block<T>, start: usize) {
+        for i in start..BLOCK_CAP - 1 {
+            // SAFETY: not retired while the walk is ours.
+            let slot = unsafe { Block::slot(block, i) };
+            // Acquire (both): pair with the slot finisher's Release `READ`, so its accesses
+            // happen before the block is freed. Release on the RMW: hands our walk to the
+            // finisher that sees `DESTROY`.
+            if slot.state.load(Ordering::Acquire) & READ == 0
+                && slot.state.fetch_or(DESTROY, Ordering::AcqRel) & READ == 0
+            {
+                return;
+            }
         }
-        // Seal this thread's epoch garbage now, so the marker does not wait in a thread-local
-        // bag for 64 more deferred functions.
-        guard.flush();
+        let guard = self.reclaim.pin();
+        // SAFETY: every slot is finished, so no claimant touches the block again, and both
+        // `head` and `tail` were swung past it before its last slot was finished, so no thread
+        // that pins from now on can load it; threads pinned now may still read it, and the
+        // collector frees it only after they unpin. Freed once: only one walk reaches here.
+        let free = move || {
+            // SAFETY: run once, by the collector, after the grace period argued above.
+            unsafe { Block::free(block) }
+        };
+        // SAFETY: `free` frees the block once every thread pinned now has unpinned, which is
+        // when no thread can touch it (above); it touches no value of type `T`.
+        unsafe { guard.defer_unchecked(free) };
     }
 
-    /// Swings `tail` from `from` to `to` if it still points at `from`.
-    #[inline]
-    fn advance_tail<'g>(
-        &self,
-        from: Shared<'g, Node<T>>,
-        to: Shared<'g, Node<T>>,
-        guard: &'g Guard,
-    ) {
-        // Release: the next thread to load `tail` (Acquire) dereferences `to`, whose contents
-        // were published to us by our Acquire load of the `next` that pointed at it (or we wrote
-        // them); Release passes that on. Relaxed on failure: a failure means `tail` moved on,
-        // and nothing is read from it.
-        let _ = self
-            .tail
-            .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed, guard);
+    /// Completes the move of `end` (`head` or `tail`) from a used-up block to the next one,
+    /// given its index `index` at offset `BLOCK_CAP`: links a next block if none is, swings the
+    /// block pointer, swings the index. Any thread may call it; after it returns, the index has
+    /// moved past `index`.
+    fn finish_lap(&self, end: &End<T>, index: usize) {
+        debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
+        let lap = position(index) / LAP;
+        let guard = self.reclaim.pin();
+        // Acquire: the block of our index's lap or a later one (see `push_once`), with its
+        // contents visible.
+        let block = end.block.load(Ordering::Acquire);
+        // SAFETY: loaded under `guard` while reachable from `end`: a block is retired only after
+        // `head` and `tail` have both been swung past it, so it stays allocated until `guard`
+        // drops. `lap` is immutable after publication.
+        let full = unsafe { &*block };
+        if full.lap == lap {
+            let next = self.next_block(full);
+            // Release: publishes the next block (whose contents we read through Acquire) to the
+            // threads that load the block pointer. Relaxed on failure: someone swung it already;
+            // we only go on to the index.
+            let _ = end
+                .block
+                .compare_exchange(block, next, Ordering::Release, Ordering::Relaxed);
+        }
+        drop(guard);
+        // The block pointer is now the next lap's (we swung it, saw it swung, or the index has
+        // moved on and this fails). SeqCst on success: the index is stored after the block
+        // pointer and released to the Acquire loads of the index. Acquire on failure: whoever
+        // moved the index swung the block pointer before, and a caller that goes on to finish
+        // its slot must have the move happen before any retiring of the old block.
+        let _ = end.index.compare_exchange(
+            index,
+            ((lap + 1) * LAP) << SHIFT,
+            Ordering::SeqCst,
+            Ordering::Acquire,
+        );
+    }
+
+    /// The block after `full`, linking a new one if there is none yet. `full` is used up: its
+    /// every slot was claimed by a push (if `head` reached its end, `tail` did before).
+    fn next_block(&self, full: &Block<T>) -> *mut Block<T> {
+        // Acquire: pairs with the Release link below, so the next block's contents are visible.
+        let next = full.next.load(Ordering::Acquire);
+        if !next.is_null() {
+            return next;
+        }
+        let new = Block::alloc(full.lap + 1);
+        // Release: publishes the new block's contents. Acquire on failure: we use the block
+        // another thread linked, whose contents its Release published.
+        match full
+            .next
+            .compare_exchange(ptr::null_mut(), new, Ordering::Release, Ordering::Acquire)
+        {
+            Ok(_) => new,
+            Err(linked) => {
+                // SAFETY: `new` was never published: it is ours alone.
+                unsafe { Block::free(new) };
+                linked
+            }
+        }
     }
 
     /// Pops the value at the front, or returns `None` if the queue is empty. Lock-free.
+    ///
+    /// An empty queue returns `None` without claiming anything. A pop claims a slot only once a
+    /// push has claimed it; if that push has not written its value yet, the pop waits a moment,
+    /// then gives the slot up and tries the next one (the push's value then comes later).
     ///
     /// # Examples
     ///
@@ -452,128 +583,118 @@ impl<T> MsQueue<T> {
     /// assert_eq!(q.pop(), None);
     /// ```
     pub fn pop(&self) -> Option<T> {
-        self.pop_unchecked(&self.pin())
-    }
-
-    /// Pops the value at the front under a guard the caller already holds. Lock-free.
-    ///
-    /// # Panics
-    ///
-    /// If `guard` does not pin the queue's collector (the global one for [`MsQueue::new`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::queue::MsQueue;
-    ///
-    /// let q = MsQueue::new();
-    /// q.push(1);
-    /// let guard = crossbeam_epoch::pin();
-    /// assert_eq!(q.pop_with_guard(&guard), Some(1));
-    /// assert_eq!(q.pop_with_guard(&guard), None);
-    /// ```
-    #[track_caller]
-    pub fn pop_with_guard(&self, guard: &Guard) -> Option<T> {
-        self.check_guard(guard);
-        self.pop_unchecked(guard)
-    }
-
-    fn pop_unchecked(&self, guard: &Guard) -> Option<T> {
         let backoff = Backoff::new();
+        // Acquire (both loads, here and below): as in `push_once`.
+        let mut head = self.head.index.load(Ordering::Acquire);
+        let mut block = self.head.block.load(Ordering::Acquire);
         loop {
-            // Acquire: pairs with the Release CAS in `pop` that stored this `head`, so the node
-            // (initialised by its pusher, published to that popper) is visible to us.
-            let head = self.head.load(Ordering::Acquire, guard);
-            // SAFETY: loaded under `guard`: the epoch keeps the node allocated until `guard`
-            // drops; never null (sentinel).
-            let h = unsafe { head.deref() };
-            // Acquire: pairs with the Release CAS in `push` that linked `next`, so its value is
-            // initialised and visible before we move it out.
-            let next = h.next.load(Ordering::Acquire, guard);
-            // SAFETY: loaded under `guard`, as above; `as_ref` handles null.
-            let n = unsafe { next.as_ref() }?;
-            // `tail` may still point at the sentinel we are about to retire: swing it first, so
-            // `tail` never points behind `head`. Relaxed: only compared, never dereferenced.
-            let tail = self.tail.load(Ordering::Relaxed, guard);
-            if tail == head {
-                self.advance_tail(tail, next, guard);
+            let offset = position(head) % LAP;
+            if offset == BLOCK_CAP {
+                // Another pop took the block's last slot and has not moved `head` on: help.
+                self.finish_lap(&self.head, head);
+                head = self.head.index.load(Ordering::Acquire);
+                block = self.head.block.load(Ordering::Acquire);
+                continue;
             }
-            // Release: publishes the new sentinel (as seen through our Acquire of `next`) to
-            // the next popper's Acquire load of `head`. Relaxed on failure: we retry from a
-            // fresh Acquire load.
-            match self.head.compare_exchange(
+            let mut new_head = head + (1 << SHIFT);
+            if new_head & HAS_NEXT == 0 {
+                // SeqCst: a pop that returns `None` is linearised at this load, ordered with
+                // the claims of every push.
+                let tail = self.tail.index.load(Ordering::SeqCst);
+                if position(head) >= position(tail) {
+                    return None;
+                }
+                if position(head) / LAP != position(tail) / LAP {
+                    // `tail` has left our block: every slot of it was claimed by a push.
+                    new_head |= HAS_NEXT;
+                }
+            }
+            // SeqCst: as in `push_once`. Acquire on failure: we reread the block pointer.
+            match self.head.index.compare_exchange_weak(
                 head,
-                next,
-                Ordering::Release,
-                Ordering::Relaxed,
-                guard,
+                new_head,
+                Ordering::SeqCst,
+                Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // SAFETY: winning the CAS made `n` the sentinel and gave this thread sole
-                    // ownership of its value, which its pusher initialised and published (our
-                    // Acquire load of `next`); no other pop can win the same swing, and the
-                    // sentinel's value is never read again, so it is moved out exactly once.
-                    let value = n.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
-                    // The old sentinel stays in the retired prefix. Relaxed: published to us by
-                    // the Acquire load of `next`.
-                    let position = n.seq.load(Ordering::Relaxed);
-                    if position % RECYCLE_BATCH == 0 {
-                        self.recycle(position, guard);
+                    if offset + 1 == BLOCK_CAP {
+                        // We took the last slot: move `head` to the next block before touching
+                        // the slot, so the block is not retired while `head` points at it.
+                        self.finish_lap(&self.head, new_head);
                     }
-                    return Some(value);
+                    // SAFETY: our claim made `block` the block of position `head`; it cannot be
+                    // freed before our slot is finished.
+                    if let Some(value) = unsafe { self.read(block, offset) } {
+                        return Some(value);
+                    }
+                    // Gave the slot up: try the next one.
+                    head = self.head.index.load(Ordering::Acquire);
+                    block = self.head.block.load(Ordering::Acquire);
                 }
-                Err(_) => backoff.spin(),
+                Err(h) => {
+                    head = h;
+                    block = self.head.block.load(Ordering::Acquire);
+                    backoff.spin();
+                }
             }
         }
     }
 
-    /// Pops through exclusive access: no other thread can be inside an operation, so no pin is
-    /// needed, and the retired prefix is freed at once instead of through the epoch.
-    fn pop_exclusive(&mut self) -> Option<T> {
-        // SAFETY: `&mut self`: no other thread can reach the queue, so no node of the list can be
-        // freed or changed under us while we walk it.
-        let guard = unsafe { epoch::unprotected() };
-        // Relaxed (all loads and stores here): `&mut self` means every earlier operation on the
-        // queue happens-before this one; no other thread observes these stores until it is
-        // synchronised with us by whatever hands the queue over.
-        let head = self.head.load(Ordering::Relaxed, guard);
-        // SAFETY: the sentinel is never null and, with exclusive access, never freed by others.
-        let h = unsafe { head.deref() };
-        let next = h.next.load(Ordering::Relaxed, guard);
-        // SAFETY: a linked node, allocated as long as it is in the list (`as_ref` handles null).
-        let n = unsafe { next.as_ref() }?;
-        // SAFETY: `n` follows the sentinel, so its value is initialised and no pop has taken it;
-        // it becomes the sentinel below, whose value is never read again.
-        let value = n.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
-        self.head.store(next, Ordering::Relaxed);
-        if self.tail.load(Ordering::Relaxed, guard) == head {
-            self.tail.store(next, Ordering::Relaxed);
+    /// Takes the value out of a slot this thread claimed for a pop, or gives the slot up if its
+    /// pusher has not written it after a short wait.
+    ///
+    /// # Safety
+    ///
+    /// Slot `offset` of `block` was claimed by this thread's pop.
+    unsafe fn read(&self, block: *mut Block<T>, offset: usize) -> Option<T> {
+        // SAFETY: allocated while our slot is unfinished (the caller's claim).
+        let slot = unsafe { Block::slot(block, offset) };
+        // Acquire (here and in the loop): pairs with the pusher's Release `WRITE`, so the value
+        // is visible.
+        let mut state = slot.state.load(Ordering::Acquire);
+        if state & WRITE == 0 {
+            #[cfg(test)]
+            if hooks::waiting_pop() {
+                // The planted flaw of the progress test: wait for the pusher, however long.
+                while state & WRITE == 0 {
+                    std::thread::yield_now();
+                    state = slot.state.load(Ordering::Acquire);
+                }
+            }
+            // A claimed slot's pusher is between its claim and its write: usually a few
+            // instructions. Wait that long, not more: the pusher may have been preempted.
+            // Neither model checker has a clock to make a spin mean anything.
+            if !UNDER_MODEL_CHECKER {
+                let backoff = Backoff::new();
+                while state & WRITE == 0 && !backoff.is_completed() {
+                    backoff.snooze();
+                    state = slot.state.load(Ordering::Acquire);
+                }
+            }
+            if state & WRITE == 0 {
+                // AcqRel: Release publishes our history (our move of `head`, for the last slot)
+                // to the pusher that sees `ABANDON` and may retire the block; Acquire pairs with
+                // the pusher's Release `WRITE` if it came first, making the value visible.
+                state = slot.state.fetch_or(ABANDON, Ordering::AcqRel);
+                if state & WRITE == 0 {
+                    // Given up: the pusher will take its value back and finish the slot.
+                    return None;
+                }
+            }
         }
-        self.free_prefix_exclusive();
+        // SAFETY: `WRITE` is set and we claimed the slot: the value is initialised, visible
+        // (Acquire above), and ours alone to move out, once.
+        let value = slot.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
+        // SAFETY: we are the slot's last user (the pusher left after setting `WRITE`).
+        unsafe { self.finish_slot(block, offset) };
         Some(value)
     }
 
-    /// Frees the retired prefix through exclusive access.
-    fn free_prefix_exclusive(&mut self) {
-        // SAFETY: `&mut self`, as in `pop_exclusive`.
-        let guard = unsafe { epoch::unprotected() };
-        // Relaxed: exclusive access, as in `pop_exclusive`.
-        let head = self.head.load(Ordering::Relaxed, guard);
-        let mut cur = self.free.load(Ordering::Relaxed, guard);
-        while cur != head {
-            // SAFETY: `cur` is a retired node before `head`: unreachable from `head` and `tail`,
-            // taken by no push (it is still in the prefix), and no other thread can hold it: any
-            // operation that loaded it has returned before `&mut self` was taken, and a guard held
-            // by a thread that runs no queue operation does not dereference queue nodes. Its value
-            // was moved out. Freed exactly once: `free` moves past it below.
-            let node = unsafe { cur.into_owned() };
-            cur = node.next.load(Ordering::Relaxed, guard);
-            drop(node);
-        }
-        self.free.store(head, Ordering::Relaxed);
-    }
-
-    /// Returns `true` if the queue held no value at the moment of the check. Lock-free.
+    /// Returns `true` if the queue was empty at a moment during the call. Wait-free.
+    ///
+    /// `false` means that a push had claimed a slot that no pop had: usually a value is there,
+    /// but a push still between its claim and its write counts too (a pop that then takes the
+    /// slot gives it up and the value arrives later).
     ///
     /// # Examples
     ///
@@ -586,20 +707,16 @@ impl<T> MsQueue<T> {
     /// assert!(!q.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        let guard = self.pin();
-        // Acquire: pairs with the Release CAS in `pop` that stored `head`, so its node is
-        // initialised.
-        let head = self.head.load(Ordering::Acquire, &guard);
-        // SAFETY: loaded under `guard`, never null (sentinel).
-        let h = unsafe { head.deref() };
-        // Relaxed: only compared with null; nothing is read through it.
-        h.next.load(Ordering::Relaxed, &guard).is_null()
+        // SeqCst (both): `head` first, and `head` never passes `tail`'s claims, so `head` at or
+        // past the `tail` read after it means `head` met `tail` at the moment of that read.
+        let head = self.head.index.load(Ordering::SeqCst);
+        let tail = self.tail.index.load(Ordering::SeqCst);
+        position(head) >= position(tail)
     }
 
-    /// Returns the number of values in the queue: a snapshot, exact when no other thread is
-    /// pushing or popping, otherwise a value the queue held at some moment during the call (or
-    /// close to it). O(1) and lock-free: every node stores its position, so the length is the
-    /// distance from head to the last node.
+    /// Returns the number of values in the queue: exact when no other thread is pushing or
+    /// popping; otherwise the number of slots claimed by pushes and not yet by pops at a moment
+    /// during the call (a push between its claim and its write counts). O(1) and lock-free.
     ///
     /// # Examples
     ///
@@ -613,61 +730,21 @@ impl<T> MsQueue<T> {
     /// assert_eq!(q.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.len_unchecked(&self.pin())
-    }
-
-    /// [`len`](Self::len) under a guard the caller already holds.
-    ///
-    /// # Panics
-    ///
-    /// If `guard` does not pin the queue's collector (the global one for [`MsQueue::new`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::queue::MsQueue;
-    ///
-    /// let q = MsQueue::new();
-    /// let guard = crossbeam_epoch::pin();
-    /// q.push_with_guard('a', &guard);
-    /// assert_eq!(q.len_with_guard(&guard), 1);
-    /// ```
-    #[track_caller]
-    pub fn len_with_guard(&self, guard: &Guard) -> usize {
-        self.check_guard(guard);
-        self.len_unchecked(guard)
-    }
-
-    fn len_unchecked(&self, guard: &Guard) -> usize {
-        // Acquire (both loads): pair with the Release CASes that stored these pointers, so the
-        // nodes' `seq` fields are visible. `head` is read first: `tail` never falls behind
-        // `head`, so the tail read afterwards is at or past it.
-        let head = self.head.load(Ordering::Acquire, guard);
-        let mut tail = self.tail.load(Ordering::Acquire, guard);
         loop {
-            // SAFETY: loaded under `guard`: neither freed nor reused until it drops; never null.
-            let t = unsafe { tail.deref() };
-            // Acquire: pairs with the Release link in `push`, so the next node's `seq` is
-            // visible. `tail` lags by at most one link per pusher in flight: this walk is short.
-            let next = t.next.load(Ordering::Acquire, guard);
-            if next.is_null() {
-                break;
+            // SeqCst (all three): `tail` read twice around `head`; if it did not move, both were
+            // current at the moment `head` was read.
+            let tail = self.tail.index.load(Ordering::SeqCst);
+            let head = self.head.index.load(Ordering::SeqCst);
+            if self.tail.index.load(Ordering::SeqCst) == tail {
+                // `head` may run one lap ahead of `tail` for a moment (its move to the next
+                // block completed first): the queue is empty then.
+                return slots_before(position(tail)).saturating_sub(slots_before(position(head)));
             }
-            tail = next;
         }
-        // SAFETY: loaded under `guard`: neither freed nor reused until it drops; never null.
-        let t = unsafe { tail.deref() };
-        // SAFETY: as for `t`.
-        let h = unsafe { head.deref() };
-        // Relaxed: both positions were published to us by the Acquire loads above.
-        t.seq
-            .load(Ordering::Relaxed)
-            .wrapping_sub(h.seq.load(Ordering::Relaxed))
     }
 
     /// Pops every value, front to back, through a mutable borrow: no other thread can push
-    /// meanwhile, so the drain ends exactly when the queue is empty. Exclusive access needs no
-    /// epoch pin, and nodes are freed at once.
+    /// meanwhile, so the drain ends exactly when the queue is empty.
     ///
     /// # Examples
     ///
@@ -712,27 +789,40 @@ impl<T> fmt::Debug for MsQueue<T> {
 
 impl<T> Drop for MsQueue<T> {
     fn drop(&mut self) {
-        self.free_prefix_exclusive();
-        // SAFETY: `&mut self`: no other thread can reach the queue, so nothing races with this
-        // walk and no thread can still be reading the nodes still linked.
-        let guard = unsafe { epoch::unprotected() };
-        // Relaxed: `&mut self` means we are synchronised with every past user of the queue.
-        let mut cur = self.head.load(Ordering::Relaxed, guard);
-        let mut is_sentinel = true;
-        while !cur.is_null() {
-            // SAFETY: `cur` is the sentinel or a node after it, owned by the queue alone (see
-            // above) and freed exactly once, here; `next` is read before it is freed.
-            let node = unsafe { cur.into_owned() };
-            let next = node.next.load(Ordering::Relaxed, guard);
-            if !is_sentinel {
-                // SAFETY: every node after the sentinel holds an initialised value that no pop
-                // took, and the node is about to be freed: the value is dropped exactly once.
-                node.value
+        // Relaxed (all loads here): `&mut self` means every operation on the queue happened
+        // before this drop, and none is in flight: every claimed slot between `head` and `tail`
+        // holds a written value, and every block before `head` has been retired.
+        let head = position(self.head.index.load(Ordering::Relaxed));
+        let tail = position(self.tail.index.load(Ordering::Relaxed));
+        let mut block = self.head.block.load(Ordering::Relaxed);
+        let mut pos = head;
+        while pos < tail {
+            let offset = pos % LAP;
+            if offset < BLOCK_CAP {
+                // SAFETY: `block` is the block of this lap (we follow `next` at each lap's end),
+                // allocated until we free it below.
+                let slot = unsafe { Block::slot(block, offset) };
+                // SAFETY: a slot between `head` and `tail` with no operation in flight: written,
+                // not taken; the value is dropped exactly once, here.
+                slot.value
                     .with_mut(|p| unsafe { ptr::drop_in_place(p.cast::<T>()) });
+            } else {
+                // SAFETY: the used-up block is not yet retired (its slots from `head` on were
+                // not finished); nobody else can reach it; freed once, here.
+                let next = unsafe { (*block).next.load(Ordering::Relaxed) };
+                // SAFETY: as above.
+                unsafe { Block::free(block) };
+                block = next;
             }
-            is_sentinel = false;
-            drop(node);
-            cur = next;
+            pos += 1;
+        }
+        while !block.is_null() {
+            // SAFETY: the block of `tail` and any linked after it: reachable only from here;
+            // each freed once.
+            let next = unsafe { (*block).next.load(Ordering::Relaxed) };
+            // SAFETY: as above.
+            unsafe { Block::free(block) };
+            block = next;
         }
     }
 }
@@ -759,7 +849,7 @@ impl<T> Iterator for Drain<'_, T> {
     type Item = T;
 
     fn next(&mut self) -> Option<T> {
-        self.queue.pop_exclusive()
+        self.queue.pop()
     }
 }
 
@@ -793,7 +883,7 @@ impl<T> Iterator for IntoIter<T> {
     type Item = T;
 
     fn next(&mut self) -> Option<T> {
-        self.queue.pop_exclusive()
+        self.queue.pop()
     }
 }
 
@@ -811,5 +901,215 @@ impl<T> IntoIterator for MsQueue<T> {
 
     fn into_iter(self) -> IntoIter<T> {
         IntoIter { queue: self }
+    }
+}
+
+/// Test-only hooks for the progress test: stall the calling thread at a point of a push until
+/// the test resumes it, and plant a pop that waits for its pusher (the flaw the test must catch).
+#[cfg(test)]
+mod hooks {
+    use std::cell::{Cell, RefCell};
+    use std::sync::mpsc::{Receiver, Sender};
+
+    /// Where a push can be stalled.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Point {
+        /// After claiming a slot, before writing it.
+        Claimed,
+        /// After claiming a block's last slot, before linking the next block and moving `tail`.
+        Linking,
+    }
+
+    type Stall = (Point, Sender<()>, Receiver<()>);
+
+    std::thread_local! {
+        static STALL: RefCell<Option<Stall>> = const { RefCell::new(None) };
+        static WAITING_POP: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The calling thread's next push to reach `point` reports on `reached`, then waits for a
+    /// message on `resume`. Once only.
+    pub(super) fn stall_at(point: Point, reached: Sender<()>, resume: Receiver<()>) {
+        STALL.with(|s| *s.borrow_mut() = Some((point, reached, resume)));
+    }
+
+    /// Called by a push at `point`.
+    pub(super) fn reach(point: Point) {
+        let stall = STALL.with(|s| {
+            let mut s = s.borrow_mut();
+            if matches!(&*s, Some((p, _, _)) if *p == point) {
+                s.take()
+            } else {
+                None
+            }
+        });
+        if let Some((_, reached, resume)) = stall {
+            reached.send(()).expect("the test waits for the stall");
+            resume.recv().expect("the test resumes the stalled push");
+        }
+    }
+
+    /// Makes the calling thread's pops wait for their pusher instead of giving the slot up.
+    pub(super) fn plant_waiting_pop() {
+        WAITING_POP.with(|w| w.set(true));
+    }
+
+    pub(super) fn waiting_pop() -> bool {
+        WAITING_POP.with(Cell::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hooks, MsQueue, BLOCK_CAP};
+    use std::collections::HashSet;
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    /// Operations per free-running worker.
+    const OPS: u64 = 2_000;
+    /// How long the free-running workers may take while two pushes are stalled.
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// Value tags, so that every value is distinct.
+    const STALLED_CLAIM: u64 = 1 << 40;
+    const STALLED_LINK: u64 = 2 << 40;
+    const FILLER: u64 = 3 << 40;
+
+    /// Stalls one push after its claim and another in the middle of moving `tail` to a new block;
+    /// then two pushers and two poppers run `OPS` operations each. `Ok` if they all finished
+    /// before the watchdog; either way the stalled pushes are resumed and every value is checked
+    /// to come out exactly once.
+    fn run_with_stalled_pushes(waiting_pop: bool) -> Result<(), String> {
+        let q = Arc::new(MsQueue::new());
+
+        // One push stalls after claiming slot 0.
+        let (reached, stalled) = channel();
+        let (resume_claim, wait_claim) = channel();
+        let claim = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                hooks::stall_at(hooks::Point::Claimed, reached, wait_claim);
+                q.push(STALLED_CLAIM);
+            })
+        };
+        stalled
+            .recv_timeout(WATCHDOG)
+            .map_err(|e| format!("the first push never stalled: {e}"))?;
+
+        // Fill the block up to its last slot; another push stalls after claiming that one.
+        for i in 1..BLOCK_CAP as u64 - 1 {
+            q.push(FILLER + i);
+        }
+        let (reached, stalled) = channel();
+        let (resume_link, wait_link) = channel();
+        let link = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                hooks::stall_at(hooks::Point::Linking, reached, wait_link);
+                q.push(STALLED_LINK);
+            })
+        };
+        stalled
+            .recv_timeout(WATCHDOG)
+            .map_err(|e| format!("the second push never stalled: {e}"))?;
+
+        // Free-running workers: they must all finish while both pushes stay stalled.
+        let (done, finished) = channel();
+        let mut workers = Vec::new();
+        for w in 0..4u64 {
+            let q = Arc::clone(&q);
+            let done = done.clone();
+            workers.push(thread::spawn(move || {
+                let mut got = Vec::new();
+                if w < 2 {
+                    for i in 0..OPS {
+                        q.push((w << 32) | i);
+                    }
+                } else {
+                    if waiting_pop {
+                        hooks::plant_waiting_pop();
+                    }
+                    for _ in 0..OPS {
+                        got.extend(q.pop());
+                    }
+                }
+                done.send(()).expect("the test is waiting");
+                got
+            }));
+        }
+        drop(done);
+        let mut outcome = Ok(());
+        for _ in 0..workers.len() {
+            match finished.recv_timeout(WATCHDOG) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    outcome = Err("a worker waited for a stalled push".to_string());
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    outcome = Err("a worker panicked".to_string());
+                    break;
+                }
+            }
+        }
+
+        // Resume the stalled pushes; everything must come out exactly once.
+        resume_link.send(()).expect("the stalled push waits");
+        resume_claim.send(()).expect("the stalled push waits");
+        link.join().map_err(|_| "the linking push panicked")?;
+        claim.join().map_err(|_| "the claiming push panicked")?;
+        let mut seen = HashSet::new();
+        for w in workers {
+            for v in w.join().map_err(|_| "a worker panicked")? {
+                assert!(seen.insert(v), "{v:#x} popped twice");
+            }
+        }
+        while let Some(v) = q.pop() {
+            assert!(seen.insert(v), "{v:#x} popped twice");
+        }
+        let mut want: HashSet<u64> = (0..2u64)
+            .flat_map(|w| (0..OPS).map(move |i| (w << 32) | i))
+            .collect();
+        want.extend((1..BLOCK_CAP as u64 - 1).map(|i| FILLER + i));
+        want.insert(STALLED_CLAIM);
+        want.insert(STALLED_LINK);
+        assert_eq!(seen, want, "values lost or invented");
+        assert_eq!(q.len(), 0);
+        outcome
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // threads, channels and a watchdog: far too slow under Miri
+    fn no_thread_waits_for_a_stalled_push() {
+        run_with_stalled_pushes(false).unwrap();
+    }
+
+    /// The check above can fail: with pops that wait for their pusher, the watchdog fires.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_waiting_pop_fails_the_progress_check() {
+        let outcome = run_with_stalled_pushes(true);
+        assert!(
+            outcome.is_err(),
+            "pops that wait for a stalled pusher should have tripped the watchdog"
+        );
+    }
+
+    #[test]
+    fn len_counts_slots_across_blocks() {
+        let q = MsQueue::new();
+        for i in 0..3 * BLOCK_CAP + 5 {
+            assert_eq!(q.len(), i);
+            q.push(i);
+        }
+        for i in 0..3 * BLOCK_CAP + 5 {
+            assert_eq!(q.pop(), Some(i));
+            assert_eq!(q.len(), 3 * BLOCK_CAP + 4 - i);
+        }
+        assert!(q.is_empty());
+        assert_eq!(q.pop(), None);
     }
 }

@@ -67,15 +67,15 @@ compile_error!("`--cfg loom` and `--cfg shuttle` exclude each other: run one che
 
 #[cfg(not(any(loom, shuttle)))]
 pub(crate) use core::sync::atomic::{
-    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 #[cfg(shuttle)]
 pub(crate) use shuttle::sync::atomic::{
-    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
 #[cfg(loom)]
@@ -92,12 +92,76 @@ pub(crate) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Whether the crate runs under a model checker, loom or shuttle, for the few tuning constants
 /// that must be tiny there so that a model of a handful of operations still reaches the code paths
-/// they gate (node recycling, one flight shard, one stats cell), and for the spins before a park,
-/// which neither checker can use: neither has a clock, and a spin only adds schedule points that
-/// lead to the same states as parking at once. Under shuttle this keeps the paths the loom models
-/// check and lets longer sequences reach them more often; the spin paths are left to the std
-/// stress tests.
-pub(crate) const UNDER_LOOM: bool = cfg!(any(loom, shuttle));
+/// they gate (one flight shard, one stats cell), and for the spins before a park or before a pop
+/// gives up on a slot, which neither checker can use: neither has a clock, and a spin only adds
+/// schedule points that lead to the same states as giving up at once. Under shuttle this keeps the
+/// paths the loom models check and lets longer sequences reach them more often; the spin paths are
+/// left to the std stress tests.
+pub(crate) const UNDER_MODEL_CHECKER: bool = cfg!(any(loom, shuttle));
+
+/// Whether an all-zero bit pattern is a valid value of this world's atomics, so that a structure
+/// of them can be allocated zeroed on the heap instead of built on the stack and moved: true for
+/// std's, false for loom's and shuttle's, which register themselves with their checker when
+/// constructed.
+pub(crate) const ZEROED_ATOMICS_VALID: bool = !cfg!(any(loom, shuttle));
+
+/// Slots per block of [`MsQueue`](crate::queue::MsQueue). Under loom two, so that a model of three
+/// or four pushes crosses a block boundary (link, swing, help, free); under shuttle four, so that
+/// its longer runs cross many. Elsewhere 31: with the block's header the allocation of a block of
+/// small values stays within a few cache lines' multiple, and a block is allocated once per 31
+/// values.
+pub(crate) const QUEUE_BLOCK_CAP: usize = if cfg!(loom) {
+    2
+} else if cfg!(shuttle) {
+    4
+} else {
+    31
+};
+
+/// Counts of the queue's block allocations and frees, kept only under loom (per model execution,
+/// through loom's `lazy_static`), so that loom models can check that every block is freed exactly
+/// once. Elsewhere the notes compile to nothing and the counts read zero.
+pub mod census {
+    #[cfg(loom)]
+    loom::lazy_static! {
+        // std's atomics, not loom's: counting must add no schedule point to the model.
+        static ref ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        static ref FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    }
+
+    /// Notes one block allocated.
+    #[inline]
+    pub(crate) fn note_alloc() {
+        // Relaxed (all four): a count, read after the model's threads are joined.
+        #[cfg(loom)]
+        ALLOCATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Notes one block freed.
+    #[inline]
+    pub(crate) fn note_free() {
+        #[cfg(loom)]
+        FREED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many queue blocks this loom execution has allocated (zero outside loom).
+    #[must_use]
+    pub fn blocks_allocated() -> usize {
+        #[cfg(loom)]
+        return ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(loom))]
+        0
+    }
+
+    /// How many queue blocks this loom execution has freed (zero outside loom).
+    #[must_use]
+    pub fn blocks_freed() -> usize {
+        #[cfg(loom)]
+        return FREED.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(loom))]
+        0
+    }
+}
 
 #[cfg(not(shuttle))]
 pub(crate) use crossbeam_epoch as epoch;

@@ -4,9 +4,9 @@
 //! - `MsQueue` vs `VecDeque`: `push`, `pop`, `len`, `is_empty`, partial and full `drain`, and
 //!   partial `into_iter` (whose dropped remainder must drop its values). Values count their live
 //!   instances, so after every step the number alive equals the model's length: nothing leaked,
-//!   nothing dropped twice. Half the seeds use the global collector with plain `push`/`pop`, half
-//!   a local `Collector` with `push_with_guard`/`pop_with_guard`. The push probability changes
-//!   in phases, so the queue grows to hundreds of values and shrinks back (node recycling runs).
+//!   nothing dropped twice. Half the seeds use the global collector, half a local `Collector`.
+//!   The push probability changes in phases, so the queue grows to hundreds of values and shrinks
+//!   back (blocks are allocated and retired as it does).
 //! - `Cache` without eviction (capacity at least the number of keys, sometimes exactly it) vs
 //!   `HashMap`: `get`, `peek`, `contains_key`, `insert`, `remove`, `compare_exchange`, `len`,
 //!   `is_empty` and a rare `clear`, every result equal to the model's; `weight() == len()`, and
@@ -207,51 +207,39 @@ enum QueueStep {
     IntoIterSome(usize),
 }
 
-/// The queue under test: on the global collector, or on a local one through the guard methods.
+/// The queue under test: on the global collector, or on a local one.
 struct QueueUnderTest {
     queue: MsQueue<Tracked>,
-    /// The handle before the collector: a tuple drops its fields in order, and crossbeam-epoch
-    /// 0.9.21 breaks Tree Borrows inside itself when a handle outlives its last `Collector`.
-    local: Option<(crossbeam_epoch::LocalHandle, Collector)>,
+    /// The local collector, if any, for fresh queues on the same kind of collector.
+    collector: Option<Collector>,
 }
 
 impl QueueUnderTest {
     fn new(local: bool) -> Self {
-        if local {
-            let collector = Collector::new();
-            let handle = collector.register();
-            Self {
-                queue: MsQueue::with_collector(collector.clone()),
-                local: Some((handle, collector)),
-            }
-        } else {
-            Self {
-                queue: MsQueue::new(),
-                local: None,
-            }
+        let collector = local.then(Collector::new);
+        Self {
+            queue: match &collector {
+                Some(c) => MsQueue::with_collector(c.clone()),
+                None => MsQueue::new(),
+            },
+            collector,
         }
     }
 
     /// A fresh empty queue on the same kind of collector.
     fn fresh(&self) -> MsQueue<Tracked> {
-        match &self.local {
-            Some((_, collector)) => MsQueue::with_collector(collector.clone()),
+        match &self.collector {
+            Some(collector) => MsQueue::with_collector(collector.clone()),
             None => MsQueue::new(),
         }
     }
 
     fn push(&self, v: Tracked) {
-        match &self.local {
-            Some((handle, _)) => self.queue.push_with_guard(v, &handle.pin()),
-            None => self.queue.push(v),
-        }
+        self.queue.push(v);
     }
 
     fn pop(&self) -> Option<Tracked> {
-        match &self.local {
-            Some((handle, _)) => self.queue.pop_with_guard(&handle.pin()),
-            None => self.queue.pop(),
-        }
+        self.queue.pop()
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! Each value is a `Tracked` payload that records its own drop in a shared `DropLog`, which
 //! notices a value dropped twice (and, at the end of a test, a value never dropped). Queues are
-//! built on a local epoch `Collector` that is dropped before the final check, so any node the
-//! epoch still held has been freed by then: a node whose destruction dropped a value already
+//! built on a local epoch `Collector` that is dropped before the final check, so any block the
+//! epoch still held has been freed by then: a block whose destruction dropped a value already
 //! popped would show up as a double drop.
 
 use crossbeam_epoch::Collector;
@@ -191,16 +191,10 @@ fn concurrent_pushes_then_drop() {
     let (q, collector) = local_queue();
     thread::scope(|s| {
         for t in 0..THREADS {
-            let (q, log, collector) = (&q, &log, &collector);
+            let (q, log) = (&q, &log);
             s.spawn(move || {
-                let handle = collector.register();
                 for i in 0..per_thread {
-                    let v = Tracked::new(t * per_thread + i, log);
-                    if i % 2 == 0 {
-                        q.push(v);
-                    } else {
-                        q.push_with_guard(v, &handle.pin());
-                    }
+                    q.push(Tracked::new(t * per_thread + i, log));
                 }
             });
         }
@@ -220,15 +214,13 @@ fn concurrent_push_and_pop_then_drop() {
     let (q, collector) = local_queue();
     thread::scope(|s| {
         for t in 0..THREADS {
-            let (q, log, collector) = (&q, &log, &collector);
+            let (q, log) = (&q, &log);
             s.spawn(move || {
-                let handle = collector.register();
                 for i in 0..per_thread {
-                    let guard = handle.pin();
-                    q.push_with_guard(Tracked::new(t * per_thread + i, log), &guard);
+                    q.push(Tracked::new(t * per_thread + i, log));
                     // Every other round, pop one (someone's) value and drop it here.
                     if i % 2 == 1 {
-                        drop(q.pop_with_guard(&guard));
+                        drop(q.pop());
                     }
                 }
             });
@@ -244,7 +236,7 @@ fn concurrent_push_and_pop_then_drop() {
 
 #[test]
 fn global_collector_queue_drops_values_once() {
-    // `MsQueue::new()`: popped nodes go to the global collector, which frees them at some later
+    // `MsQueue::new()`: retired blocks go to the global collector, which frees them at some later
     // time; values never depend on that, so the counts are exact as soon as the queue drops.
     let log = DropLog::new(N);
     let q = MsQueue::new();
@@ -255,7 +247,7 @@ fn global_collector_queue_drops_values_once() {
         drop(q.pop());
     }
     drop(q);
-    // Let the global collector free what it can; a node destructor dropping a popped value
+    // Let the global collector free what it can; a block destructor dropping a popped value
     // would then show as a second drop.
     for _ in 0..4 {
         crossbeam_epoch::pin().flush();

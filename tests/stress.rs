@@ -2,8 +2,8 @@
 //!
 //! - `MsQueue`: 4 producers x 4 consumers; every value is seen exactly once, and each consumer
 //!   sees every producer's values in the order that producer pushed them. Once with
-//!   crossbeam-epoch's global collector and plain `push`/`pop`, once with a local collector and
-//!   the `*_with_guard` methods.
+//!   crossbeam-epoch's global collector, once with a local collector (retired blocks freed
+//!   through it).
 //! - `AtomicCounter` and `ShardedCounter`: no increment is lost across 4 threads.
 //! - `AtomicCounter::try_add_below`: 4 threads admitting and releasing never push the value past
 //!   the limit.
@@ -63,19 +63,9 @@ impl Drop for StopOnPanic<'_> {
     }
 }
 
-/// How the threads reach the queue: plain `push`/`pop`, or `*_with_guard` with a handle each.
-#[derive(Clone, Copy)]
-enum Access {
-    Plain,
-    /// Re-pin every this many operations, so retired nodes are actually reclaimed meanwhile.
-    Guarded {
-        repin_every: usize,
-    },
-}
-
 /// Runs 4 producers and 4 consumers over `q`, then checks exactly-once delivery and
 /// per-producer FIFO order as seen by every consumer.
-fn mpmc(q: &MsQueue<u64>, collector: Option<&Collector>, access: Access) {
+fn mpmc(q: &MsQueue<u64>) {
     let total = total_values();
     let per_producer = total / PRODUCERS;
     let seen: Vec<AtomicBool> = (0..total).map(|_| AtomicBool::new(false)).collect();
@@ -89,24 +79,8 @@ fn mpmc(q: &MsQueue<u64>, collector: Option<&Collector>, access: Access) {
             s.spawn(move || {
                 let _finished = Finished(producers_done);
                 let _stop = StopOnPanic(stop);
-                match access {
-                    Access::Plain => {
-                        for seq in 0..per_producer {
-                            q.push(encode(p, seq));
-                        }
-                    }
-                    Access::Guarded { repin_every } => {
-                        let handle = collector
-                            .expect("guarded access needs a collector")
-                            .register();
-                        let mut guard = handle.pin();
-                        for seq in 0..per_producer {
-                            if seq % repin_every == 0 {
-                                guard.repin();
-                            }
-                            q.push_with_guard(encode(p, seq), &guard);
-                        }
-                    }
+                for seq in 0..per_producer {
+                    q.push(encode(p, seq));
                 }
             });
         }
@@ -114,25 +88,12 @@ fn mpmc(q: &MsQueue<u64>, collector: Option<&Collector>, access: Access) {
             let (seen, producers_done, popped, stop) = (&seen, &producers_done, &popped, &stop);
             s.spawn(move || {
                 let _stop = StopOnPanic(stop);
-                let handle = collector.map(Collector::register);
-                let mut guard = handle.as_ref().map(|h| h.pin());
                 let mut last_seq: [Option<usize>; PRODUCERS] = [None; PRODUCERS];
-                let mut ops = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     // Read the flag before popping: if every producer had finished before this
                     // load and the pop still finds nothing, the queue is empty for good.
                     let all_pushed = producers_done.load(Ordering::Acquire) == PRODUCERS;
-                    let value = match (access, guard.as_mut()) {
-                        (Access::Guarded { repin_every }, Some(g)) => {
-                            ops += 1;
-                            if ops % repin_every == 0 {
-                                g.repin();
-                            }
-                            q.pop_with_guard(g)
-                        }
-                        _ => q.pop(),
-                    };
-                    let Some(v) = value else {
+                    let Some(v) = q.pop() else {
                         if all_pushed {
                             break;
                         }
@@ -180,14 +141,13 @@ fn mpmc(q: &MsQueue<u64>, collector: Option<&Collector>, access: Access) {
 #[test]
 fn queue_mpmc_4p4c_global_collector() {
     let q = MsQueue::new();
-    mpmc(&q, None, Access::Plain);
+    mpmc(&q);
 }
 
 #[test]
-fn queue_mpmc_4p4c_local_collector_with_guards() {
-    let collector = Collector::new();
-    let q = MsQueue::with_collector(collector.clone());
-    mpmc(&q, Some(&collector), Access::Guarded { repin_every: 64 });
+fn queue_mpmc_4p4c_local_collector() {
+    let q = MsQueue::with_collector(Collector::new());
+    mpmc(&q);
 }
 
 const COUNTER_THREADS: usize = 4;

@@ -9,7 +9,8 @@
 //! - the contenders, each seen through one trait: [`queues`] (`benches/queue.rs`,
 //!   `benches/compare.rs`), [`counters`] (`benches/counter.rs`, `benches/compare.rs`) and
 //!   [`caches`] (`benches/cache.rs`, `benches/cache_compare.rs`);
-//! - [`PinnedLocal`]: the per-thread pinned guard of the `*_with_guard` contenders.
+//! - [`PinnedLocal`]: the per-thread pinned guard of the cache contender driven through its
+//!   `*_with_guard` methods.
 //!
 //! Not every bench uses every item, so each includes this module under
 //! `#[allow(dead_code)]`.

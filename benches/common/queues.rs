@@ -1,10 +1,8 @@
-//! The queue contenders of `benches/queue.rs` and `benches/compare.rs`: latchless's `MsQueue`
-//! (plain, and through `*_with_guard` with a pinned guard), `crossbeam_queue::SegQueue`,
-//! `concurrent_queue::ConcurrentQueue::unbounded`, `Mutex<VecDeque>` and
-//! `crossbeam_channel::unbounded`, behind [`BenchQueue`], with the workers that drive them.
+//! The queue contenders of `benches/queue.rs` and `benches/compare.rs`: latchless's `MsQueue`,
+//! `crossbeam_queue::SegQueue`, `concurrent_queue::ConcurrentQueue::unbounded`, `Mutex<VecDeque>`
+//! and `crossbeam_channel::unbounded`, behind [`BenchQueue`], with the workers that drive them.
 
 use super::workers::{share, share_len, Job};
-use super::PinnedLocal;
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_queue::SegQueue;
 use latchless::queue::MsQueue;
@@ -15,89 +13,57 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Instant;
 
-/// A queue under test, seen through per-thread state so that contenders that profit from
-/// per-thread setup (a pinned epoch guard) can use it.
+/// A queue under test.
 pub(crate) trait BenchQueue: Sync {
-    /// Per-thread state, made on the worker thread.
-    type Local;
     fn make() -> Self;
-    fn local(&self) -> Self::Local;
-    fn push(&self, local: &mut Self::Local, v: u64);
-    fn pop(&self, local: &mut Self::Local) -> Option<u64>;
+    fn push(&self, v: u64);
+    fn pop(&self) -> Option<u64>;
 }
 
 impl BenchQueue for MsQueue<u64> {
-    type Local = ();
     fn make() -> Self {
         MsQueue::new()
     }
-    fn local(&self) {}
-    fn push(&self, (): &mut (), v: u64) {
+    fn push(&self, v: u64) {
         MsQueue::push(self, v);
     }
-    fn pop(&self, (): &mut ()) -> Option<u64> {
+    fn pop(&self) -> Option<u64> {
         MsQueue::pop(self)
     }
 }
 
-/// `MsQueue` driven through `push_with_guard`/`pop_with_guard`, each worker holding one guard
-/// and repinning it every [`REPIN_EVERY`](super::REPIN_EVERY) operations.
-pub(crate) struct MsQueuePinned(MsQueue<u64>);
-
-impl BenchQueue for MsQueuePinned {
-    type Local = PinnedLocal;
-    fn make() -> Self {
-        Self(MsQueue::new())
-    }
-    fn local(&self) -> PinnedLocal {
-        PinnedLocal::pin()
-    }
-    fn push(&self, local: &mut PinnedLocal, v: u64) {
-        self.0.push_with_guard(v, local.tick());
-    }
-    fn pop(&self, local: &mut PinnedLocal) -> Option<u64> {
-        self.0.pop_with_guard(local.tick())
-    }
-}
-
 impl BenchQueue for SegQueue<u64> {
-    type Local = ();
     fn make() -> Self {
         SegQueue::new()
     }
-    fn local(&self) {}
-    fn push(&self, (): &mut (), v: u64) {
+    fn push(&self, v: u64) {
         SegQueue::push(self, v);
     }
-    fn pop(&self, (): &mut ()) -> Option<u64> {
+    fn pop(&self) -> Option<u64> {
         SegQueue::pop(self)
     }
 }
 
 impl BenchQueue for concurrent_queue::ConcurrentQueue<u64> {
-    type Local = ();
     fn make() -> Self {
         concurrent_queue::ConcurrentQueue::unbounded()
     }
-    fn local(&self) {}
-    fn push(&self, (): &mut (), v: u64) {
+    fn push(&self, v: u64) {
         concurrent_queue::ConcurrentQueue::push(self, v).expect("unbounded and never closed");
     }
-    fn pop(&self, (): &mut ()) -> Option<u64> {
+    fn pop(&self) -> Option<u64> {
         concurrent_queue::ConcurrentQueue::pop(self).ok()
     }
 }
 
 impl BenchQueue for Mutex<VecDeque<u64>> {
-    type Local = ();
     fn make() -> Self {
         Mutex::new(VecDeque::new())
     }
-    fn local(&self) {}
-    fn push(&self, (): &mut (), v: u64) {
+    fn push(&self, v: u64) {
         self.lock().unwrap().push_back(v);
     }
-    fn pop(&self, (): &mut ()) -> Option<u64> {
+    fn pop(&self) -> Option<u64> {
         self.lock().unwrap().pop_front()
     }
 }
@@ -106,27 +72,24 @@ impl BenchQueue for Mutex<VecDeque<u64>> {
 pub(crate) struct Channel(Sender<u64>, Receiver<u64>);
 
 impl BenchQueue for Channel {
-    type Local = ();
     fn make() -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Self(tx, rx)
     }
-    fn local(&self) {}
-    fn push(&self, (): &mut (), v: u64) {
+    fn push(&self, v: u64) {
         self.0
             .send(v)
             .expect("the receiver lives as long as the sender");
     }
-    fn pop(&self, (): &mut ()) -> Option<u64> {
+    fn pop(&self) -> Option<u64> {
         self.1.try_recv().ok()
     }
 }
 
 /// Pushes `values`; returns 0, a producer's share of the checksum.
 pub(crate) fn produce<Q: BenchQueue>(q: &Q, values: Range<u64>) -> u64 {
-    let mut local = q.local();
     for v in values {
-        q.push(&mut local, v);
+        q.push(v);
     }
     0
 }
@@ -135,12 +98,11 @@ pub(crate) fn produce<Q: BenchQueue>(q: &Q, values: Range<u64>) -> u64 {
 /// yields (4 threads oversubscribe 2 cores: the producer it waits for may need this core); past
 /// `deadline` it panics instead of spinning forever on values that were lost.
 pub(crate) fn consume<Q: BenchQueue>(q: &Q, quota: u64, deadline: Instant) -> u64 {
-    let mut local = q.local();
     let mut got = 0u64;
     let mut sum = 0u64;
     let mut idle = 0u32;
     while got < quota {
-        if let Some(v) = q.pop(&mut local) {
+        if let Some(v) = q.pop() {
             sum = sum.wrapping_add(black_box(v));
             got += 1;
             idle = 0;
@@ -162,16 +124,15 @@ pub(crate) fn consume<Q: BenchQueue>(q: &Q, quota: u64, deadline: Instant) -> u6
 /// One thread pushes a batch of `batch` values and pops them all, `ops` values in all; returns
 /// the sum of the values popped.
 pub(crate) fn single<Q: BenchQueue>(q: &Q, ops: u64, batch: u64) -> u64 {
-    let mut local = q.local();
     let mut sum = 0u64;
     let mut next = 0u64;
     while next < ops {
         let end = (next + batch).min(ops);
         for v in next..end {
-            q.push(&mut local, v);
+            q.push(v);
         }
         for _ in next..end {
-            let v = q.pop(&mut local).expect("a value pushed by this thread");
+            let v = q.pop().expect("a value pushed by this thread");
             sum = sum.wrapping_add(black_box(v));
         }
         next = end;

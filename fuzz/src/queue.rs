@@ -1,17 +1,17 @@
 //! The `queue` target: [`MsQueue`] against a `VecDeque` of value ids.
 //!
 //! The queue is built on a `Collector` made for this input alone (and dropped at its end), so
-//! epoch garbage cannot pile up across inputs and reclamation is exact. Operations: `push`, `pop`
-//! (each plain, which registers a fresh handle per call, and `*_with_guard`), bursts of pushes and
-//! pops through a guard (to pass the queue's node-recycling thresholds: a reuse marker every 128
-//! pops, 2,048 retired nodes kept), `len`, `len_with_guard`, `is_empty`, partial and full `drain`,
-//! partial `into_iter`, holding a second participant's guard across steps (which holds the epoch
-//! back), and flushing epoch garbage.
+//! epoch garbage cannot pile up across inputs and reclamation is exact. Operations: `push`, `pop`,
+//! bursts of pushes and pops (crossing many block boundaries, so blocks are allocated and
+//! retired), `len`, `is_empty`, partial and full `drain`, partial `into_iter`, holding a second
+//! participant's guard across steps (which holds the epoch back, so retired blocks wait), and
+//! flushing epoch garbage.
 //!
 //! Every value carries a fresh id; the model holds the ids in queue order, so each pop checks
 //! FIFO order and exactly-once. Every value counts its drops in a per-input log: after each step
 //! the values alive are exactly the model's, no value is ever dropped twice, and once the queue,
-//! guards, handles and collector are gone every value has been dropped exactly once.
+//! the held guard, the handles and the collector are gone every value has been dropped exactly
+//! once.
 
 use arbitrary::{Arbitrary, Unstructured};
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
@@ -25,23 +25,20 @@ const MAX_OPS: usize = 1_000;
 /// At most this many values pushed per input, bursts included (inputs stay in the milliseconds
 /// under AddressSanitizer).
 const MAX_VALUES: usize = 6_000;
-/// The largest burst: above the queue's 2,048 kept retired nodes, so one burst pushed and popped
-/// makes it free the excess through the epoch.
+/// The largest burst: dozens of the queue's blocks, so one burst pushed and popped retires many
+/// of them through the epoch.
 const MAX_BURST: u16 = 2_500;
 
 /// One step, decoded from the fuzzer's bytes.
 #[derive(Arbitrary, Debug)]
 enum Op {
     Push,
-    PushWithGuard,
-    /// Pushes `n % MAX_BURST` values through one guard.
+    /// Pushes `n % MAX_BURST` values.
     PushBurst(u16),
     Pop,
-    PopWithGuard,
-    /// Pops `n % MAX_BURST` times through one guard.
+    /// Pops `n % MAX_BURST` times.
     PopBurst(u16),
     Len,
-    LenWithGuard,
     IsEmpty,
     /// Drains at most this many values, leaving the rest.
     DrainSome(u8),
@@ -49,7 +46,7 @@ enum Op {
     /// Takes this many values through `into_iter` (`n % MAX_BURST`), then drops the iterator
     /// with the rest; the queue is replaced by a fresh one on the same collector.
     IntoIterSome(u16),
-    /// Pins the second handle and keeps the guard across steps; the `*_with_guard` steps use it.
+    /// Pins the second handle and keeps the guard across steps, holding the epoch back.
     HoldGuard,
     ReleaseGuard,
     /// Flushes the main handle's garbage a few times, letting the epoch advance.
@@ -129,14 +126,6 @@ impl Harness {
         }
     }
 
-    /// Runs `f` under the held guard, or a fresh pin of the main handle.
-    fn with_guard<R>(held: &Option<Guard>, main: &LocalHandle, f: impl FnOnce(&Guard) -> R) -> R {
-        match held {
-            Some(g) => f(g),
-            None => f(&main.pin()),
-        }
-    }
-
     /// Checks a popped value (or its absence) against the model's front.
     fn popped(&mut self, got: Option<Value>, op: &Op) {
         let want = self.model.pop_front();
@@ -154,35 +143,22 @@ impl Harness {
                 let v = self.value();
                 self.queue.push(v);
             }
-            Op::PushWithGuard => {
-                let v = self.value();
-                Self::with_guard(&self.held, &self.main, |g| self.queue.push_with_guard(v, g));
-            }
             Op::PushBurst(n) => {
                 let n = usize::from(n % MAX_BURST).min(MAX_VALUES.saturating_sub(self.created()));
-                let values: Vec<Value> = (0..n).map(|_| self.value()).collect();
-                Self::with_guard(&self.held, &self.main, |g| {
-                    for v in values {
-                        self.queue.push_with_guard(v, g);
-                    }
-                });
+                for _ in 0..n {
+                    let v = self.value();
+                    self.queue.push(v);
+                }
             }
             Op::Pop => {
                 let got = self.queue.pop();
                 self.popped(got, op);
             }
-            Op::PopWithGuard => {
-                let got =
-                    Self::with_guard(&self.held, &self.main, |g| self.queue.pop_with_guard(g));
-                self.popped(got, op);
-            }
             Op::PopBurst(n) => {
                 let n = usize::from(n % MAX_BURST);
-                let got: Vec<Option<Value>> = Self::with_guard(&self.held, &self.main, |g| {
-                    (0..n).map(|_| self.queue.pop_with_guard(g)).collect()
-                });
-                for v in got {
-                    self.popped(v, op);
+                for _ in 0..n {
+                    let got = self.queue.pop();
+                    self.popped(got, op);
                 }
             }
             Op::Len => assert_eq!(
@@ -191,11 +167,6 @@ impl Harness {
                 "step {}: len",
                 self.step
             ),
-            Op::LenWithGuard => {
-                let len =
-                    Self::with_guard(&self.held, &self.main, |g| self.queue.len_with_guard(g));
-                assert_eq!(len, self.model.len(), "step {}: len_with_guard", self.step);
-            }
             Op::IsEmpty => assert_eq!(
                 self.queue.is_empty(),
                 self.model.is_empty(),
@@ -265,7 +236,7 @@ impl Harness {
             self.model.len(),
             "step {step}: {op:?}: values alive vs the model (leaked or dropped too early)"
         );
-        let len = self.queue.len_with_guard(&self.main.pin());
+        let len = self.queue.len();
         assert_eq!(
             len,
             self.model.len(),
@@ -285,7 +256,7 @@ impl Harness {
             log,
             step,
         } = self;
-        assert_eq!(queue.len_with_guard(&main.pin()), model.len(), "final len");
+        assert_eq!(queue.len(), model.len(), "final len");
         drop(held);
         drop(queue);
         drop((main, other, collector));

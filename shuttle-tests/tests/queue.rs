@@ -4,20 +4,17 @@
 //! queue), each consumer sees each producer's values in the order they were pushed, `len` is
 //! exact once the threads have joined, and every value is dropped exactly once (a live count).
 //!
-//! Why shuttle: more threads and longer sequences than loom's three threads of two operations,
-//! with node recycling reached (its batch is tiny under the checkers).
+//! Why shuttle: more threads and longer sequences than loom's three threads of two operations.
+//! Under shuttle a block has four slots, so these sequences cross many block boundaries (link,
+//! swing, help, retire) and pops race pushes between their claim and their write (the pop gives
+//! the slot up at once under shuttle, which has no clock to spin by).
 //!
-//! What it cannot see, honestly: the queue's links (`head`, `tail`, `free`, each node's `next`)
-//! are crossbeam-epoch `Atomic`s, which shuttle does not see: they are never schedule points.
-//! The queue has no length counter; its schedule points are the nodes' position stamps (`seq`,
-//! written by a push between reading the tail and linking its node, and read by a pop after it
-//! moved `head`, and by `len`), the reuse mark (`reusable`, read when a push looks for a recycled
-//! node, raised by a deferred function that runs inside crossbeam-epoch's collection) and the
-//! recycled node's stamp. So a push can be preempted between reading the tail and its linking
-//! compare-and-swap (the retry and helping paths run), but a pop runs from reading `head` to its
-//! compare-and-swap without preemption. Nor are weak orderings modelled. The link protocol and its
-//! orderings are loom's to check (loom-tests/tests/queue.rs); this test checks the queue's
-//! bookkeeping and delivery over long interleaved sequences.
+//! What it sees: every atomic of the queue is the shim's (the positions, the block pointers, each
+//! block's `next` and each slot's state), so each is a schedule point. What it cannot see,
+//! honestly: weak orderings (shuttle runs everything `SeqCst`) and crossbeam-epoch's own atomics
+//! (pins on the boundary paths, deferred frees). Orderings and reclamation are loom's to check
+//! (loom-tests/tests/queue.rs); this test checks delivery, FIFO order and bookkeeping over long
+//! interleaved sequences.
 #![cfg(shuttle)]
 
 use crossbeam_epoch::Collector;

@@ -39,7 +39,7 @@ pub use slot::Pending;
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::queue::MsQueue;
 use crate::sync::{
-    fence, now, thread, Arc, AtomicBool, Backoff, Mutex, Ordering, Parker, UNDER_LOOM,
+    fence, now, thread, Arc, AtomicBool, Backoff, Mutex, Ordering, Parker, UNDER_MODEL_CHECKER,
 };
 use core::fmt;
 use slot::Slot;
@@ -954,7 +954,7 @@ impl<Req, Resp> Shared<Req, Resp> {
     /// spins a little (crossbeam's `Backoff`), so that a request arriving right after a batch is
     /// picked up without a park and an unpark; under loom it parks at once, to keep models small.
     fn sleep(&self, timeout: Option<Duration>, filling: bool) {
-        if !UNDER_LOOM {
+        if !UNDER_MODEL_CHECKER {
             let backoff = Backoff::new();
             while !backoff.is_completed() {
                 if !self.queue.is_empty() {

@@ -6,7 +6,7 @@
 //! (blocking, blocking with a timeout, and `Future::poll`) simple and obviously right.
 
 use super::BatchError;
-use crate::sync::{Arc, AtomicBool, Backoff, Condvar, Mutex, Ordering, UNDER_LOOM};
+use crate::sync::{Arc, AtomicBool, Backoff, Condvar, Mutex, Ordering, UNDER_MODEL_CHECKER};
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
@@ -125,7 +125,7 @@ impl<Resp> Pending<Resp> {
     pub fn wait(self) -> Result<Resp, BatchError> {
         // A reply usually comes within microseconds: spin a little before sleeping (not under
         // loom, to keep models small).
-        if !UNDER_LOOM {
+        if !UNDER_MODEL_CHECKER {
             let backoff = Backoff::new();
             // Acquire: pairs with the Release store in `send` (a hint only, see there).
             while !self.slot.sent.load(Ordering::Acquire) && !backoff.is_completed() {

@@ -45,7 +45,7 @@ mod policy;
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch, Ordering, UNDER_LOOM};
+use crate::sync::{epoch, Ordering, UNDER_MODEL_CHECKER};
 use core::borrow::Borrow;
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
@@ -396,7 +396,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             listener: self.listener,
             stats: Stats::new(),
-            flights: Flights::new(if UNDER_LOOM { 1 } else { 64 }),
+            flights: Flights::new(if UNDER_MODEL_CHECKER { 1 } else { 64 }),
             reclaim,
         }
     }
@@ -851,7 +851,7 @@ where
         }
         // Admitted before anything can call user code (the listener, in `release`): a panic there
         // must not leave a published entry that no FIFO owns.
-        self.policy.admit((new_ptr, new), old.is_some(), guard);
+        self.policy.admit((new_ptr, new), old.is_some());
         let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
         self.evict_over_capacity(guard);
         if old.is_some() {
@@ -891,7 +891,7 @@ where
     /// evicts nothing cannot grow them without bound.
     fn sweep(&self, guard: &Guard) {
         let live = self.len();
-        if self.policy.queued(guard) > 2 * live + 16 {
+        if self.policy.queued() > 2 * live + 16 {
             // Each removal adds one dead entry; two sweeps of each FIFO retire at least as many
             // as long as dead entries are at least half of it, which the condition ensures.
             self.policy.sweep_one(guard);
@@ -1094,7 +1094,7 @@ where
                 e.freq
                     .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
                 // Admitted before the listener runs, as in `insert_unchecked`.
-                self.policy.admit((p, e), true, guard);
+                self.policy.admit((p, e), true);
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
                 self.sweep(guard);
@@ -1196,7 +1196,7 @@ where
             self.release(e, RemovalCause::Removed);
         }
         // Retire the dead entries now rather than on later sweeps.
-        for _ in 0..self.policy.queued(&guard) {
+        for _ in 0..self.policy.queued() {
             self.policy.sweep_one(&guard);
         }
         self.evict_over_capacity(&guard);

@@ -127,7 +127,7 @@ impl<K, V> Policy<K, V> {
     /// Takes ownership of a newly published entry: `p` is the pointer its inserter allocated,
     /// `e` a borrow of it. Into main if its key was recently evicted from small (or `to_main` says
     /// it earned main, e.g. it replaced a value), else into small.
-    pub(super) fn admit(&self, (p, e): Held<'_, K, V>, to_main: bool, guard: &Guard)
+    pub(super) fn admit(&self, (p, e): Held<'_, K, V>, to_main: bool)
     where
         K: Send + Sync,
         V: Send + Sync,
@@ -137,11 +137,11 @@ impl<K, V> Policy<K, V> {
         } else {
             Fifo::Small
         };
-        self.push(fifo, (p, e), guard);
+        self.push(fifo, (p, e));
     }
 
     /// Queues an entry this thread owns: newly admitted, or popped by this thread.
-    fn push(&self, fifo: Fifo, (p, e): Held<'_, K, V>, guard: &Guard)
+    fn push(&self, fifo: Fifo, (p, e): Held<'_, K, V>)
     where
         K: Send + Sync,
         V: Send + Sync,
@@ -154,20 +154,21 @@ impl<K, V> Policy<K, V> {
             Fifo::Small => {
                 // Relaxed: a sizing statistic; no memory is published through it.
                 self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
-                self.small.push_with_guard(Owned(p), guard);
+                self.small.push(Owned(p));
             }
-            Fifo::Main => self.main.push_with_guard(Owned(p), guard),
+            Fifo::Main => self.main.push(Owned(p)),
         }
     }
 
     /// Pops an entry, which this thread then owns: its pointer (to push again or retire) and a
-    /// reference to it for `guard`'s life.
-    fn pop<'g>(&self, fifo: Fifo, guard: &'g Guard) -> Option<Held<'g, K, V>> {
+    /// reference to it for `guard`'s life (the guard only bounds the borrow: the queue itself does
+    /// not need it).
+    fn pop<'g>(&self, fifo: Fifo, _guard: &'g Guard) -> Option<Held<'g, K, V>> {
         let q = match fifo {
             Fifo::Small => &self.small,
             Fifo::Main => &self.main,
         };
-        let Owned(p) = q.pop_with_guard(guard)?;
+        let Owned(p) = q.pop()?;
         // SAFETY: a FIFO owns its entries: the entry is retired only by whoever pops it, which is
         // now this thread, so it is allocated; it lives at least until this thread retires it
         // under `guard`.
@@ -227,7 +228,7 @@ impl<K, V> Policy<K, V> {
                     Fifo::Main => (Fifo::Main, f - 1),
                 };
                 e.freq.store(freq, Ordering::Relaxed);
-                self.push(to, (p, e), guard);
+                self.push(to, (p, e));
                 continue;
             }
             if index.replace(e, None, guard) {
@@ -246,8 +247,8 @@ impl<K, V> Policy<K, V> {
     }
 
     /// The number of entries queued in both FIFOs, dead ones included.
-    pub(super) fn queued(&self, guard: &Guard) -> usize {
-        self.small.len_with_guard(guard) + self.main.len_with_guard(guard)
+    pub(super) fn queued(&self) -> usize {
+        self.small.len() + self.main.len()
     }
 
     /// Pops one entry from the front of each FIFO and retires it if dead, or puts it back at the
@@ -266,7 +267,7 @@ impl<K, V> Policy<K, V> {
                 if e.dead.load(Ordering::Acquire) {
                     Self::retire(p, guard);
                 } else {
-                    self.push(fifo, (p, e), guard);
+                    self.push(fifo, (p, e));
                 }
             }
         }

@@ -13,8 +13,8 @@
 //! history is checked against the sequential model:
 //!
 //! - `MsQueue<u32>` against a `VecDeque` (distinct values; `push(v) -> ()`, `pop() -> Option<v>`),
-//!   once on the global collector with `push`/`pop`, once on a local `Collector` with
-//!   `push_with_guard`/`pop_with_guard`. One queue serves all rounds, so node recycling runs.
+//!   once on the global collector, once on a local `Collector`. One queue serves all rounds, so
+//!   retired blocks are reclaimed while it runs.
 //! - `Cache<u8, u8>` as a map over 3 keys with capacity 64 (no eviction) and a fixed hasher,
 //!   against a `BTreeMap` (the memo hashes model states, and a `HashMap` is not `Hash`): `get`,
 //!   `insert` (returns the replaced value), `remove` (returns the removed value) and
@@ -40,7 +40,7 @@ mod checker;
 mod rng;
 
 use checker::{check, Clock, History, Model, Operation, Recorder, Violation};
-use crossbeam_epoch::{Collector, LocalHandle};
+use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, CompareExchangeFailure};
 use latchless::queue::MsQueue;
 use rng::Rng;
@@ -261,42 +261,19 @@ impl Model for QueueModel {
     }
 }
 
-/// A concurrent queue under test; `Local` is per-thread state (an epoch handle).
+/// A concurrent queue under test.
 trait TestQueue: Sync {
-    type Local;
-    fn local(&self) -> Self::Local;
-    fn push(&self, local: &Self::Local, v: u32);
-    fn pop(&self, local: &Self::Local) -> Option<u32>;
+    fn push(&self, v: u32);
+    fn pop(&self) -> Option<u32>;
 }
 
-/// `MsQueue` on the global collector, through plain `push` and `pop`.
+/// `MsQueue`, on whichever collector it was built with.
 impl TestQueue for MsQueue<u32> {
-    type Local = ();
-    fn local(&self) {}
-    fn push(&self, _: &(), v: u32) {
+    fn push(&self, v: u32) {
         MsQueue::push(self, v);
     }
-    fn pop(&self, _: &()) -> Option<u32> {
+    fn pop(&self) -> Option<u32> {
         MsQueue::pop(self)
-    }
-}
-
-/// `MsQueue` on a local collector, through the `*_with_guard` methods (one pin per operation).
-struct LocalQueue {
-    queue: MsQueue<u32>,
-    collector: Collector,
-}
-
-impl TestQueue for LocalQueue {
-    type Local = LocalHandle;
-    fn local(&self) -> LocalHandle {
-        self.collector.register()
-    }
-    fn push(&self, handle: &LocalHandle, v: u32) {
-        self.queue.push_with_guard(v, &handle.pin());
-    }
-    fn pop(&self, handle: &LocalHandle) -> Option<u32> {
-        self.queue.pop_with_guard(&handle.pin())
     }
 }
 
@@ -304,12 +281,10 @@ impl TestQueue for LocalQueue {
 struct LifoStack(Mutex<Vec<u32>>);
 
 impl TestQueue for LifoStack {
-    type Local = ();
-    fn local(&self) {}
-    fn push(&self, _: &(), v: u32) {
+    fn push(&self, v: u32) {
         self.0.lock().unwrap().push(v);
     }
-    fn pop(&self, _: &()) -> Option<u32> {
+    fn pop(&self) -> Option<u32> {
         self.0.lock().unwrap().pop()
     }
 }
@@ -317,16 +292,15 @@ impl TestQueue for LifoStack {
 /// Records one queue operation on `q` and returns its response.
 fn queue_op<Q: TestQueue>(
     q: &Q,
-    local: &Q::Local,
     rec: &mut Recorder<'_, QueueOp, QueueRet>,
     op: QueueOp,
 ) -> QueueRet {
     rec.call(op, |op| match *op {
         QueueOp::Push(v) => {
-            q.push(local, v);
+            q.push(v);
             QueueRet::Pushed
         }
-        QueueOp::Pop => QueueRet::Popped(q.pop(local)),
+        QueueOp::Pop => QueueRet::Popped(q.pop()),
     })
 }
 
@@ -341,7 +315,6 @@ fn queue_rounds<Q: TestQueue>(q: &Q, rounds: usize, seed: u64, stop_early: bool)
         stop_early,
         |_| QueueModel::default(),
         |q, rec, rng, who, ops| {
-            let local = q.local();
             for i in 0..ops {
                 jitter(rng);
                 let op = if rng.below(2) == 0 {
@@ -350,12 +323,11 @@ fn queue_rounds<Q: TestQueue>(q: &Q, rounds: usize, seed: u64, stop_early: bool)
                 } else {
                     QueueOp::Pop
                 };
-                queue_op(q, &local, rec, op);
+                queue_op(q, rec, op);
             }
         },
         |q, rec| {
-            let local = q.local();
-            while queue_op(q, &local, rec, QueueOp::Pop) != QueueRet::Popped(None) {}
+            while queue_op(q, rec, QueueOp::Pop) != QueueRet::Popped(None) {}
         },
     )
 }
@@ -478,14 +450,9 @@ fn ms_queue_histories_are_linearizable() {
 
 #[test]
 fn ms_queue_histories_with_local_collector_are_linearizable() {
-    let collector = Collector::new();
-    let q = LocalQueue {
-        queue: MsQueue::with_collector(collector.clone()),
-        collector,
-    };
-    queue_rounds(&q, ROUNDS, 0x5175_A502, false)
-        .assert_linearizable("MsQueue (local collector, *_with_guard)");
-    assert!(q.queue.is_empty());
+    let q = MsQueue::with_collector(Collector::new());
+    queue_rounds(&q, ROUNDS, 0x5175_A502, false).assert_linearizable("MsQueue (local collector)");
+    assert!(q.is_empty());
 }
 
 #[test]
