@@ -22,8 +22,10 @@
 //! `head` and `tail` are each a position and a block pointer. A position counts `LAP =
 //! BLOCK_CAP + 1` per block: offsets `0..BLOCK_CAP` name slots, and offset `BLOCK_CAP` means the
 //! block is used up and the move to the next block is under way. The thread whose claim takes a
-//! position to offset `BLOCK_CAP` moves it on, but any thread that finds it there completes the
-//! move (`finish_lap`): it links the next block after the full one if nobody has (a
+//! position to offset `BLOCK_CAP` moves it on (`finish_lap`); a thread that finds it there waits a
+//! moment (a bounded spin, then a few yields: the move is a few instructions, and a push about to
+//! take a block's last slot allocates the next block before claiming), then completes the move
+//! itself (`help_lap`): it links the next block after the full one if nobody has (a
 //! compare-and-swap on the block's `next`, as in Michael and Scott's queue), swings the block
 //! pointer, then swings the position to the next lap's offset 0. The block pointer changes only
 //! while the position sits at offset `BLOCK_CAP`, so a thread that reads the position and then the
@@ -34,28 +36,39 @@
 //!
 //! A thread dereferences a block in one of two ways:
 //! - **Holding a claimed slot of it.** The pusher and the popper of a slot each touch the slot
-//!   (and, for the block's last slot, its `next`), and the last of the two to leave the slot sets
-//!   its `READ` bit. The block is not freed before every slot's `READ` bit is set, so a claimant's
-//!   accesses never touch freed memory. A claim needs no pin: this is the hot path.
-//! - **Completing a move to the next lap without a claim** (`finish_lap`), which reads the block
-//!   pointer of `head` or `tail` and the block's `lap` and `next`. These threads pin the queue's
-//!   epoch collector first; a block is handed to the collector only after both `head` and `tail`
-//!   have been swung past it, so no pinned thread that loaded it can see it freed.
+//!   (and, for the block's last slot, the block's `next`, to move `head` or `tail` on), and the
+//!   last of the two to leave the slot sets its `READ` bit. The block is not freed before every
+//!   slot's `READ` bit is set, so a claimant's accesses never touch freed memory. A claim needs no
+//!   pin: this is the hot path, and the claimant of a block's last slot moves `head` or `tail` on
+//!   without one too, through the block it holds.
+//! - **Helping a move it did not start** (`help_lap`), which loads the block pointer of `head` or
+//!   `tail` and reads the block's `lap` and `next`. A helper pins the queue's epoch collector and
+//!   counts itself in `helpers` before it loads the pointer, and leaves the count after its last
+//!   access.
 //!
 //! A block is retired by the last thread to finish one of its slots, found through per-slot flags
 //! (as in crossbeam's `SegQueue`): the thread that finishes the last slot walks the others, marking
 //! each unfinished one `DESTROY`; whoever finishes a slot marked so continues the walk from the
 //! next slot; the walk that reaches the end retires the block. Finishing the last slot happens
 //! only after both moves past the block are complete: its popper completes the `head` move before
-//! it touches the slot, and its pusher completes the `tail` move before writing. So one pin per
-//! block boundary crossed and one per block retired: pins are amortised over [`BLOCK_CAP`] values.
+//! it touches the slot, and its pusher completes the `tail` move before writing. So when the walk
+//! ends, no thread can load the block from `head` or `tail` any more. The walker then reads
+//! `helpers`: if no helper is in flight, it frees the block at once (a helper that loaded the
+//! block counted itself before, and that count is ordered before the walker's read: all these
+//! accesses are `SeqCst`); otherwise it hands the block to the epoch collector, which frees it once
+//! the helpers pinned at that time have unpinned. Helping is rare (a move left unfinished by a
+//! preempted claimant), so blocks are nearly always freed at once, by the thread that used them
+//! last, and the hot path never pins. "Freed" means put on the queue's one-block shelf, whose
+//! previous block is freed: the next block needed is taken from the shelf before the allocator,
+//! so a steady stream reuses a warm block, and a drained burst keeps one block beyond the
+//! current one.
 //!
 //! A block is never reused, so there is no ABA on block pointers: a pinned thread's pointer cannot
 //! be freed and reallocated under it, and positions only grow.
 
 use crate::reclaim::Reclaim;
 use crate::sync::{
-    census, epoch, AtomicPtr, AtomicUsize, Backoff, CachePadded, Ordering, Track, UnsafeCell,
+    census, epoch, AtomicPtr, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell,
     QUEUE_BLOCK_CAP, UNDER_MODEL_CHECKER, ZEROED_ATOMICS_VALID,
 };
 use core::{fmt, iter::FusedIterator, marker::PhantomData, mem::MaybeUninit, ptr};
@@ -79,7 +92,8 @@ const WRITE: usize = 1;
 /// Slot state: the popper found no value and gave the slot up; the pusher takes its value back.
 const ABANDON: usize = 2;
 /// Slot state: the last of the slot's pusher and popper has left it (the value was taken out, by
-/// the popper, or by the pusher after an abandon). The slot is finished.
+/// the popper, or by the pusher after an abandon). The slot is finished. Not set on a block's last
+/// slot, whose finisher starts the block's destruction instead.
 const READ: usize = 4;
 /// Slot state: the block's destruction waits on this slot; its finisher continues it.
 const DESTROY: usize = 8;
@@ -110,11 +124,9 @@ struct Block<T> {
     /// The next block, null until it is linked (once, by compare-and-swap).
     next: AtomicPtr<Block<T>>,
     /// Which lap of positions this block holds. Written before the block is published, never
-    /// changed after: `finish_lap` tells by it whether a position's block pointer has been swung.
+    /// changed after: `help_lap` tells by it whether a position's block pointer has been swung.
     lap: usize,
     slots: [Slot<T>; BLOCK_CAP],
-    /// Under loom, reports a block that was never freed when a model ends.
-    _track: Track<()>,
 }
 
 impl<T> Block<T> {
@@ -129,14 +141,12 @@ impl<T> Block<T> {
             if p.is_null() {
                 std::alloc::handle_alloc_error(layout);
             }
-            // SAFETY: `p` is a fresh, non-null allocation for a `Block<T>`: the field's address
-            // is in bounds, and taking it creates no reference.
-            let lap_field = unsafe { ptr::addr_of_mut!((*p).lap) };
-            // SAFETY: in bounds and aligned (above); only `lap` needs a value other than zero.
-            unsafe { lap_field.write(lap) };
+            // SAFETY: `p` is a fresh, non-null allocation for a `Block<T>`, ours alone; only
+            // `lap` needs a value other than zero.
+            unsafe { Self::set_lap(p, lap) };
             // All-zero is a valid `Block<T>`: null `next`, lap set above, zero states (no bit
-            // set), uninitialised values (`MaybeUninit`) and a zero-sized `Track` outside loom;
-            // `ZEROED_ATOMICS_VALID` holds for this world's atomics.
+            // set) and uninitialised values (`MaybeUninit`); `ZEROED_ATOMICS_VALID` holds for
+            // this world's atomics.
             p
         } else {
             Box::into_raw(Box::new(Self {
@@ -146,8 +156,39 @@ impl<T> Block<T> {
                     value: UnsafeCell::new(MaybeUninit::uninit()),
                     state: AtomicUsize::new(0),
                 }),
-                _track: Track::new(()),
             }))
+        }
+    }
+
+    /// Sets an unpublished block's `lap`.
+    ///
+    /// # Safety
+    ///
+    /// `this` is allocated and unpublished: no other thread can reach it.
+    unsafe fn set_lap(this: *mut Self, lap: usize) {
+        // SAFETY: allocated, per the caller: the field's address is in bounds, and taking it
+        // creates no reference.
+        let lap_field = unsafe { ptr::addr_of_mut!((*this).lap) };
+        // SAFETY: in bounds and aligned; nobody else reads or writes it (unpublished).
+        unsafe { lap_field.write(lap) };
+    }
+
+    /// Makes a block that was used up and retired, or never published, empty again, for `lap`.
+    ///
+    /// # Safety
+    ///
+    /// `this` is allocated, and no other thread can reach it: unpublished, or retired with every
+    /// slot finished and no helper holding it. Its values were all moved out.
+    unsafe fn reset(this: *mut Self, lap: usize) {
+        // SAFETY: per the caller.
+        unsafe { Self::set_lap(this, lap) };
+        // SAFETY: allocated, per the caller.
+        let block = unsafe { &*this };
+        // Relaxed (all stores): the block is ours alone; whoever links it publishes it with a
+        // Release compare-and-swap.
+        block.next.store(ptr::null_mut(), Ordering::Relaxed);
+        for slot in &block.slots {
+            slot.state.store(0, Ordering::Relaxed);
         }
     }
 
@@ -169,10 +210,23 @@ impl<T> Block<T> {
     ///
     /// `this` came from `alloc`, is freed once, and nobody touches it afterwards.
     unsafe fn free(this: *mut Self) {
-        census::note_free();
+        // Under loom the census keeps the memory until the model's execution ends, so that a
+        // late access is caught (`census::assert_alive`); it frees it with `dealloc` then.
+        if !census::bury(this.cast(), Self::dealloc) {
+            // SAFETY: as the caller promises.
+            unsafe { Self::dealloc(this.cast()) };
+        }
+    }
+
+    /// Gives a block's memory back.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](Self::free); `this` is the block's pointer, cast.
+    unsafe fn dealloc(this: *mut u8) {
         // SAFETY: `alloc` made it with `Box`'s layout (`alloc_zeroed` with `Layout::new::<Self>()`
         // is the global allocator and layout `Box` uses); freed once, per the caller.
-        drop(unsafe { Box::from_raw(this) });
+        drop(unsafe { Box::from_raw(this.cast::<Self>()) });
     }
 }
 
@@ -180,6 +234,59 @@ impl<T> Block<T> {
 struct End<T> {
     index: AtomicUsize,
     block: AtomicPtr<Block<T>>,
+}
+
+/// A block allocated ahead of need by a thread that may link it (a push about to claim a
+/// block's last slot allocates before claiming, so that the move to the next block is short), not
+/// yet published; put on the queue's shelf on drop if it never was.
+struct Spare<'q, T> {
+    queue: &'q MsQueue<T>,
+    block: *mut Block<T>,
+}
+
+impl<'q, T> Spare<'q, T> {
+    const fn none(queue: &'q MsQueue<T>) -> Self {
+        Self {
+            queue,
+            block: ptr::null_mut(),
+        }
+    }
+
+    /// Gets a block for `lap` ready if there is none.
+    fn fill(&mut self, lap: usize) {
+        if self.block.is_null() {
+            self.block = self.queue.new_block(lap);
+        }
+    }
+
+    /// The spare (or a new block) for `lap`, to be published by the caller or put back.
+    fn take_for(&mut self, lap: usize) -> *mut Block<T> {
+        let b = core::mem::replace(&mut self.block, ptr::null_mut());
+        if b.is_null() {
+            return self.queue.new_block(lap);
+        }
+        // SAFETY: the spare is unpublished, ours alone: writing its `lap` races with nothing.
+        unsafe { Block::set_lap(b, lap) };
+        b
+    }
+
+    /// Keeps an unpublished block as the spare (shelving the old spare, if any).
+    fn put_back(&mut self, b: *mut Block<T>) {
+        let old = core::mem::replace(&mut self.block, b);
+        if !old.is_null() {
+            // SAFETY: an unpublished block, ours alone.
+            unsafe { self.queue.shelve(old) };
+        }
+    }
+}
+
+impl<T> Drop for Spare<'_, T> {
+    fn drop(&mut self) {
+        if !self.block.is_null() {
+            // SAFETY: an unpublished block, ours alone.
+            unsafe { self.queue.shelve(self.block) };
+        }
+    }
 }
 
 /// An unbounded lock-free MPMC FIFO queue: a Michael–Scott list of blocks of slots (see the
@@ -209,12 +316,14 @@ struct End<T> {
 ///
 /// # Memory
 ///
-/// No allocation per value: one per block of [`BLOCK_CAP`] slots, allocated zeroed on the heap.
-/// No epoch pin per operation: a thread pins the queue's epoch collector only when it completes
-/// a move to the next block, or retires a block. A block is retired by the last thread to leave
-/// one of its slots, once all of them have been used; it is freed through the collector once the
-/// threads pinned at that time have unpinned, so a drained burst gives its memory back. Each
-/// slot takes `size_of::<T>()` plus one word.
+/// No allocation per value: at most one per block of [`BLOCK_CAP`] slots, allocated zeroed on
+/// the heap (a block of large values never sits on the stack). No epoch pin on the hot path: a
+/// thread pins the queue's epoch collector only when it helps a move to the next block that
+/// another thread left unfinished. A block is retired by the last thread to leave one of its
+/// slots, once all of them have been used, and freed at once (or, if a helper may still read it,
+/// through the collector once the helpers pinned at that time have unpinned); one retired block
+/// is kept for reuse. A drained burst so gives its memory back. Each slot takes
+/// `size_of::<T>()` plus one word; each block two words more.
 ///
 /// [`MsQueue::new`] retires blocks through crossbeam-epoch's global collector (shared with every
 /// other epoch user in the process, each thread pinning through its own cached handle);
@@ -270,7 +379,16 @@ struct End<T> {
 pub struct MsQueue<T> {
     head: CachePadded<End<T>>,
     tail: CachePadded<End<T>>,
-    /// The collector that frees retired blocks: the global one or the caller's.
+    /// Helpers (`help_lap`) between loading a block pointer and their last access to the block.
+    /// Written only on the rare helping path; read once per retired block.
+    helpers: CachePadded<AtomicUsize>,
+    /// One block kept for reuse (or null): a block retired while no helper could hold it, or a
+    /// spare that was never published. The next block needed is taken from here before the
+    /// allocator, so a steady stream of values reuses a warm block instead of a free and an
+    /// allocation per block.
+    shelf: CachePadded<AtomicPtr<Block<T>>>,
+    /// The collector that frees retired blocks while helpers may hold them: the global one or the
+    /// caller's.
     reclaim: Reclaim,
     /// The queue owns `T`s (for the drop check).
     _marker: PhantomData<T>,
@@ -302,11 +420,12 @@ impl<T> MsQueue<T> {
         Self::build(None)
     }
 
-    /// Creates an empty queue whose retired blocks are freed through `collector`: once the queue,
-    /// the collector and every handle of it have dropped, every block has been freed, which a
-    /// test counting allocations can check exactly. The hot path never pins, so this costs
-    /// nothing per operation; each pin (once per block) registers a fresh handle with
-    /// `collector`, which is slower than the global collector's cached one.
+    /// Creates an empty queue whose retired blocks, when a helper may still read them, are freed
+    /// through `collector`: once the queue, the collector and every handle of it have dropped,
+    /// every block has been freed, which a test counting allocations can check exactly (and
+    /// Miri's leak check too). The hot path never pins, so this costs nothing per operation; a
+    /// thread that helps a move to the next block registers a fresh handle with `collector`,
+    /// which is slower than the global collector's cached one.
     ///
     /// # Examples
     ///
@@ -335,8 +454,41 @@ impl<T> MsQueue<T> {
                 index: AtomicUsize::new(0),
                 block: AtomicPtr::new(first),
             }),
+            helpers: CachePadded::new(AtomicUsize::new(0)),
+            shelf: CachePadded::new(AtomicPtr::new(ptr::null_mut())),
             reclaim: Reclaim::new(collector),
             _marker: PhantomData,
+        }
+    }
+
+    /// An empty block for `lap`, unpublished: the shelved one if there is one, else a new one.
+    fn new_block(&self, lap: usize) -> *mut Block<T> {
+        // AcqRel: Acquire pairs with `shelve`'s Release, so the shelving thread's last accesses
+        // to the block happen before our reset; Release is not needed but harmless.
+        let b = self.shelf.swap(ptr::null_mut(), Ordering::AcqRel);
+        if b.is_null() {
+            return Block::alloc(lap);
+        }
+        // SAFETY: a shelved block is no other thread's (see `shelve`), allocated, and empty of
+        // values; taking it off the shelf made it ours alone.
+        unsafe { Block::reset(b, lap) };
+        b
+    }
+
+    /// Keeps `b` for reuse, freeing the block it displaces.
+    ///
+    /// # Safety
+    ///
+    /// `b` is allocated, no other thread can reach it, and its values were all moved out.
+    unsafe fn shelve(&self, b: *mut Block<T>) {
+        // AcqRel: Release publishes our last accesses to `b` to the thread that takes it;
+        // Acquire pairs with the Release of whoever shelved the block we displace, before we free
+        // it.
+        let old = self.shelf.swap(b, Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: the displaced block was shelved under the same promise, and taking it off
+            // the shelf made it ours alone; freed once.
+            unsafe { Block::free(old) };
         }
     }
 
@@ -370,15 +522,23 @@ impl<T> MsQueue<T> {
         // and its contents, published by the link and swing, are visible.
         let mut tail = self.tail.index.load(Ordering::Acquire);
         let mut block = self.tail.block.load(Ordering::Acquire);
+        let mut spare = Spare::none(self);
         loop {
             let offset = position(tail) % LAP;
             if offset == BLOCK_CAP {
                 // Another pusher claimed the block's last slot and has not moved `tail` on yet:
-                // complete the move for it instead of waiting.
-                self.finish_lap(&self.tail, tail);
+                // give it a moment, then complete the move for it instead of waiting longer.
+                if Self::wait_for_lap(&self.tail, tail) == tail {
+                    self.help_lap(&self.tail, tail, &mut spare);
+                }
                 tail = self.tail.index.load(Ordering::Acquire);
                 block = self.tail.block.load(Ordering::Acquire);
                 continue;
+            }
+            if offset + 1 == BLOCK_CAP {
+                // We may take the last slot: have the next block ready, so that the move to it
+                // after our claim is a few compare-and-swaps.
+                spare.fill(position(tail) / LAP + 1);
             }
             let new_tail = tail + (1 << SHIFT);
             // SeqCst: claims are totally ordered with the pops' reads of `tail`, which decide
@@ -397,7 +557,8 @@ impl<T> MsQueue<T> {
                         hooks::reach(hooks::Point::Linking);
                         // We took the last slot: move `tail` to the next block before writing,
                         // so the block is not retired while `tail` still points at it.
-                        self.finish_lap(&self.tail, new_tail);
+                        // SAFETY: our claim keeps `block`, the block of `tail`, allocated.
+                        unsafe { self.finish_lap(&self.tail, new_tail, block, &mut spare) };
                     }
                     #[cfg(test)]
                     hooks::reach(hooks::Point::Claimed);
@@ -452,17 +613,20 @@ impl<T> MsQueue<T> {
     /// The caller holds a claim on slot `offset` of `block` and is the slot's last user; it does
     /// not touch the slot or the block afterwards.
     unsafe fn finish_slot(&self, block: *mut Block<T>, offset: usize) {
-        // SAFETY: allocated: our slot is not finished until the RMW below.
-        let slot = unsafe { Block::slot(block, offset) };
-        // AcqRel: Release orders our accesses to the slot before a destroyer's Acquire check of
-        // `READ`; Acquire pairs with the destroyer's Release `DESTROY`, so its walk so far happens
-        // before our continuing it.
-        let prev = slot.state.fetch_or(READ, Ordering::AcqRel);
         if offset + 1 == BLOCK_CAP {
-            // The last slot is finished only after both `head` and `tail` moved past the block.
+            // The last slot's `READ` bit is never read (the walk covers the others), so it is not
+            // set. Its finisher starts the walk, which happens only after both `head` and `tail`
+            // moved past the block.
             // SAFETY: the block is not retired before this walk reaches its end.
             unsafe { self.destroy(block, 0) };
-        } else if prev & DESTROY != 0 {
+            return;
+        }
+        // SAFETY: allocated: our slot is not finished until the RMW below.
+        let slot = unsafe { Block::slot(block, offset) };
+        // AcqRel: Release orders our accesses to the slot before a walker's Acquire check of
+        // `READ`; Acquire pairs with the walker's Release `DESTROY`, so its walk so far happens
+        // before our continuing it.
+        if slot.state.fetch_or(READ, Ordering::AcqRel) & DESTROY != 0 {
             // SAFETY: the walk stopped at our slot and handed itself to us.
             unsafe { self.destroy(block, offset + 1) };
         }
@@ -489,50 +653,112 @@ impl<T> MsQueue<T> {
                 return;
             }
         }
+        if UNDER_MODEL_CHECKER {
+            // A write to the block that loom sees, standing for its free: a helper's read of
+            // `next` then conflicts with the free, so loom explores the helper reading after it
+            // (and `census::assert_alive` fails the model if that can happen).
+            // SAFETY: the walk is ours: the block is allocated.
+            let b = unsafe { &*block };
+            // Relaxed: nothing is published; the block's `next` is never read by a claimant
+            // again (both moves past the block are complete).
+            b.next.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        // SeqCst: see the module docs: a helper's count comes before its load of the block
+        // pointer, and both moves past this block come before this read, all in the single
+        // total order of `SeqCst` accesses; so a helper that may hold the block is counted here.
+        if self.helpers.load(Ordering::SeqCst) == 0 {
+            // SAFETY: every slot is finished, so no claimant touches the block again, and all
+            // values were moved out; `head` and `tail` were swung past it, so no thread can load
+            // it any more; no helper that loaded it before is still in flight (above). Only one
+            // walk gets here: the block is ours alone, to reuse or free once.
+            unsafe { self.shelve(block) };
+            return;
+        }
         let guard = self.reclaim.pin();
-        // SAFETY: every slot is finished, so no claimant touches the block again, and both
-        // `head` and `tail` were swung past it before its last slot was finished, so no thread
-        // that pins from now on can load it; threads pinned now may still read it, and the
-        // collector frees it only after they unpin. Freed once: only one walk reaches here.
         let free = move || {
-            // SAFETY: run once, by the collector, after the grace period argued above.
+            // SAFETY: run once, by the collector, after the grace period argued below.
             unsafe { Block::free(block) }
         };
-        // SAFETY: `free` frees the block once every thread pinned now has unpinned, which is
-        // when no thread can touch it (above); it touches no value of type `T`.
+        // SAFETY: every slot is finished, so no claimant touches the block again, and both
+        // `head` and `tail` were swung past it, so no helper that pins from now on can load it;
+        // helpers that loaded it before pinned before, and the collector runs `free` only after
+        // they unpin. `free` touches no value of type `T`.
         unsafe { guard.defer_unchecked(free) };
     }
 
-    /// Completes the move of `end` (`head` or `tail`) from a used-up block to the next one,
-    /// given its index `index` at offset `BLOCK_CAP`: links a next block if none is, swings the
-    /// block pointer, swings the index. Any thread may call it; after it returns, the index has
-    /// moved past `index`.
-    fn finish_lap(&self, end: &End<T>, index: usize) {
+    /// Moves `end` (`head` or `tail`) from the used-up block `full` to the next one, by the
+    /// thread that claimed `full`'s last slot, leaving `end`'s index at `index` (offset
+    /// `BLOCK_CAP`): links a next block if none is, swings the block pointer, swings the index.
+    /// After it returns, the index has moved past `index`. No pin: the claim protects `full`,
+    /// and no other block is dereferenced.
+    ///
+    /// # Safety
+    ///
+    /// The caller claimed `full`'s last slot and has not finished it.
+    unsafe fn finish_lap(
+        &self,
+        end: &End<T>,
+        index: usize,
+        full: *mut Block<T>,
+        spare: &mut Spare<'_, T>,
+    ) {
+        debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
+        // SAFETY: allocated while the caller's slot is unfinished.
+        let next = self.next_block(unsafe { &*full }, spare);
+        // SeqCst, on failure too (a helper swung it already): the swing, ours or the helper's
+        // that we read, is then ordered before our finishing of our slot and so before the
+        // retiring walk's read of `helpers` (see the module docs).
+        let _ = end
+            .block
+            .compare_exchange(full, next, Ordering::SeqCst, Ordering::SeqCst);
+        Self::swing_index(end, index);
+    }
+
+    /// Completes a move of `end` that another thread started (`end`'s index was `index`, at
+    /// offset `BLOCK_CAP`) and has not finished: links a next block if none is, swings the block
+    /// pointer, swings the index. After it returns, the index has moved past `index`.
+    fn help_lap(&self, end: &End<T>, index: usize, spare: &mut Spare<'_, T>) {
         debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
         let lap = position(index) / LAP;
         let guard = self.reclaim.pin();
-        // Acquire: the block of our index's lap or a later one (see `push_once`), with its
-        // contents visible.
-        let block = end.block.load(Ordering::Acquire);
-        // SAFETY: loaded under `guard` while reachable from `end`: a block is retired only after
-        // `head` and `tail` have both been swung past it, so it stays allocated until `guard`
-        // drops. `lap` is immutable after publication.
+        // SeqCst (this, the load below and the decrement): a retiring walk that does not see our
+        // count cannot retire a block we load (see the module docs).
+        self.helpers.fetch_add(1, Ordering::SeqCst);
+        // SeqCst: as above; it is also an acquire: the block of our index's lap or a later one
+        // (see `push_once`), with its contents visible.
+        let block = end.block.load(Ordering::SeqCst);
+        #[cfg(test)]
+        hooks::reach(hooks::Point::Helping);
+        // SAFETY: loaded while we are counted in `helpers` and pinned, from `end`: a walk that
+        // retires it either sees our count and hands it to the collector, which frees it only
+        // after we unpin, or ran before our load, when `end` no longer held it. `lap` is
+        // immutable after publication.
         let full = unsafe { &*block };
-        if full.lap == lap {
-            let next = self.next_block(full);
-            // Release: publishes the next block (whose contents we read through Acquire) to the
-            // threads that load the block pointer. Relaxed on failure: someone swung it already;
-            // we only go on to the index.
+        let same_lap = full.lap == lap;
+        census::assert_alive(block.cast());
+        if same_lap {
+            let next = self.next_block(full, spare);
+            census::assert_alive(block.cast());
+            // SeqCst: as in `finish_lap`. Relaxed on failure: someone swung it already.
             let _ = end
                 .block
-                .compare_exchange(block, next, Ordering::Release, Ordering::Relaxed);
+                .compare_exchange(block, next, Ordering::SeqCst, Ordering::Relaxed);
         }
+        // After our last access to the block.
+        self.helpers.fetch_sub(1, Ordering::SeqCst);
         drop(guard);
-        // The block pointer is now the next lap's (we swung it, saw it swung, or the index has
-        // moved on and this fails). SeqCst on success: the index is stored after the block
-        // pointer and released to the Acquire loads of the index. Acquire on failure: whoever
-        // moved the index swung the block pointer before, and a caller that goes on to finish
-        // its slot must have the move happen before any retiring of the old block.
+        Self::swing_index(end, index);
+    }
+
+    /// Swings `end`'s index from `index` (offset `BLOCK_CAP`) to the next lap's offset 0, once
+    /// its block pointer is the next lap's (we swung it, saw it swung, or the index has moved on
+    /// and this fails).
+    fn swing_index(end: &End<T>, index: usize) {
+        let lap = position(index) / LAP;
+        // SeqCst on success: the index is stored after the block pointer and released to the
+        // Acquire loads of the index. Acquire on failure: whoever moved the index swung the block
+        // pointer before, and a caller that goes on to finish its slot must have the move happen
+        // before any retiring of the old block.
         let _ = end.index.compare_exchange(
             index,
             ((lap + 1) * LAP) << SHIFT,
@@ -541,15 +767,16 @@ impl<T> MsQueue<T> {
         );
     }
 
-    /// The block after `full`, linking a new one if there is none yet. `full` is used up: its
-    /// every slot was claimed by a push (if `head` reached its end, `tail` did before).
-    fn next_block(&self, full: &Block<T>) -> *mut Block<T> {
+    /// The block after `full`, linking `spare` (or a new block) if there is none yet. `full` is
+    /// used up: its every slot was claimed by a push (if `head` reached its end, `tail` did
+    /// before).
+    fn next_block(&self, full: &Block<T>, spare: &mut Spare<'_, T>) -> *mut Block<T> {
         // Acquire: pairs with the Release link below, so the next block's contents are visible.
         let next = full.next.load(Ordering::Acquire);
         if !next.is_null() {
             return next;
         }
-        let new = Block::alloc(full.lap + 1);
+        let new = spare.take_for(full.lap + 1);
         // Release: publishes the new block's contents. Acquire on failure: we use the block
         // another thread linked, whose contents its Release published.
         match full
@@ -558,9 +785,30 @@ impl<T> MsQueue<T> {
         {
             Ok(_) => new,
             Err(linked) => {
-                // SAFETY: `new` was never published: it is ours alone.
-                unsafe { Block::free(new) };
+                // `new` was never published: it is ours alone, to keep for later or free.
+                spare.put_back(new);
                 linked
+            }
+        }
+    }
+
+    /// Waits a moment for a move to the next lap that another thread started (`end`'s index at
+    /// `index`) to complete, as it nearly always does within a few instructions; returns the
+    /// index seen last. Bounded: a caller that still sees `index` then helps (`help_lap`).
+    fn wait_for_lap(end: &End<T>, index: usize) -> usize {
+        if UNDER_MODEL_CHECKER {
+            // Neither checker has a clock to make a wait mean anything.
+            return index;
+        }
+        let backoff = Backoff::new();
+        loop {
+            // Spins, then yields (the thread we wait for may be preempted on this core): about
+            // ten rounds in all.
+            backoff.snooze();
+            // Acquire: as every load of an index.
+            let now = end.index.load(Ordering::Acquire);
+            if now != index || backoff.is_completed() {
+                return now;
             }
         }
     }
@@ -590,8 +838,11 @@ impl<T> MsQueue<T> {
         loop {
             let offset = position(head) % LAP;
             if offset == BLOCK_CAP {
-                // Another pop took the block's last slot and has not moved `head` on: help.
-                self.finish_lap(&self.head, head);
+                // Another pop took the block's last slot and has not moved `head` on: give it a
+                // moment, then help.
+                if Self::wait_for_lap(&self.head, head) == head {
+                    self.help_lap(&self.head, head, &mut Spare::none(self));
+                }
                 head = self.head.index.load(Ordering::Acquire);
                 block = self.head.block.load(Ordering::Acquire);
                 continue;
@@ -618,9 +869,14 @@ impl<T> MsQueue<T> {
             ) {
                 Ok(_) => {
                     if offset + 1 == BLOCK_CAP {
+                        #[cfg(test)]
+                        hooks::reach(hooks::Point::Linking);
                         // We took the last slot: move `head` to the next block before touching
                         // the slot, so the block is not retired while `head` points at it.
-                        self.finish_lap(&self.head, new_head);
+                        // SAFETY: our claim keeps `block`, the block of `head`, allocated.
+                        unsafe {
+                            self.finish_lap(&self.head, new_head, block, &mut Spare::none(self))
+                        };
                     }
                     // SAFETY: our claim made `block` the block of position `head`; it cannot be
                     // freed before our slot is finished.
@@ -816,6 +1072,12 @@ impl<T> Drop for MsQueue<T> {
             }
             pos += 1;
         }
+        // Relaxed: exclusive access, as above.
+        let shelved = self.shelf.load(Ordering::Relaxed);
+        if !shelved.is_null() {
+            // SAFETY: a shelved block is the queue's alone; freed once, here.
+            unsafe { Block::free(shelved) };
+        }
         while !block.is_null() {
             // SAFETY: the block of `tail` and any linked after it: reachable only from here;
             // each freed once.
@@ -916,8 +1178,11 @@ mod hooks {
     pub(super) enum Point {
         /// After claiming a slot, before writing it.
         Claimed,
-        /// After claiming a block's last slot, before linking the next block and moving `tail`.
+        /// After claiming a block's last slot, before linking the next block and moving `tail`
+        /// (a push) or `head` (a pop) to it.
         Linking,
+        /// In `help_lap`, after loading the block pointer, before reading the block.
+        Helping,
     }
 
     type Stall = (Point, Sender<()>, Receiver<()>);
@@ -1096,6 +1361,56 @@ mod tests {
             outcome.is_err(),
             "pops that wait for a stalled pusher should have tripped the watchdog"
         );
+    }
+
+    /// A helper loads the block pointer of `head` while the pop that took the block's last slot
+    /// is stalled before moving `head`; the helper is stalled in turn, the pop resumes, moves
+    /// `head`, takes its value and, as the block's last user, retires the block while the helper
+    /// still holds it. The helper then reads the block. Without the helper count and the epoch
+    /// fallback, that read is a use-after-free, which Miri reports (this test runs in the nightly
+    /// tier's Miri half); with them the block is freed only after the helper unpins.
+    #[test]
+    fn a_helper_holding_a_block_while_its_last_user_retires_it() {
+        let collector = crossbeam_epoch::Collector::new();
+        let q = Arc::new(MsQueue::with_collector(collector.clone()));
+        for i in 0..BLOCK_CAP as u64 + 1 {
+            q.push(i);
+        }
+        for i in 0..BLOCK_CAP as u64 - 1 {
+            assert_eq!(q.pop(), Some(i));
+        }
+        let (reached, stalled) = channel();
+        let (resume_last, wait_last) = channel();
+        let last_user = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                hooks::stall_at(hooks::Point::Linking, reached, wait_last);
+                q.pop()
+            })
+        };
+        stalled.recv().unwrap();
+        let (reached, stalled) = channel();
+        let (resume_helper, wait_helper) = channel();
+        let helper = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                hooks::stall_at(hooks::Point::Helping, reached, wait_helper);
+                q.pop()
+            })
+        };
+        stalled.recv().unwrap();
+        resume_last.send(()).unwrap();
+        let last = last_user.join().unwrap();
+        resume_helper.send(()).unwrap();
+        let helped = helper.join().unwrap();
+        let mut got: Vec<u64> = [last, helped].into_iter().flatten().collect();
+        got.extend(q.pop());
+        got.sort_unstable();
+        let first = BLOCK_CAP as u64 - 1;
+        assert_eq!(got, [first, first + 1]);
+        assert!(q.is_empty());
+        drop(q);
+        drop(collector);
     }
 
     #[test]

@@ -118,15 +118,45 @@ pub(crate) const QUEUE_BLOCK_CAP: usize = if cfg!(loom) {
     31
 };
 
-/// Counts of the queue's block allocations and frees, kept only under loom (per model execution,
-/// through loom's `lazy_static`), so that loom models can check that every block is freed exactly
-/// once. Elsewhere the notes compile to nothing and the counts read zero.
+/// Counts of the queue's block allocations and frees, and a graveyard of freed blocks, kept only
+/// under loom (per model execution, through loom's `lazy_static`), so that loom models can check
+/// that every block is freed exactly once and that no helper touches a freed block: under loom a
+/// freed block's memory is not given back until the execution ends, so its address stays unique,
+/// and `assert_alive` after an access fails the model if the block was freed before it. Elsewhere
+/// the notes compile to nothing and the counts read zero.
 pub mod census {
+    /// A buried block and the function that frees it.
+    #[cfg(loom)]
+    type Grave = (*mut u8, unsafe fn(*mut u8));
+
+    #[cfg(loom)]
+    struct Graveyard(std::sync::Mutex<Vec<Grave>>);
+
+    // SAFETY: the pointers are only compared, and freed once by the graveyard's drop at the end
+    // of the execution, on whichever thread drops it; the blocks they point to hold no value.
+    #[cfg(loom)]
+    unsafe impl Send for Graveyard {}
+    // SAFETY: as above; the list is behind a mutex.
+    #[cfg(loom)]
+    unsafe impl Sync for Graveyard {}
+
+    #[cfg(loom)]
+    impl Drop for Graveyard {
+        fn drop(&mut self) {
+            let list = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+            for (p, free) in list.drain(..) {
+                // SAFETY: each buried block is freed once, here, after its execution ended.
+                unsafe { free(p) };
+            }
+        }
+    }
+
     #[cfg(loom)]
     loom::lazy_static! {
         // std's atomics, not loom's: counting must add no schedule point to the model.
         static ref ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         static ref FREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        static ref GRAVEYARD: Graveyard = Graveyard(std::sync::Mutex::new(Vec::new()));
     }
 
     /// Notes one block allocated.
@@ -137,11 +167,45 @@ pub mod census {
         ALLOCATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Notes one block freed.
+    /// Notes one block freed. Under loom, keeps the block's memory until the execution ends
+    /// (`free` runs then) and returns `true`: the caller must not free it. Elsewhere returns
+    /// `false`.
     #[inline]
-    pub(crate) fn note_free() {
+    pub(crate) fn bury(block: *mut u8, free: unsafe fn(*mut u8)) -> bool {
         #[cfg(loom)]
-        FREED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            FREED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut list = GRAVEYARD.0.lock().unwrap_or_else(|e| e.into_inner());
+            assert!(
+                list.iter().all(|(p, _)| *p != block),
+                "a queue block was freed twice"
+            );
+            list.push((block, free));
+            true
+        }
+        #[cfg(not(loom))]
+        {
+            let _ = (block, free);
+            false
+        }
+    }
+
+    /// Under loom, panics if `block` was freed: call it after an access to the block made
+    /// without a claim on one of its slots.
+    #[inline]
+    pub(crate) fn assert_alive(block: *const u8) {
+        #[cfg(loom)]
+        assert!(
+            GRAVEYARD
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .all(|(p, _)| p.cast_const() != block),
+            "a helper touched a freed queue block"
+        );
+        #[cfg(not(loom))]
+        let _ = block;
     }
 
     /// How many queue blocks this loom execution has allocated (zero outside loom).

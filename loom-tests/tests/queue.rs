@@ -112,7 +112,7 @@ fn producers_across_a_block_boundary() {
             );
         }
         assert!(queue.is_empty());
-        let q = Arc::try_unwrap(q).ok().expect("threads joined");
+        let q = Arc::try_unwrap(q).unwrap_or_else(|_| panic!("threads joined"));
         drop_and_count_blocks(q, collector);
     });
 }
@@ -141,7 +141,7 @@ fn a_pop_gives_up_a_slot_racing_its_pusher() {
         assert_eq!(got, [0, 1], "theirs={theirs:?}");
         assert!(queue.is_empty());
         assert_all_dropped(&table);
-        let q = Arc::try_unwrap(q).ok().expect("popper joined");
+        let q = Arc::try_unwrap(q).unwrap_or_else(|_| panic!("popper joined"));
         drop_and_count_blocks(q, collector);
     });
 }
@@ -177,7 +177,7 @@ fn a_helper_races_the_blocks_last_user() {
         got.sort_unstable();
         assert_eq!(got, [0, 1, 2], "lost or duplicated values");
         assert_all_dropped(&table);
-        let q = Arc::try_unwrap(q).ok().expect("threads joined");
+        let q = Arc::try_unwrap(q).unwrap_or_else(|_| panic!("threads joined"));
         drop_and_count_blocks(q, collector);
     });
 }
@@ -201,7 +201,7 @@ fn drop_with_values_in_partly_filled_blocks() {
         };
         q.push(Dropped::new(3, &table));
         popper.join().unwrap();
-        let q = Arc::try_unwrap(q).ok().expect("popper joined");
+        let q = Arc::try_unwrap(q).unwrap_or_else(|_| panic!("popper joined"));
         assert_eq!(q.len(), 3);
         drop_and_count_blocks(q, collector);
         assert_all_dropped(&table);

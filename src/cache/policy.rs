@@ -20,6 +20,9 @@ use super::index::{Entry, EntryPtr, Index};
 use crate::queue::MsQueue;
 use crate::sync::{epoch::Guard, AtomicU64, AtomicUsize, Ordering};
 
+/// How many retirements between two flushes of the retiring thread's epoch garbage.
+const FLUSH_EVERY: usize = 128;
+
 /// An entry pointer held by a FIFO, which owns the entry.
 pub(super) struct Owned<K, V>(EntryPtr<K, V>);
 
@@ -104,6 +107,8 @@ pub(super) struct Policy<K, V> {
     main: MsQueue<Owned<K, V>>,
     /// Total weight of the entries in the small FIFO (dead ones included until popped).
     small_weight: AtomicU64,
+    /// Entries retired so far, to pace `retire`'s flushes.
+    retired: AtomicUsize,
     /// The small FIFO's share of the capacity.
     small_target: u64,
     ghost: Ghost,
@@ -119,6 +124,7 @@ impl<K, V> Policy<K, V> {
             small: MsQueue::with_collector(collector.clone()),
             main: MsQueue::with_collector(collector.clone()),
             small_weight: AtomicU64::new(0),
+            retired: AtomicUsize::new(0),
             small_target: (capacity / 10).max(1),
             ghost: Ghost::new(entries),
         }
@@ -180,8 +186,16 @@ impl<K, V> Policy<K, V> {
         Some((p, e))
     }
 
-    /// Retires an entry this thread popped and will not push again.
-    fn retire(p: EntryPtr<K, V>, guard: &Guard) {
+    /// Retires an entry this thread popped and will not push again. Every `FLUSH_EVERY`-th
+    /// retirement also flushes the thread's epoch garbage and collects: a caller that holds one
+    /// guard across many operations (the `*_with_guard` methods, re-pinned) never pins afresh, and
+    /// only a fresh pin collects on its own, so without this its retired entries would pile up
+    /// until it dropped the guard.
+    fn retire(&self, p: EntryPtr<K, V>, guard: &Guard) {
+        // Relaxed: a pacing count; nothing is published through it.
+        if self.retired.fetch_add(1, Ordering::Relaxed) % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            guard.flush();
+        }
         // SAFETY: the entry was popped from its FIFO by this thread, so no FIFO holds it any more;
         // it has left the index (dead, or unlinked by us), so no new reader can find it; readers
         // that found it earlier are pinned, and the epoch drops it only after they unpin. Popping
@@ -215,7 +229,7 @@ impl<K, V> Policy<K, V> {
             // Acquire: pairs with the Release store of whoever unlinked it, so that its unlink
             // (and bookkeeping) is done before we retire it.
             if e.dead.load(Ordering::Acquire) {
-                Self::retire(p, guard);
+                self.retire(p, guard);
                 continue;
             }
             // Relaxed: a hint, as in `Entry::touch`.
@@ -238,11 +252,11 @@ impl<K, V> Policy<K, V> {
                 if fifo == Fifo::Small {
                     self.ghost.insert(e.hash);
                 }
-                Self::retire(p, guard);
+                self.retire(p, guard);
                 return Evicted::Victim(e);
             }
             // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
-            Self::retire(p, guard);
+            self.retire(p, guard);
         }
     }
 
@@ -265,7 +279,7 @@ impl<K, V> Policy<K, V> {
             if let Some((p, e)) = self.pop(fifo, guard) {
                 // Acquire: as in `evict_one`.
                 if e.dead.load(Ordering::Acquire) {
-                    Self::retire(p, guard);
+                    self.retire(p, guard);
                 } else {
                     self.push(fifo, (p, e));
                 }
