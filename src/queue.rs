@@ -1366,17 +1366,22 @@ mod tests {
     /// A helper loads the block pointer of `head` while the pop that took the block's last slot
     /// is stalled before moving `head`; the helper is stalled in turn, the pop resumes, moves
     /// `head`, takes its value and, as the block's last user, retires the block while the helper
-    /// still holds it. The helper then reads the block. Without the helper count and the epoch
-    /// fallback, that read is a use-after-free, which Miri reports (this test runs in the nightly
-    /// tier's Miri half); with them the block is freed only after the helper unpins.
+    /// still holds it. The main thread then pops the whole next block, whose retirement would
+    /// push the first block off the reuse shelf and free it, were it there. The helper then reads
+    /// the block. Without the helper count and the epoch fallback, that read is a use-after-free,
+    /// which Miri reports (this test runs in the nightly tier's Miri half); with them the block is
+    /// freed only after the helper unpins.
     #[test]
     fn a_helper_holding_a_block_while_its_last_user_retires_it() {
+        let cap = BLOCK_CAP as u64;
         let collector = crossbeam_epoch::Collector::new();
         let q = Arc::new(MsQueue::with_collector(collector.clone()));
-        for i in 0..BLOCK_CAP as u64 + 1 {
+        // Three blocks' worth: the blocks after the first are linked now, so that nothing below
+        // takes a block off the shelf.
+        for i in 0..3 * cap {
             q.push(i);
         }
-        for i in 0..BLOCK_CAP as u64 - 1 {
+        for i in 0..cap - 1 {
             assert_eq!(q.pop(), Some(i));
         }
         let (reached, stalled) = channel();
@@ -1400,15 +1405,14 @@ mod tests {
         };
         stalled.recv().unwrap();
         resume_last.send(()).unwrap();
-        let last = last_user.join().unwrap();
+        assert_eq!(last_user.join().unwrap(), Some(cap - 1));
+        for i in cap..2 * cap {
+            assert_eq!(q.pop(), Some(i));
+        }
         resume_helper.send(()).unwrap();
-        let helped = helper.join().unwrap();
-        let mut got: Vec<u64> = [last, helped].into_iter().flatten().collect();
-        got.extend(q.pop());
-        got.sort_unstable();
-        let first = BLOCK_CAP as u64 - 1;
-        assert_eq!(got, [first, first + 1]);
-        assert!(q.is_empty());
+        assert_eq!(helper.join().unwrap(), Some(2 * cap));
+        let rest: Vec<u64> = core::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(rest, (2 * cap + 1..3 * cap).collect::<Vec<_>>());
         drop(q);
         drop(collector);
     }
