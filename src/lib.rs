@@ -4,7 +4,7 @@
 //!
 //! | module | what it holds | progress |
 //! |---|---|---|
-//! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO (Michael & Scott), epoch reclamation | lock-free push and pop |
+//! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO, a Michael–Scott list of blocks of slots | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
 //! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
 //! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, with admission, deadlines and cancellation | submit never blocks |
@@ -13,7 +13,8 @@
 //!
 //! | operation | guarantee |
 //! |---|---|
-//! | `MsQueue::push`, `pop`, `len`, `is_empty` | lock-free |
+//! | `MsQueue::push`, `pop`, `len` | lock-free |
+//! | `MsQueue::is_empty` | wait-free |
 //! | `AtomicCounter::get`, `add`, `increment` | wait-free |
 //! | `AtomicCounter::sub`, `decrement`, `try_sub`, `try_add_below` | lock-free |
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |

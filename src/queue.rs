@@ -1228,7 +1228,7 @@ mod hooks {
 mod tests {
     use super::{hooks, MsQueue, BLOCK_CAP};
     use std::collections::HashSet;
-    use std::sync::mpsc::{channel, RecvTimeoutError};
+    use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
     use std::sync::Arc;
     use std::thread;
     use std::time::Duration;
@@ -1243,6 +1243,24 @@ mod tests {
     const STALLED_LINK: u64 = 2 << 40;
     const FILLER: u64 = 3 << 40;
 
+    /// Spawns a thread running `f`, stalled at its first arrival at `point`; returns once it has
+    /// stalled, with its handle and the sender that resumes it.
+    fn spawn_stalled<R: Send + 'static>(
+        point: hooks::Point,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<(thread::JoinHandle<R>, Sender<()>), String> {
+        let (reached, stalled) = channel();
+        let (resume, wait) = channel();
+        let handle = thread::spawn(move || {
+            hooks::stall_at(point, reached, wait);
+            f()
+        });
+        stalled
+            .recv_timeout(WATCHDOG)
+            .map_err(|e| format!("never stalled at {point:?}: {e}"))?;
+        Ok((handle, resume))
+    }
+
     /// Stalls one push after its claim and another in the middle of moving `tail` to a new block;
     /// then two pushers and two poppers run `OPS` operations each. `Ok` if they all finished
     /// before the watchdog; either way the stalled pushes are resumed and every value is checked
@@ -1251,35 +1269,18 @@ mod tests {
         let q = Arc::new(MsQueue::new());
 
         // One push stalls after claiming slot 0.
-        let (reached, stalled) = channel();
-        let (resume_claim, wait_claim) = channel();
-        let claim = {
+        let (claim, resume_claim) = {
             let q = Arc::clone(&q);
-            thread::spawn(move || {
-                hooks::stall_at(hooks::Point::Claimed, reached, wait_claim);
-                q.push(STALLED_CLAIM);
-            })
+            spawn_stalled(hooks::Point::Claimed, move || q.push(STALLED_CLAIM))?
         };
-        stalled
-            .recv_timeout(WATCHDOG)
-            .map_err(|e| format!("the first push never stalled: {e}"))?;
-
         // Fill the block up to its last slot; another push stalls after claiming that one.
         for i in 1..BLOCK_CAP as u64 - 1 {
             q.push(FILLER + i);
         }
-        let (reached, stalled) = channel();
-        let (resume_link, wait_link) = channel();
-        let link = {
+        let (link, resume_link) = {
             let q = Arc::clone(&q);
-            thread::spawn(move || {
-                hooks::stall_at(hooks::Point::Linking, reached, wait_link);
-                q.push(STALLED_LINK);
-            })
+            spawn_stalled(hooks::Point::Linking, move || q.push(STALLED_LINK))?
         };
-        stalled
-            .recv_timeout(WATCHDOG)
-            .map_err(|e| format!("the second push never stalled: {e}"))?;
 
         // Free-running workers: they must all finish while both pushes stay stalled.
         let (done, finished) = channel();
@@ -1384,26 +1385,14 @@ mod tests {
         for i in 0..cap - 1 {
             assert_eq!(q.pop(), Some(i));
         }
-        let (reached, stalled) = channel();
-        let (resume_last, wait_last) = channel();
-        let last_user = {
+        let (last_user, resume_last) = {
             let q = Arc::clone(&q);
-            thread::spawn(move || {
-                hooks::stall_at(hooks::Point::Linking, reached, wait_last);
-                q.pop()
-            })
+            spawn_stalled(hooks::Point::Linking, move || q.pop()).unwrap()
         };
-        stalled.recv().unwrap();
-        let (reached, stalled) = channel();
-        let (resume_helper, wait_helper) = channel();
-        let helper = {
+        let (helper, resume_helper) = {
             let q = Arc::clone(&q);
-            thread::spawn(move || {
-                hooks::stall_at(hooks::Point::Helping, reached, wait_helper);
-                q.pop()
-            })
+            spawn_stalled(hooks::Point::Helping, move || q.pop()).unwrap()
         };
-        stalled.recv().unwrap();
         resume_last.send(()).unwrap();
         assert_eq!(last_user.join().unwrap(), Some(cap - 1));
         for i in cap..2 * cap {
