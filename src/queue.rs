@@ -68,7 +68,7 @@
 
 use crate::reclaim::Reclaim;
 use crate::sync::{
-    census, epoch, AtomicPtr, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell,
+    census, epoch, fence, AtomicPtr, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell,
     QUEUE_BLOCK_CAP, UNDER_MODEL_CHECKER, ZEROED_ATOMICS_VALID,
 };
 use core::{fmt, iter::FusedIterator, marker::PhantomData, mem::MaybeUninit, ptr};
@@ -465,6 +465,12 @@ impl<T> MsQueue<T> {
     fn new_block(&self, lap: usize) -> *mut Block<T> {
         // AcqRel: Acquire pairs with `shelve`'s Release, so the shelving thread's last accesses
         // to the block happen before our reset; Release is not needed but harmless.
+        if UNDER_MODEL_CHECKER {
+            // No reuse under the model checkers: every retired block is freed (under loom,
+            // buried), so that a late access to it fails the model instead of reading a reused
+            // block. Reuse takes the same condition as freeing (the block is ours alone).
+            return Block::alloc(lap);
+        }
         let b = self.shelf.swap(ptr::null_mut(), Ordering::AcqRel);
         if b.is_null() {
             return Block::alloc(lap);
@@ -484,6 +490,12 @@ impl<T> MsQueue<T> {
         // AcqRel: Release publishes our last accesses to `b` to the thread that takes it;
         // Acquire pairs with the Release of whoever shelved the block we displace, before we free
         // it.
+        if UNDER_MODEL_CHECKER {
+            // No reuse under the model checkers (see `new_block`).
+            // SAFETY: as the caller promises: ours alone, freed once.
+            unsafe { Block::free(b) };
+            return;
+        }
         let old = self.shelf.swap(b, Ordering::AcqRel);
         if !old.is_null() {
             // SAFETY: the displaced block was shelved under the same promise, and taking it off
@@ -663,9 +675,11 @@ impl<T> MsQueue<T> {
             // again (both moves past the block are complete).
             b.next.store(ptr::null_mut(), Ordering::Relaxed);
         }
-        // SeqCst: see the module docs: a helper's count comes before its load of the block
-        // pointer, and both moves past this block come before this read, all in the single
-        // total order of `SeqCst` accesses; so a helper that may hold the block is counted here.
+        // The fence pairs with the one in `help_lap`: a helper's count comes before its fence and
+        // its load of the block pointer; both moves past this block happen before our fence. If
+        // the helper's fence comes first in the total order of `SeqCst` fences, we see its
+        // count; if ours does, its load sees the moves and not this block.
+        fence(Ordering::SeqCst);
         if self.helpers.load(Ordering::SeqCst) == 0 {
             // SAFETY: every slot is finished, so no claimant touches the block again, and all
             // values were moved out; `head` and `tail` were swung past it, so no thread can load
@@ -721,9 +735,13 @@ impl<T> MsQueue<T> {
         debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
         let lap = position(index) / LAP;
         let guard = self.reclaim.pin();
-        // SeqCst (this, the load below and the decrement): a retiring walk that does not see our
-        // count cannot retire a block we load (see the module docs).
+        // SeqCst (this, the fence, the load below and the decrement): a retiring walk that does
+        // not see our count cannot retire a block we load (see the module docs). The fence makes
+        // the count-then-load order hold against the walker's fence-then-read (a Dekker pair):
+        // `SeqCst` accesses alone would do in C++'s model, but loom checks `SeqCst` accesses as
+        // acquire/release only, and fences fully; it found this pair unprotected without them.
         self.helpers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         // SeqCst: as above; it is also an acquire: the block of our index's lap or a later one
         // (see `push_once`), with its contents visible.
         let block = end.block.load(Ordering::SeqCst);

@@ -15,14 +15,34 @@ pub fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
+    check(loom::model::Builder::new(), f);
+}
+
+/// [`model`] with at most `bound` preemptions, whatever `LOOM_MAX_PREEMPTIONS` says: for the few
+/// models too large to explore at CI's bound (each says so).
+#[cfg(loom)]
+pub fn model_with_bound<F>(bound: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(bound);
+    check(builder, f);
+}
+
+#[cfg(loom)]
+fn check<F>(builder: loom::model::Builder, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     let executions = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&executions);
     let start = std::time::Instant::now();
-    loom::model(move || {
-        // Relaxed: a count read after `model` returns, on the same OS thread.
+    builder.check(move || {
+        // Relaxed: a count read after `check` returns, on the same OS thread.
         counter.fetch_add(1, Ordering::Relaxed);
         f();
     });
