@@ -35,7 +35,8 @@
 //! default 9, at least 7); each round runs every contender once, in an order rotated from round
 //! to round. Scenarios: `cache/get_insert_90_10/{1t,2t}` (90% `get`, 10% `insert`) and
 //! `cache/get_100/{1t,2t}` (`get` only), keys from Zipf(0.99) over 100,000 keys, capacity
-//! 10,000. Each run builds a fresh cache with default settings (random hashers), prefills it with
+//! 10,000. Each run builds a fresh cache with default settings (random hashers; latchless counts
+//! no lookups by default, and runs once more with `count_lookups(true)`), prefills it with
 //! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
 //! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
 //! `insert`; `LATCHLESS_BENCH_OPS` ops per run, shared by the threads. It prints, per scenario
@@ -70,7 +71,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::caches::{BenchCache, LatchlessPinned};
+use common::caches::{BenchCache, LatchlessCounted, LatchlessPinned};
 use common::harness::{self, fixed2, machine, median, rotate_rounds, Invocation, Tally};
 use common::workers::{run_workers, share_len, thread_cpu_time, Sample};
 use latchless::cache::Cache;
@@ -179,6 +180,7 @@ fn hit(key: u64, value: u64, contender: &str) -> u64 {
 fn replay_latchless(capacity: u64, keys: &[u64]) -> u64 {
     let cache = Cache::builder(capacity)
         .hasher(FixedState::default())
+        .count_lookups(true)
         .build();
     let mut hits = 0;
     for &k in keys {
@@ -461,6 +463,10 @@ fn contenders() -> Vec<Contender> {
         Contender {
             name: "latchless Cache",
             run: run_cache::<Cache<u64, u64>>,
+        },
+        Contender {
+            name: "latchless Cache (count_lookups)",
+            run: run_cache::<LatchlessCounted>,
         },
         Contender {
             name: "latchless Cache (guard, repin/64)",

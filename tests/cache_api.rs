@@ -183,7 +183,7 @@ fn weight_and_len_follow_every_change() {
 
 #[test]
 fn stats_count_hits_misses_inserts() {
-    let cache = Cache::new(10);
+    let cache = Cache::builder(10).count_lookups(true).build();
     assert_eq!(cache.stats(), CacheStats::default());
     assert_eq!(cache.stats().hit_ratio(), 0.0);
     cache.insert(1, 'a');
@@ -211,6 +211,19 @@ fn stats_count_hits_misses_inserts() {
     assert_eq!(cache.get_or_insert_with(4, || unreachable!()), 'd');
     let s = cache.stats();
     assert_eq!((s.hits, s.misses, s.inserts), (4, 2, 4));
+}
+
+#[test]
+fn lookups_are_not_counted_by_default() {
+    let cache = Cache::new(10);
+    cache.insert(1, 'a');
+    assert_eq!(cache.get(&1), Some('a'));
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.get_or_insert_with(3, || 'c'), 'c');
+    let s = cache.stats();
+    // The write-side counts are kept; lookups are not.
+    assert_eq!((s.hits, s.misses, s.inserts), (0, 0, 2), "{s:?}");
+    assert_eq!(s.hit_ratio(), 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,7 +287,10 @@ fn listener_hears_each_cause() {
 /// Fills a capacity-2 cache with keys 1 and 2, lets `touch` look at it, inserts key 3 (which
 /// evicts one entry) and returns the keys left.
 fn survivors_after(touch: impl Fn(&Cache<u32, u32, Fixed>)) -> (Vec<u32>, CacheStats) {
-    let cache = Cache::builder(2).hasher(Fixed::default()).build();
+    let cache = Cache::builder(2)
+        .hasher(Fixed::default())
+        .count_lookups(true)
+        .build();
     cache.insert(1, 10);
     cache.insert(2, 20);
     touch(&cache);
@@ -543,7 +559,7 @@ fn get_or_insert_with_computes_each_key_once() {
 fn get_or_insert_with_panic_reaches_its_caller_and_releases_the_waiters() {
     const FOLLOWERS: u64 = 3;
     const KEY: u32 = 5;
-    let cache: Cache<u32, u32> = Cache::new(10);
+    let cache: Cache<u32, u32> = Cache::builder(10).count_lookups(true).build();
     let follower_inits = AtomicUsize::new(0);
     let (entered_tx, entered_rx) = mpsc::channel();
     let leader_outcome = thread::scope(|s| {

@@ -77,6 +77,7 @@ fn load_trace(path: &Path) -> io::Result<Vec<u64>> {
 fn latchless_hits(capacity: u64, keys: &[u64]) -> u64 {
     let cache = Cache::builder(capacity)
         .hasher(FixedState::default())
+        .count_lookups(true)
         .build();
     let mut hits = 0;
     for &k in keys {

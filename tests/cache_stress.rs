@@ -266,6 +266,7 @@ fn build(
     let sink = Arc::clone(heard);
     let mut builder = Cache::builder(sizes.capacity())
         .hasher(FewHashes)
+        .count_lookups(true)
         .estimated_entries(ESTIMATED_ENTRIES)
         .eviction_listener(move |k: &u64, v: &Val, cause| sink.hear(*k, v, cause, ops_per_thread));
     if let Sizes::Weighted = sizes {

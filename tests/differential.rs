@@ -421,7 +421,7 @@ fn cache_without_eviction_matches_hashmap() {
         let capacity = if rng.chance(50) { KEYS } else { 4 * KEYS };
         let one_bucket = rng.below(3) == 0;
         let hasher = TestHasher::for_seed(seed);
-        let builder = Cache::builder(capacity).hasher(hasher);
+        let builder = Cache::builder(capacity).hasher(hasher).count_lookups(true);
         let cache = if one_bucket {
             builder.estimated_entries(1).build()
         } else {
@@ -527,6 +527,7 @@ fn cache_with_eviction_hits_return_the_last_value_inserted() {
             let capacity = small_capacity(&mut rng);
             let cache = Cache::builder(capacity)
                 .hasher(TestHasher::for_seed(seed))
+                .count_lookups(true)
                 .build();
             // The last value written for each key; `None` once removed. A key may also be absent
             // from the cache because it was evicted: the cache may miss, but never return
@@ -648,6 +649,7 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
             let sink = Arc::clone(&events);
             let cache = Cache::builder(capacity)
                 .hasher(TestHasher::for_seed(seed))
+                .count_lookups(true)
                 .eviction_listener(move |k: &Key, v: &Value, cause| {
                     sink.lock().unwrap().push((*k, *v, cause));
                 })

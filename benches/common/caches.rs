@@ -56,6 +56,24 @@ impl BenchCache for LatchlessPinned {
     }
 }
 
+/// latchless's `Cache` with hits and misses counted (`count_lookups(true)`): what the statistics
+/// cost a hit, next to the default, which does not count them.
+pub(crate) struct LatchlessCounted(Cache<u64, u64>);
+
+impl BenchCache for LatchlessCounted {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(Cache::builder(capacity).count_lookups(true).build())
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
 impl BenchCache for moka::sync::Cache<u64, u64> {
     type Local = ();
     fn make(capacity: u64) -> Self {

@@ -240,6 +240,7 @@ impl Harness {
         let sink = Arc::clone(&events);
         let mut builder = Cache::builder(capacity)
             .hasher(FuzzState(config.hasher))
+            .count_lookups(true)
             .collector(collector.clone())
             .eviction_listener(move |k: &Key, v: &Val, cause| {
                 sink.lock()

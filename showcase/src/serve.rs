@@ -210,6 +210,8 @@ impl<M: LanguageModel> Engine<M> {
     ) -> Result<Self, rayon::ThreadPoolBuildError> {
         let weigher_model = Arc::clone(&model);
         let sessions = Cache::builder(session_bytes)
+            // The report gives the sessions' hit ratio.
+            .count_lookups(true)
             .weigher(move |_: &u64, s: &Session<M::State>| {
                 weigher_model.state_bytes(&s.state).max(1)
             })

@@ -155,6 +155,7 @@ fn run(capacity: u64, weights: &'static [u64]) {
         Arc::new(
             Cache::builder(capacity)
                 .hasher(BuildHasherDefault::<DefaultHasher>::default())
+                .count_lookups(true)
                 .collector(collector.clone())
                 .weigher(|_: &u8, v: &Val| v.weight)
                 .eviction_listener(move |k: &u8, v: &Val, cause| {

@@ -8,7 +8,10 @@
 //!   [`MsQueue`](crate::queue::MsQueue)s and a ghost list of recently evicted key hashes. Reads
 //!   bump a 2-bit counter with a relaxed store; eviction runs on the inserting thread.
 //! - **Bookkeeping**: total weight and length are [`AtomicCounter`]s, statistics are
-//!   [`ShardedCounter`]s.
+//!   [`ShardedCounter`]s. Hits and misses are counted only when the builder asks
+//!   ([`CacheBuilder::count_lookups`]), so that by default a hit writes nothing shared.
+//! - **Hashing**: [`DefaultHashBuilder`] (foldhash, randomly seeded) unless the builder is given
+//!   another hasher.
 //!
 //! # Progress
 //!
@@ -40,8 +43,11 @@
 //! large values behind an `Arc`.
 
 mod flight;
+mod hash;
 mod index;
 mod policy;
+
+pub use hash::{DefaultHashBuilder, DefaultHasher};
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
@@ -53,7 +59,6 @@ use epoch::{Collector, Guard};
 use flight::{Flights, Joined};
 use index::{Entry, EntryPtr, Index};
 use policy::{Evicted, Policy};
-use std::collections::hash_map::RandomState;
 
 /// Computes an entry's weight.
 type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u64 + Send + Sync>;
@@ -85,13 +90,15 @@ pub enum RemovalCause {
 
 /// Counts of what a cache did, from [`Cache::stats`]. Each count is exact once the threads that
 /// used the cache are synchronised with the reader; while they run it is a near snapshot.
+/// `hits` and `misses` stay 0 unless the cache was built with
+/// [`count_lookups(true)`](CacheBuilder::count_lookups).
 ///
 /// # Examples
 ///
 /// ```
 /// use latchless::cache::Cache;
 ///
-/// let cache = Cache::new(10);
+/// let cache = Cache::builder(10).count_lookups(true).build();
 /// cache.insert(1, "one");
 /// cache.get(&1);
 /// cache.get(&2);
@@ -102,11 +109,13 @@ pub enum RemovalCause {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Lookups that found their key: `get` calls, and `get_or_insert_with` calls answered from
-    /// the cache without computing or waiting.
+    /// the cache without computing or waiting. Counted only with
+    /// [`count_lookups(true)`](CacheBuilder::count_lookups).
     pub hits: u64,
     /// Lookups that did not: `get` calls, and `get_or_insert_with`'s first lookup (one more for
     /// each retry after a panicking initialiser), whether the caller then computes the value or
-    /// waits for another caller's.
+    /// waits for another caller's. Counted only with
+    /// [`count_lookups(true)`](CacheBuilder::count_lookups).
     pub misses: u64,
     /// Entries stored (new keys and replacements).
     pub inserts: u64,
@@ -139,6 +148,9 @@ impl CacheStats {
 
 /// The statistics' counters.
 struct Stats {
+    /// Whether lookups are counted ([`CacheBuilder::count_lookups`]). When they are not, a hit
+    /// writes nothing shared: the counters below are the only shared lines a hit would write.
+    lookups: bool,
     hits: ShardedCounter,
     misses: ShardedCounter,
     inserts: ShardedCounter,
@@ -147,14 +159,29 @@ struct Stats {
 }
 
 impl Stats {
-    fn new() -> Self {
+    fn new(lookups: bool) -> Self {
         let counter = ShardedCounter::for_stats;
         Self {
+            lookups,
             hits: counter(),
             misses: counter(),
             inserts: counter(),
             evictions: counter(),
             rejected: counter(),
+        }
+    }
+
+    #[inline]
+    fn hit(&self) {
+        if self.lookups {
+            self.hits.increment();
+        }
+    }
+
+    #[inline]
+    fn miss(&self) {
+        if self.lookups {
+            self.misses.increment();
         }
     }
 }
@@ -234,13 +261,14 @@ impl<V: fmt::Debug> std::error::Error for CompareExchangeError<V> {}
 /// assert!(cache.weight() <= 1024);
 /// assert_eq!(freed.load(Ordering::Relaxed), 4 * 256);
 /// ```
-pub struct CacheBuilder<K, V, S = RandomState> {
+pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     capacity: u64,
     hasher: S,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     estimated_entries: Option<usize>,
     collector: Option<Collector>,
+    count_lookups: bool,
 }
 
 impl<K, V, S> CacheBuilder<K, V, S> {
@@ -294,8 +322,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
-    /// Hashes keys with `hasher` instead of a randomly seeded `RandomState`, e.g. for
-    /// reproducible eviction.
+    /// Hashes keys with `hasher` instead of a [`DefaultHashBuilder`]: a fixed hasher for
+    /// reproducible eviction, or std's SipHash `RandomState` against hash flooding (see
+    /// [`DefaultHashBuilder`]).
     ///
     /// # Examples
     ///
@@ -319,6 +348,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             estimated_entries: self.estimated_entries,
             collector: self.collector,
+            count_lookups: self.count_lookups,
         }
     }
 
@@ -339,6 +369,37 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     #[must_use]
     pub fn estimated_entries(mut self, n: usize) -> Self {
         self.estimated_entries = Some(n);
+        self
+    }
+
+    /// Counts hits and misses in [`Cache::stats`] (`true`), or not (`false`, the default).
+    ///
+    /// Off, a hit writes nothing that other threads read or write: the entry's access counter
+    /// is stored only when it changes, and nothing else. On, every lookup also increments a
+    /// striped counter (one read-modify-write, on a stripe chosen per thread), and the counts
+    /// are exact once the threads that used the cache are synchronised with the reader. The
+    /// other counts (inserts, evictions, refusals) are always kept: they fall on paths that write
+    /// shared state anyway.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(10).count_lookups(true).build();
+    /// cache.insert(1, "one");
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    ///
+    /// let quiet = Cache::new(10);
+    /// quiet.insert(1, "one");
+    /// quiet.get(&1);
+    /// assert_eq!((quiet.stats().hits, quiet.stats().inserts), (0, 1));
+    /// ```
+    #[must_use]
+    pub fn count_lookups(mut self, on: bool) -> Self {
+        self.count_lookups = on;
         self
     }
 
@@ -395,7 +456,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             len: AtomicCounter::new(0),
             weigher: self.weigher,
             listener: self.listener,
-            stats: Stats::new(),
+            stats: Stats::new(self.count_lookups),
             flights: Flights::new(if UNDER_MODEL_CHECKER { 1 } else { 64 }),
             reclaim,
         }
@@ -409,6 +470,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
             .field("estimated_entries", &self.estimated_entries)
+            .field("count_lookups", &self.count_lookups)
             .finish_non_exhaustive()
     }
 }
@@ -449,7 +511,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
 /// assert_eq!(cache.get(&7), Some(14));
 /// assert!(cache.len() <= 1000);
 /// ```
-pub struct Cache<K, V, S = RandomState> {
+pub struct Cache<K, V, S = DefaultHashBuilder> {
     index: Index<K, V>,
     policy: Policy<K, V>,
     hasher: S,
@@ -476,9 +538,9 @@ unsafe impl<K: Send + Sync, V: Send + Sync, S: Send> Send for Cache<K, V, S> {}
 // All shared mutable state is atomics, epoch-protected arrays and entries, and mutexes.
 unsafe impl<K: Send + Sync, V: Send + Sync, S: Sync> Sync for Cache<K, V, S> {}
 
-impl<K, V> Cache<K, V, RandomState> {
-    /// A cache of `capacity` entries (each weighing 1), hashed with `RandomState`. A capacity of
-    /// 0 stores nothing.
+impl<K, V> Cache<K, V, DefaultHashBuilder> {
+    /// A cache of `capacity` entries (each weighing 1), hashed with a [`DefaultHashBuilder`]. A
+    /// capacity of 0 stores nothing.
     ///
     /// # Examples
     ///
@@ -505,14 +567,15 @@ impl<K, V> Cache<K, V, RandomState> {
     /// assert_eq!(cache.capacity(), 16);
     /// ```
     #[must_use]
-    pub fn builder(capacity: u64) -> CacheBuilder<K, V, RandomState> {
+    pub fn builder(capacity: u64) -> CacheBuilder<K, V, DefaultHashBuilder> {
         CacheBuilder {
             capacity,
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             weigher: None,
             listener: None,
             estimated_entries: None,
             collector: None,
+            count_lookups: false,
         }
     }
 }
@@ -526,6 +589,7 @@ impl<K, V, S> Cache<K, V, S> {
     /// use latchless::cache::Cache;
     /// use std::collections::hash_map::RandomState;
     ///
+    /// // SipHash, seeded per process: the choice against hash flooding.
     /// let cache = Cache::with_hasher(8, RandomState::new());
     /// cache.insert(1, 2);
     /// assert_eq!(cache.peek(&1), Some(2));
@@ -592,7 +656,8 @@ impl<K, V, S> Cache<K, V, S> {
         self.weight.get()
     }
 
-    /// Hits, misses, inserts, evictions and refusals so far.
+    /// Hits, misses, inserts, evictions and refusals so far (hits and misses only with
+    /// [`count_lookups(true)`](CacheBuilder::count_lookups)).
     ///
     /// # Examples
     ///
@@ -701,11 +766,11 @@ where
         match self.index.find(self.hash(key), key, guard) {
             Some(e) => {
                 e.touch();
-                self.stats.hits.increment();
+                self.stats.hit();
                 Some(e.value.clone())
             }
             None => {
-                self.stats.misses.increment();
+                self.stats.miss();
                 None
             }
         }
