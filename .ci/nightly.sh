@@ -77,8 +77,9 @@ part() {
 # Stacked Borrows inside the library (known upstream), so Stacked Borrows cannot be used. Tree
 # Borrows once caught the cache filling its bucket arrays through crossbeam-epoch's
 # `[MaybeUninit<T>]` `DerefMut` (a `&mut` slice derived from a shared reference) and freeing
-# entries through pointers derived from `&Entry`; the cache now owns its array type
-# (`Pointable for Slots`, src/cache/index.rs) and keeps each entry's allocating pointer.
+# entries through pointers derived from `&Entry`; the cache now allocates and fills its bucket
+# arrays through their own pointers (src/cache/index.rs) and keeps each entry's allocating
+# pointer, tagged without losing its provenance when a bucket holds it alone.
 #
 # Not run under Miri, selected out here:
 # - the unit tests (`--lib`) other than the queue's: the counters' have no unsafe code and no

@@ -56,11 +56,11 @@
 //! crossbeam-epoch allows any other thread to do at any time, and the collecting thread's guard
 //! keeps its participant pinned meanwhile.
 //!
-//! What follows for the tests: shuttle sees neither crossbeam-epoch's own atomics nor the epoch
-//! `Atomic` pointers of the queue's links and the cache's buckets. It schedules only at this
-//! shim's types (atomics, `Mutex`, `Condvar`, thread spawn, join and park), so an epoch pointer
-//! operation is never preempted on its own: interleavings come from the shim operations around
-//! it. The link protocols are loom's to check.
+//! What follows for the tests: shuttle does not see crossbeam-epoch's own atomics (pins, retires
+//! and collections). It schedules only at this shim's types (atomics, `Mutex`, `Condvar`, thread
+//! spawn, join and park), which include the queue's positions, slots and links and the cache's
+//! bucket words, so those protocols are explored by both checkers; when memory may be freed is
+//! loom's to check.
 
 #[cfg(all(loom, shuttle))]
 compile_error!("`--cfg loom` and `--cfg shuttle` exclude each other: run one checker at a time");

@@ -237,3 +237,40 @@ fn remove_races_insert_same_key() {
         assert_eq!(c.weight(), c.len() as u64, "{c:?}");
     });
 }
+
+/// Every key in one bucket: an insert of a second key (the bucket going from one entry, held in
+/// the bucket word itself, to an array) races the removal of the first (the bucket going back to
+/// one entry, or to none), while the remover also reads the second key. Whatever the order, both
+/// operations take effect, and a read sees the second key's value or nothing, never another.
+#[test]
+fn one_entry_bucket_grows_while_it_shrinks() {
+    latchless_loom_tests::model(|| {
+        let collector = Collector::new();
+        let c = Arc::new(
+            Cache::builder(4)
+                .hasher(Hasher::default())
+                .estimated_entries(1)
+                .collector(collector.clone())
+                .build(),
+        );
+        assert_eq!(format!("{c:?}").matches("buckets: 1").count(), 1, "{c:?}");
+        let h = collector.register();
+        c.insert_with_guard(1u8, (1u8, 1u8), &h.pin());
+        let inserter = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.insert_with_guard(2, (2, 2), &h.pin())
+            })
+        };
+        let removed = c.remove_with_guard(&1, &h.pin());
+        let seen = c.get_with_guard(&2, &h.pin());
+        assert!(matches!(seen, None | Some((2, 2))), "{seen:?}");
+        assert_eq!(inserter.join().unwrap(), None);
+        assert_eq!(removed, Some((1, 1)));
+        let g = h.pin();
+        assert_eq!(c.get_with_guard(&1, &g), None);
+        assert_eq!(c.get_with_guard(&2, &g), Some((2, 2)));
+        assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
+    });
+}

@@ -1,21 +1,28 @@
-//! The cache's index: a fixed array of buckets, each an atomic pointer to an immutable array of
-//! entry pointers, replaced copy-on-write by compare-and-swap.
+//! The cache's index: a fixed array of buckets, each an atomic word holding nothing, one entry
+//! pointer, or a pointer to an immutable array of entry pointers; a bucket changes by
+//! compare-and-swap of its word, copy-on-write.
 //!
 //! This is the "read-copy-update" bucket of lock-free hash tables in the style of Click's and of
 //! RCU hash lists, on a table that never grows (a bounded cache does not need to): a reader loads
-//! one bucket pointer and scans a short array, so `get` takes no lock, allocates nothing and never
-//! waits for a writer; a writer builds the bucket's next array and swings the pointer with one
-//! compare-and-swap, retrying on conflict, and retires the old array through crossbeam-epoch.
-//! Entries themselves are immutable once published (but for their access counter and their
-//! `dead` flag); a replaced value is a new entry.
+//! one bucket word and checks its entry or scans its short array, so `get` takes no lock,
+//! allocates nothing and never waits for a writer; a writer builds the bucket's next word and
+//! swings it with one compare-and-swap, retrying on conflict, and retires a replaced array
+//! through crossbeam-epoch. Entries themselves are immutable once published (but for their
+//! access counter and their `dead` flag); a replaced value is a new entry.
+//!
+//! A bucket of one entry, the most common kind, holds the entry's pointer itself (tagged in its
+//! low bit): a hit then takes two dependent loads after the table (bucket word, entry) instead
+//! of three, and replacing, adding the first entry or removing the last allocates and retires
+//! nothing.
 //!
 //! Entries are owned by the eviction policy's FIFOs, not by the index: every entry the index ever
 //! published sits in exactly one FIFO until it is popped there, and only then is it retired to
 //! the epoch (see `policy`). The index only publishes and unlinks them.
 
-use crate::sync::{epoch, AtomicBool, AtomicU8, Ordering, Track};
+use crate::sync::{epoch, AtomicBool, AtomicPtr, AtomicU8, Ordering, Track};
 use core::borrow::Borrow;
-use epoch::{Atomic, Guard, Owned, Pointable, Shared};
+use core::marker::PhantomData;
+use epoch::Guard;
 use std::alloc::{self, Layout};
 
 /// One key-value pair, immutable once published but for `freq` and `dead`.
@@ -84,145 +91,162 @@ impl<K, V> Entry<K, V> {
 /// permission (under Tree Borrows, a pointer derived from a shared reference may only read).
 pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
 
-/// A bucket's array: its length, then that many entry pointers, in one allocation. Filled by
-/// `build` before publication and never changed after it.
+/// The tag on a bucket word that holds one entry pointer rather than an array: an entry holds a
+/// `u64`, so it is aligned to at least 4 bytes and its address has its low bit clear.
+const ONE: usize = 1;
+
+/// The offset of an array's pointers from the start of its allocation: just past its length.
+const PTRS: usize = core::mem::size_of::<usize>();
+
+/// What a bucket word holds, decoded.
 ///
-/// The crate implements crossbeam-epoch's `Pointable` for it rather than using the epoch's own
-/// `[MaybeUninit<T>]` arrays: their `DerefMut` hands out a `&mut` slice derived from a shared
-/// reference, so filling one is a write that Tree Borrows (and Miri) rejects. Here every
-/// reference comes from the allocation's own pointer.
-#[repr(C)]
-pub(super) struct Slots<K, V> {
-    len: usize,
-    ptrs: [EntryPtr<K, V>],
+/// A bucket word is null (no entry), an entry pointer tagged with [`ONE`] (exactly one entry: the
+/// common case, read with one load less and replaced without allocating), or an array of two or
+/// more entry pointers: one allocation holding its length, then the pointers. Arrays are filled
+/// before publication and never changed after it; entries and arrays alike are replaced whole
+/// by compare-and-swap on the word.
+enum Bucket<'g, K, V> {
+    One(EntryPtr<K, V>),
+    Many(&'g [EntryPtr<K, V>]),
 }
 
-impl<K, V> Slots<K, V> {
-    /// The offset of the pointers from the start of the allocation: just past the header, as
-    /// `repr(C)` lays it out (a pointer is aligned as a `usize`).
-    const PTRS: usize = core::mem::size_of::<usize>();
-
-    /// The allocation of an array of `len` pointers, header included.
-    fn layout(len: usize) -> Layout {
-        let (layout, offset) = Layout::new::<usize>()
-            .extend(Layout::array::<EntryPtr<K, V>>(len).expect("bucket array too long"))
-            .expect("bucket array too long");
-        debug_assert_eq!(offset, Self::PTRS);
-        layout.pad_to_align()
-    }
-
-    /// The wide pointer to the array at `ptr`, its length read from the header.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` came from `init` and has not been dropped.
-    unsafe fn wide(ptr: usize) -> *mut Self {
-        // SAFETY: the caller guarantees a live array, whose header `init` wrote.
-        let len = unsafe { *(ptr as *const usize) };
-        // A slice pointer cast to a struct whose last field is a slice keeps the address and the
-        // length: here the header's address and the pointers' count.
-        core::ptr::slice_from_raw_parts_mut(ptr as *mut EntryPtr<K, V>, len) as *mut Self
-    }
-
-    /// The entry pointers.
+impl<K, V> Bucket<'_, K, V> {
+    /// The bucket's entry pointers.
     #[inline]
     fn entries(&self) -> &[EntryPtr<K, V>] {
-        debug_assert_eq!(self.len, self.ptrs.len());
-        &self.ptrs
+        match self {
+            Bucket::One(p) => core::slice::from_ref(p),
+            Bucket::Many(ptrs) => ptrs,
+        }
     }
 }
 
-impl<K, V> Pointable for Slots<K, V> {
-    const ALIGN: usize = core::mem::align_of::<usize>();
+/// The allocation of an array of `len` pointers, length included.
+fn layout<K, V>(len: usize) -> Layout {
+    let (layout, offset) = Layout::new::<usize>()
+        .extend(Layout::array::<EntryPtr<K, V>>(len).expect("bucket array too long"))
+        .expect("bucket array too long");
+    debug_assert_eq!(offset, PTRS);
+    layout.pad_to_align()
+}
 
-    /// The number of pointers. They start null; `build` fills them.
-    type Init = usize;
-
-    unsafe fn init(len: usize) -> usize {
-        let layout = Self::layout(len);
-        // SAFETY: the layout is never zero-sized: it holds the header.
-        let base = unsafe { alloc::alloc(layout) };
-        if base.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
-        // SAFETY: `base` is a fresh allocation of `layout`, aligned for `usize`; the header is at
-        // offset 0.
-        unsafe { base.cast::<usize>().write(len) };
-        // SAFETY: the pointers start at `PTRS`, inside the allocation (`layout` holds them).
-        let ptrs = unsafe { base.add(Self::PTRS) }.cast::<EntryPtr<K, V>>();
-        for i in 0..len {
-            // SAFETY: `i < len`, so inside the allocation (`layout` holds `len` pointers).
-            let slot = unsafe { ptrs.add(i) };
-            // SAFETY: aligned and inside the allocation; initialising every pointer makes the
-            // array readable as soon as it exists.
-            unsafe { slot.write(core::ptr::null()) };
-        }
-        base as usize
-    }
-
-    unsafe fn deref<'a>(ptr: usize) -> &'a Self {
-        // SAFETY: the epoch's contract: `ptr` came from `init` and is not dropped.
-        let wide = unsafe { Self::wide(ptr) };
-        // SAFETY: a live array (as above), and nobody holds it mutably (the epoch's contract).
-        unsafe { &*wide }
-    }
-
-    unsafe fn deref_mut<'a>(ptr: usize) -> &'a mut Self {
-        // SAFETY: as in `deref`.
-        let wide = unsafe { Self::wide(ptr) };
-        // SAFETY: a live array, and nobody else holds it at all (the epoch's contract).
-        unsafe { &mut *wide }
-    }
-
-    unsafe fn drop(ptr: usize) {
-        // SAFETY: `ptr` came from `init` and is dropped once (the epoch's contract).
-        let len = unsafe { *(ptr as *const usize) };
-        // SAFETY: allocated by `init` with this very layout (the header holds its length).
-        // Dropping the array drops no entry: it holds raw pointers.
-        unsafe { alloc::dealloc(ptr as *mut u8, Self::layout(len)) };
+/// Decodes a bucket word loaded under `guard`.
+///
+/// # Safety
+///
+/// `word` was loaded from a bucket under `guard` (so an array it points to is not freed before
+/// `guard` drops: replaced arrays are retired through the epoch).
+#[inline]
+unsafe fn decode<'g, K, V>(word: *mut u8, _guard: &'g Guard) -> Bucket<'g, K, V> {
+    if word.is_null() {
+        Bucket::Many(&[])
+    } else if word as usize & ONE != 0 {
+        // Strip the tag; `wrapping_sub` keeps the pointer's provenance (that of the entry's
+        // `Box::into_raw`, see `EntryPtr`).
+        Bucket::One(word.wrapping_sub(ONE).cast::<Entry<K, V>>().cast_const())
+    } else {
+        // SAFETY: an untagged, non-null word is an array that `build` wrote (its length at
+        // offset 0, then that many initialised pointers) and published before this load; the
+        // caller's guard keeps it allocated.
+        let len = unsafe { word.cast::<usize>().read() };
+        // SAFETY: the pointers start at `PTRS`, inside the same allocation.
+        let ptrs = unsafe { word.add(PTRS) }.cast::<EntryPtr<K, V>>();
+        // SAFETY: `len` initialised pointers at `ptrs`, allocated while `guard` lives and never
+        // written after publication.
+        Bucket::Many(unsafe { core::slice::from_raw_parts(ptrs, len) })
     }
 }
 
-/// Builds a bucket array of the `len` pointers `ptrs` yields, or returns null for an empty
-/// bucket.
-fn build<'g, K, V>(
-    len: usize,
-    ptrs: impl Iterator<Item = EntryPtr<K, V>>,
-    guard: &'g Guard,
-) -> Shared<'g, Slots<K, V>> {
-    if len == 0 {
-        return Shared::null();
+/// Builds the bucket word for the `len` pointers `ptrs` yields: null, one tagged entry pointer,
+/// or a new array.
+fn build<K, V>(len: usize, mut ptrs: impl Iterator<Item = EntryPtr<K, V>>) -> *mut u8 {
+    match len {
+        0 => core::ptr::null_mut(),
+        1 => {
+            let p = ptrs.next().expect("bucket array built short");
+            debug_assert_eq!(p as usize & ONE, 0, "an entry pointer with its low bit set");
+            // `wrapping_add` keeps the entry pointer's provenance.
+            p.cast_mut().cast::<u8>().wrapping_add(ONE)
+        }
+        _ => {
+            let layout = layout::<K, V>(len);
+            // SAFETY: the layout is never zero-sized: it holds the length.
+            let base = unsafe { alloc::alloc(layout) };
+            if base.is_null() {
+                alloc::handle_alloc_error(layout);
+            }
+            // SAFETY: a fresh allocation of `layout`, aligned for `usize`; the length is at 0.
+            unsafe { base.cast::<usize>().write(len) };
+            // SAFETY: the pointers start at `PTRS`, inside the allocation.
+            let slots = unsafe { base.add(PTRS) }.cast::<EntryPtr<K, V>>();
+            let mut filled = 0;
+            for p in ptrs.take(len) {
+                // SAFETY: `filled < len`: inside the allocation.
+                let slot = unsafe { slots.add(filled) };
+                // SAFETY: aligned and inside the allocation; nobody else can see the array yet.
+                unsafe { slot.write(p) };
+                filled += 1;
+            }
+            assert_eq!(filled, len, "bucket array built short");
+            base
+        }
     }
-    let mut array = Owned::<Slots<K, V>>::init(len);
-    let mut filled = 0;
-    for (slot, p) in array.ptrs.iter_mut().zip(ptrs) {
-        *slot = p;
-        filled += 1;
+}
+
+/// Frees what a bucket word owns: an array (an entry belongs to its FIFO, and null owns
+/// nothing).
+///
+/// # Safety
+///
+/// `word` came from `build`, no thread can reach it any more (it was never published, or every
+/// thread that may have loaded it has unpinned), and it is freed once.
+unsafe fn free<K, V>(word: *mut u8) {
+    if word.is_null() || word as usize & ONE != 0 {
+        return;
     }
-    assert_eq!(filled, len, "bucket array built short");
-    array.into_shared(guard)
+    // SAFETY: an array `build` allocated, its length at offset 0.
+    let len = unsafe { word.cast::<usize>().read() };
+    // SAFETY: allocated by `build` with the layout of that length; freed once (the caller).
+    unsafe { alloc::dealloc(word, layout::<K, V>(len)) };
+}
+
+/// Retires a bucket word that was just swung out of its bucket: an array is freed after every
+/// thread pinned now has unpinned.
+///
+/// # Safety
+///
+/// As for [`free`], except that threads pinned under the current epoch may still read it.
+unsafe fn retire<K, V>(word: *mut u8, guard: &Guard) {
+    if word.is_null() || word as usize & ONE != 0 {
+        return;
+    }
+    let free_later = move || {
+        // SAFETY: the epoch runs this once, after every thread that could reach the array (the
+        // threads pinned when it left its bucket) has unpinned; nothing else frees it.
+        unsafe { free::<K, V>(word) }
+    };
+    // SAFETY: the epoch's contract for `defer_unchecked`: the closure may run on another thread
+    // and after `guard` drops; it only frees an array of plain pointers, which is sound anywhere
+    // and at any time after the last reader (see above).
+    unsafe { guard.defer_unchecked(free_later) };
 }
 
 /// A copy of `slots` with the pointer at `i` replaced by `p`.
-fn with_slot<'g, K, V>(
-    slots: &[EntryPtr<K, V>],
-    i: usize,
-    p: EntryPtr<K, V>,
-    guard: &'g Guard,
-) -> Shared<'g, Slots<K, V>> {
+fn with_slot<K, V>(slots: &[EntryPtr<K, V>], i: usize, p: EntryPtr<K, V>) -> *mut u8 {
     build(
         slots.len(),
         slots
             .iter()
             .enumerate()
             .map(|(j, &q)| if i == j { p } else { q }),
-        guard,
     )
 }
 
 /// The bucket array: fixed at construction, a power of two long.
 pub(super) struct Index<K, V> {
-    buckets: Box<[Atomic<Slots<K, V>>]>,
+    /// Bucket words, as [`Bucket`] describes them.
+    buckets: Box<[AtomicPtr<u8>]>,
+    _entries: PhantomData<EntryPtr<K, V>>,
 }
 
 impl<K, V> Index<K, V> {
@@ -230,7 +254,10 @@ impl<K, V> Index<K, V> {
     pub(super) fn new(n: usize) -> Self {
         let n = n.max(1).next_power_of_two();
         Self {
-            buckets: (0..n).map(|_| Atomic::null()).collect(),
+            buckets: (0..n)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+            _entries: PhantomData,
         }
     }
 
@@ -239,26 +266,19 @@ impl<K, V> Index<K, V> {
     }
 
     #[inline]
-    fn bucket(&self, hash: u64) -> &Atomic<Slots<K, V>> {
+    fn bucket(&self, hash: u64) -> &AtomicPtr<u8> {
         // The length is a power of two. The low bits pick the bucket; the ghost list uses others.
         &self.buckets[(hash as usize) & (self.buckets.len() - 1)]
     }
 
-    /// Loads a bucket: its array pointer (for a later compare-and-swap) and its entries.
+    /// Loads a bucket: its word (for a later compare-and-swap) and its entries.
     #[inline]
-    #[allow(clippy::type_complexity)]
-    fn load<'g>(
-        &self,
-        hash: u64,
-        guard: &'g Guard,
-    ) -> (Shared<'g, Slots<K, V>>, &'g [EntryPtr<K, V>]) {
-        // Acquire: pairs with the Release compare-and-swap that published this array, so the
+    fn load<'g>(&self, hash: u64, guard: &'g Guard) -> (*mut u8, Bucket<'g, K, V>) {
+        // Acquire: pairs with the Release compare-and-swap that published this word, so the
         // array and the entries it points to (published before it) are fully visible.
-        let cur = self.bucket(hash).load(Ordering::Acquire, guard);
-        // SAFETY: loaded under `guard`: a replaced array is retired through the epoch, so it stays
-        // allocated until `guard` drops; `as_ref` handles the empty (null) bucket.
-        let slots = unsafe { cur.as_ref() }.map_or(&[][..], Slots::entries);
-        (cur, slots)
+        let word = self.bucket(hash).load(Ordering::Acquire);
+        // SAFETY: loaded from a bucket under `guard`.
+        (word, unsafe { decode(word, guard) })
     }
 
     /// The entry for `key` in the bucket of `hash`, if any.
@@ -273,13 +293,16 @@ impl<K, V> Index<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let (_, slots) = self.load(hash, guard);
-        slots.iter().find_map(|&p| {
+        let matches = |p: EntryPtr<K, V>| {
             // SAFETY: an entry published in a bucket loaded under `guard` is retired only after it
             // left every bucket, through the epoch: it stays allocated until `guard` drops.
-            let e = unsafe { &*p };
+            let e: &'g Entry<K, V> = unsafe { &*p };
             (e.hash == hash && e.key.borrow() == key).then_some(e)
-        })
+        };
+        match self.load(hash, guard).1 {
+            Bucket::One(p) => matches(p),
+            Bucket::Many(ptrs) => ptrs.iter().find_map(|&p| matches(p)),
+        }
     }
 
     /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere), replacing
@@ -297,18 +320,18 @@ impl<K, V> Index<K, V> {
         let new = unsafe { &*new_ptr };
         let backoff = crate::sync::Backoff::new();
         loop {
-            let (cur, slots) = self.load(new.hash, guard);
+            let (cur, bucket) = self.load(new.hash, guard);
+            let slots = bucket.entries();
             let old = slots.iter().position(|&p| {
                 // SAFETY: as in `find`.
                 let e = unsafe { &*p };
                 e.hash == new.hash && e.key == new.key
             });
             let next = match old {
-                Some(i) => with_slot(slots, i, new_ptr, guard),
+                Some(i) => with_slot(slots, i, new_ptr),
                 None => build(
                     slots.len() + 1,
                     slots.iter().copied().chain(core::iter::once(new_ptr)),
-                    guard,
                 ),
             };
             if self.swap_bucket(new.hash, cur, next, guard) {
@@ -331,12 +354,13 @@ impl<K, V> Index<K, V> {
         let backoff = crate::sync::Backoff::new();
         let expected_ptr: EntryPtr<K, V> = expected;
         loop {
-            let (cur, slots) = self.load(expected.hash, guard);
+            let (cur, bucket) = self.load(expected.hash, guard);
+            let slots = bucket.entries();
             let Some(i) = slots.iter().position(|&p| p == expected_ptr) else {
                 return false;
             };
             let next = match new {
-                Some(new) => with_slot(slots, i, new, guard),
+                Some(new) => with_slot(slots, i, new),
                 None => build(
                     slots.len() - 1,
                     slots
@@ -344,7 +368,6 @@ impl<K, V> Index<K, V> {
                         .enumerate()
                         .filter(|&(j, _)| j != i)
                         .map(|(_, &p)| p),
-                    guard,
                 ),
             };
             if self.swap_bucket(expected.hash, cur, next, guard) {
@@ -355,36 +378,27 @@ impl<K, V> Index<K, V> {
     }
 
     /// Swings a bucket from `cur` to `next`; on success retires `cur`, on failure frees `next`.
-    fn swap_bucket<'g>(
-        &self,
-        hash: u64,
-        cur: Shared<'g, Slots<K, V>>,
-        next: Shared<'g, Slots<K, V>>,
-        guard: &'g Guard,
-    ) -> bool {
+    fn swap_bucket(&self, hash: u64, cur: *mut u8, next: *mut u8, guard: &Guard) -> bool {
         // Release: publishes the new array and the entries it points to; pairs with the Acquire
         // load in `load`. Relaxed on failure: the caller retries from a fresh Acquire load.
-        match self.bucket(hash).compare_exchange(
-            cur,
-            next,
-            Ordering::Release,
-            Ordering::Relaxed,
-            guard,
-        ) {
+        match self
+            .bucket(hash)
+            .compare_exchange(cur, next, Ordering::Release, Ordering::Relaxed)
+        {
             Ok(_) => {
-                if !cur.is_null() {
-                    // SAFETY: `cur` is no longer reachable from the bucket, and readers that
-                    // loaded it are pinned: the epoch frees it after they unpin. Dropping an array
-                    // of raw pointers drops no entry.
-                    unsafe { guard.defer_destroy(cur) };
-                }
+                // The word may have left and come back since our load (an entry alone, then
+                // with another, then alone again): harmless, as a word fixes the bucket's
+                // contents, and neither an array nor an entry we loaded can be freed and its
+                // address reused while we are pinned. So the bucket held exactly what we read.
+                // SAFETY: `cur` left the bucket by our compare-and-swap, and readers that loaded
+                // it are pinned. Retiring an array drops no entry; an entry retires with its
+                // FIFO.
+                unsafe { retire::<K, V>(cur, guard) };
                 true
             }
             Err(_) => {
-                if !next.is_null() {
-                    // SAFETY: `next` was built by this thread and never published.
-                    drop(unsafe { next.into_owned() });
-                }
+                // SAFETY: `next` was built by this thread and never published.
+                unsafe { free::<K, V>(next) };
                 false
             }
         }
@@ -396,29 +410,25 @@ impl<K, V> Index<K, V> {
         for bucket in self.buckets.iter() {
             // AcqRel: Acquire as in `load` (we read the entries), Release so that a later
             // writer's Acquire load sees the bucket emptied after our reads.
-            let cur = bucket.swap(Shared::null(), Ordering::AcqRel, guard);
-            // SAFETY: as in `load`.
-            if let Some(slots) = unsafe { cur.as_ref() } {
-                // SAFETY: as in `find`.
-                taken.extend(slots.entries().iter().map(|&p| unsafe { &*p }));
-                // SAFETY: unreachable now; readers that loaded it are pinned.
-                unsafe { guard.defer_destroy(cur) };
-            }
+            let word = bucket.swap(core::ptr::null_mut(), Ordering::AcqRel);
+            // SAFETY: swapped out of a bucket under `guard`: an array in it is ours to retire,
+            // and stays allocated meanwhile.
+            let entries = unsafe { decode::<K, V>(word, guard) };
+            // SAFETY: as in `find`.
+            taken.extend(entries.entries().iter().map(|&p| unsafe { &*p }));
+            // SAFETY: unreachable now; readers that loaded it are pinned.
+            unsafe { retire::<K, V>(word, guard) };
         }
         taken
     }
 
     /// Frees every bucket array (not the entries) through exclusive access.
     pub(super) fn free_arrays(&mut self) {
-        // SAFETY: `&mut self`: no other thread can reach the index.
-        let guard = unsafe { epoch::unprotected() };
         for bucket in self.buckets.iter() {
             // Relaxed: exclusive access.
-            let cur = bucket.swap(Shared::null(), Ordering::Relaxed, guard);
-            if !cur.is_null() {
-                // SAFETY: unreachable now, and no other thread can hold it (exclusive access).
-                drop(unsafe { cur.into_owned() });
-            }
+            let word = bucket.swap(core::ptr::null_mut(), Ordering::Relaxed);
+            // SAFETY: unreachable now, and no other thread can hold it (exclusive access).
+            unsafe { free::<K, V>(word) };
         }
     }
 }

@@ -1,9 +1,9 @@
 //! [`Cache`]: a bounded concurrent key-value cache with lock-free reads and writes and
 //! scan-resistant S3-FIFO eviction.
 //!
-//! - **Index** (`index`): a fixed array of buckets, each an atomic pointer to an immutable array of
-//!   entries, replaced copy-on-write by compare-and-swap; old arrays and entries are reclaimed by
-//!   crossbeam-epoch. `get` takes no lock, allocates nothing and never waits for a writer.
+//! - **Index** (`index`): a fixed array of buckets, each an atomic word holding one entry's
+//!   pointer, or a pointer to an immutable array of them when keys collide, replaced
+//!   copy-on-write by compare-and-swap; old arrays and entries are reclaimed by crossbeam-epoch. `get` takes no lock, allocates nothing and never waits for a writer.
 //! - **Eviction** (`policy`): S3-FIFO (Yang et al., SOSP 2023) over two of the crate's own
 //!   [`MsQueue`](crate::queue::MsQueue)s and a ghost list of recently evicted key hashes. Reads
 //!   bump a 2-bit counter with a relaxed store; eviction runs on the inserting thread.
