@@ -733,14 +733,28 @@ impl<T> MsQueue<T> {
     ) {
         debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
         // SAFETY: allocated while the caller's slot is unfinished.
+        unsafe { self.advance_block(end, full, spare) };
+        Self::swing_index(end, index);
+    }
+
+    /// Links a block after `full` if none is, then swings `end`'s block pointer from `full` to
+    /// it, unless another thread swung it already. The middle step of a move to the next lap,
+    /// shared by its starter (`finish_lap`) and its helpers (`help_lap`).
+    ///
+    /// # Safety
+    ///
+    /// `full` stays allocated until this returns: the caller holds a claim on one of its slots,
+    /// or is counted in `helpers` and pinned.
+    unsafe fn advance_block(&self, end: &End<T>, full: *mut Block<T>, spare: &mut Spare<'_, T>) {
+        // SAFETY: allocated (the caller's contract).
         let next = self.next_block(unsafe { &*full }, spare);
-        // SeqCst, on failure too (a helper swung it already): the swing, ours or the helper's
-        // that we read, is then ordered before our finishing of our slot and so before the
+        census::assert_alive(full.cast());
+        // SeqCst, on failure too (another thread swung it already): the swing, ours or the one
+        // we read, is then ordered before the caller's finishing of its slot and so before the
         // retiring walk's read of `helpers` (see the module docs).
         let _ = end
             .block
             .compare_exchange(full, next, Ordering::SeqCst, Ordering::SeqCst);
-        Self::swing_index(end, index);
     }
 
     /// Completes a move of `end` that another thread started (`end`'s index was `index`, at
@@ -766,16 +780,11 @@ impl<T> MsQueue<T> {
         // retires it either sees our count and hands it to the collector, which frees it only
         // after we unpin, or ran before our load, when `end` no longer held it. `lap` is
         // immutable after publication.
-        let full = unsafe { &*block };
-        let same_lap = full.lap == lap;
+        let same_lap = unsafe { &*block }.lap == lap;
         census::assert_alive(block.cast());
         if same_lap {
-            let next = self.next_block(full, spare);
-            census::assert_alive(block.cast());
-            // SeqCst: as in `finish_lap`. Relaxed on failure: someone swung it already.
-            let _ = end
-                .block
-                .compare_exchange(block, next, Ordering::SeqCst, Ordering::Relaxed);
+            // SAFETY: as above: counted and pinned until after this call.
+            unsafe { self.advance_block(end, block, spare) };
         }
         // After our last access to the block.
         self.helpers.fetch_sub(1, Ordering::SeqCst);
@@ -998,6 +1007,10 @@ impl<T> MsQueue<T> {
     pub fn is_empty(&self) -> bool {
         // SeqCst (both): `head` first, and `head` never passes `tail`'s claims, so `head` at or
         // past the `tail` read after it means `head` met `tail` at the moment of that read.
+        // Acquire would not do: it does not place the two reads in the single order of the
+        // claims (SeqCst compare-and-swaps), which is what makes "at that moment" mean anything
+        // to a caller that pushed or popped just before. On x86 and AArch64 a SeqCst load costs
+        // what an Acquire load does.
         let head = self.head.index.load(Ordering::SeqCst);
         let tail = self.tail.index.load(Ordering::SeqCst);
         position(head) >= position(tail)
