@@ -10,10 +10,13 @@
 //! Run without `--bench` (as `cargo test --benches` does), it only smoke-tests with 10,000
 //! elements.
 
+#[allow(dead_code)]
+mod common;
 #[path = "../tests/common/counting_alloc.rs"]
 #[allow(dead_code)]
 mod counting_alloc;
 
+use common::queues::{BenchQueue, Channel};
 use counting_alloc::{Counting, Section};
 use crossbeam_queue::SegQueue;
 use latchless::queue::MsQueue;
@@ -24,20 +27,20 @@ use std::sync::Mutex;
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Live bytes and allocations once `n` values are queued by `fill`, and after they are popped
-/// again by `empty`.
-fn measure<Q>(n: u64, make: impl FnOnce() -> Q, fill: impl Fn(&Q, u64), empty: impl Fn(&Q)) {
+/// One table row: live bytes and allocations once `n` values are queued in a fresh `Q`, and
+/// the bytes still live after they are popped again.
+fn row<Q: BenchQueue>(name: &str, n: u64) {
     let section = Section::start();
-    let q = make();
+    let q = Q::make();
     for v in 0..n {
-        fill(&q, v);
+        q.push(v);
     }
     let full = section.live();
-    empty(&q);
+    while q.pop().is_some() {}
     let drained = section.live();
     drop(black_box(q));
-    print!(
-        "| {:.2} | {} | {} |",
+    println!(
+        "| {name} | {:.2} | {} | {} |",
         full.bytes as f64 / n as f64,
         full.blocks,
         drained.bytes
@@ -54,44 +57,9 @@ fn main() {
     println!("{n} u64 values queued at once; bytes requested from the allocator and still live\n");
     println!("| contender | bytes per element | live allocations | bytes live after popping all |");
     println!("|---|---:|---:|---:|");
-    print!("| latchless MsQueue ");
-    measure(
-        n,
-        MsQueue::new,
-        |q, v| q.push(v),
-        |q| while q.pop().is_some() {},
-    );
-    println!();
-    print!("| crossbeam SegQueue ");
-    measure(
-        n,
-        SegQueue::new,
-        |q, v| q.push(v),
-        |q| while q.pop().is_some() {},
-    );
-    println!();
-    print!("| ConcurrentQueue::unbounded ");
-    measure(
-        n,
-        concurrent_queue::ConcurrentQueue::unbounded,
-        |q, v| q.push(v).expect("unbounded, never closed"),
-        |q| while q.pop().is_ok() {},
-    );
-    println!();
-    print!("| `Mutex<VecDeque>` ");
-    measure(
-        n,
-        || Mutex::new(VecDeque::new()),
-        |q, v| q.lock().unwrap().push_back(v),
-        |q| while q.lock().unwrap().pop_front().is_some() {},
-    );
-    println!();
-    print!("| crossbeam_channel::unbounded ");
-    measure(
-        n,
-        crossbeam_channel::unbounded,
-        |(tx, _), v| tx.send(v).expect("the receiver lives"),
-        |(_, rx)| while rx.try_recv().is_ok() {},
-    );
-    println!();
+    row::<MsQueue<u64>>("latchless MsQueue", n);
+    row::<SegQueue<u64>>("crossbeam SegQueue", n);
+    row::<concurrent_queue::ConcurrentQueue<u64>>("ConcurrentQueue::unbounded", n);
+    row::<Mutex<VecDeque<u64>>>("`Mutex<VecDeque>`", n);
+    row::<Channel>("crossbeam_channel::unbounded", n);
 }

@@ -7,8 +7,8 @@
 //!   `benches/cache_compare.rs`: command line and environment, rounds with the contenders'
 //!   order rotated, medians, and the rows of the markdown tables;
 //! - the contenders, each seen through one trait: [`queues`] (`benches/queue.rs`,
-//!   `benches/compare.rs`), [`counters`] (`benches/counter.rs`, `benches/compare.rs`) and
-//!   [`caches`] (`benches/cache.rs`, `benches/cache_compare.rs`);
+//!   `benches/queue_memory.rs`, `benches/compare.rs`), [`counters`] (`benches/counter.rs`,
+//!   `benches/compare.rs`) and [`caches`] (`benches/cache.rs`, `benches/cache_compare.rs`);
 //! - [`PinnedLocal`]: the per-thread pinned guard of the cache contender driven through its
 //!   `*_with_guard` methods.
 //!

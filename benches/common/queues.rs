@@ -1,6 +1,7 @@
-//! The queue contenders of `benches/queue.rs` and `benches/compare.rs`: latchless's `MsQueue`,
-//! `crossbeam_queue::SegQueue`, `concurrent_queue::ConcurrentQueue::unbounded`, `Mutex<VecDeque>`
-//! and `crossbeam_channel::unbounded`, behind [`BenchQueue`], with the workers that drive them.
+//! The queue contenders of `benches/queue.rs`, `benches/compare.rs` and
+//! `benches/queue_memory.rs`: latchless's `MsQueue`, `crossbeam_queue::SegQueue`,
+//! `concurrent_queue::ConcurrentQueue::unbounded`, `Mutex<VecDeque>` and
+//! `crossbeam_channel::unbounded`, behind [`BenchQueue`], with the workers that drive them.
 
 use super::workers::{share, share_len, Job};
 use crossbeam_channel::{Receiver, Sender};
