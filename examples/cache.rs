@@ -134,6 +134,7 @@ fn main() {
                                 (CompareExchangeFailure::Refused, _) => {
                                     unreachable!("a session heavier than the whole budget")
                                 }
+                                (failure, _) => unreachable!("not a failure of ours: {failure:?}"),
                             },
                         }
                     }

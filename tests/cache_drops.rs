@@ -346,7 +346,7 @@ fn refused_values_are_dropped_once() {
         }
         assert!(cache.weight() <= CAPACITY);
     }
-    assert!(cache.stats().rejected > 0);
+    assert!(cache.stats().refused > 0);
     log.assert_no_double_drop();
     drop(cache);
     drop(collector);

@@ -168,6 +168,7 @@ impl Heard {
             RemovalCause::Replaced => &self.replaced,
             RemovalCause::Removed => &self.removed,
             RemovalCause::Refused => &self.refused,
+            other => panic!("a cause this test does not know: {other:?}"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         // No panic inside the cache's bookkeeping: flag it, the test checks after the join.
@@ -387,6 +388,7 @@ fn worker(
                                 assert!(u64::from(new.size) <= capacity, "{e:?}");
                                 assert_ne!(e.current, Some(expected), "a mismatch that matched");
                             }
+                            other => panic!("a failure this test does not know: {other:?}"),
                         }
                     }
                 }
@@ -483,7 +485,7 @@ fn run(sizes: Sizes, access: Access) {
         "stats.inserts vs inserts + exchanges + computed values"
     );
     assert_eq!(
-        stats.rejected,
+        stats.refused,
         tally.insert_refused + tally.exchange_refused + tally.computed_refused
     );
     assert_eq!(

@@ -404,9 +404,9 @@ impl Observed {
     fn assert_matches(&self, cache: &Cache<Key, Value, TestHasher>) {
         let s = cache.stats();
         assert_eq!(
-            (s.hits, s.misses, s.inserts, s.evictions, s.rejected),
+            (s.hits, s.misses, s.inserts, s.evictions, s.refused),
             (self.hits, self.misses, self.inserts, self.evictions, 0),
-            "stats (hits, misses, inserts, evictions, rejected) vs observed"
+            "stats (hits, misses, inserts, evictions, refused) vs observed"
         );
     }
 }

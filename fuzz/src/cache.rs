@@ -372,7 +372,7 @@ impl Harness {
                     self.model_insert(k, v, &mut reports)
                 } else {
                     // Refused: reported, dropped, `None` returned; the old value stays.
-                    self.stats.rejected += 1;
+                    self.stats.refused += 1;
                     reports.push((k, v, RemovalCause::Refused));
                     None
                 };
@@ -386,7 +386,7 @@ impl Harness {
                     assert_eq!(got, Ok(want), "step {step}: {op:?}");
                 } else {
                     // Refused: handed back, not reported.
-                    self.stats.rejected += 1;
+                    self.stats.refused += 1;
                     assert_eq!(got, Err((k, v)), "step {step}: {op:?}");
                 }
             }
@@ -428,7 +428,7 @@ impl Harness {
                 let held = self.model.get(&k).cloned();
                 let failure = if !self.fits(&new) {
                     // Refused before the comparison: handed back, not reported.
-                    self.stats.rejected += 1;
+                    self.stats.refused += 1;
                     Some(CompareExchangeFailure::Refused)
                 } else if held.as_ref() == Some(&current) {
                     None
@@ -477,7 +477,7 @@ impl Harness {
                     }
                     None => {
                         // Computed and returned, but refused like an `insert`.
-                        self.stats.rejected += 1;
+                        self.stats.refused += 1;
                         reports.push((k, v.clone(), RemovalCause::Refused));
                         v
                     }

@@ -262,7 +262,7 @@ fn run(capacity: u64, weights: &'static [u64]) {
     assert_eq!(count(RemovalCause::Evicted), s.evictions, "{s:?} {heard:?}");
     assert_eq!(
         count(RemovalCause::Refused),
-        s.rejected - total.cas_refused,
+        s.refused - total.cas_refused,
         "{s:?}"
     );
     assert_eq!(

@@ -28,7 +28,7 @@
 //! accepted, evicting others as needed. Once every writer has returned, `weight() <=
 //! capacity()`; while writers run, the total may pass the capacity by at most one entry per
 //! concurrent writer, which evicts before it returns. An entry heavier than the capacity is
-//! refused: counted in [`CacheStats::rejected`], reported to the eviction listener by
+//! refused: counted in [`CacheStats::refused`], reported to the eviction listener by
 //! [`insert`](Cache::insert) and [`get_or_insert_with`](Cache::get_or_insert_with), and handed
 //! back by [`try_insert`](Cache::try_insert) and [`compare_exchange`](Cache::compare_exchange)
 //! instead. A capacity of 0 makes a cache that stores only entries that weigh 0 (with the
@@ -77,6 +77,7 @@ type Listener<K, V> = Box<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
 /// assert_ne!(RemovalCause::Evicted, RemovalCause::Removed);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RemovalCause {
     /// Evicted by the policy to make room.
     Evicted,
@@ -107,6 +108,7 @@ pub enum RemovalCause {
 /// assert_eq!(s.hit_ratio(), 0.5);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Lookups that found their key: `get` calls, and `get_or_insert_with` calls answered from
     /// the cache without computing or waiting. Counted only with
@@ -122,7 +124,7 @@ pub struct CacheStats {
     /// Entries evicted by the policy.
     pub evictions: u64,
     /// Entries refused for being heavier than the capacity.
-    pub rejected: u64,
+    pub refused: u64,
 }
 
 impl CacheStats {
@@ -133,7 +135,8 @@ impl CacheStats {
     /// ```
     /// use latchless::cache::CacheStats;
     ///
-    /// let s = CacheStats { hits: 3, misses: 1, ..Default::default() };
+    /// let mut s = CacheStats::default();
+    /// (s.hits, s.misses) = (3, 1);
     /// assert_eq!(s.hit_ratio(), 0.75);
     /// ```
     pub fn hit_ratio(&self) -> f64 {
@@ -155,7 +158,7 @@ struct Stats {
     misses: ShardedCounter,
     inserts: ShardedCounter,
     evictions: ShardedCounter,
-    rejected: ShardedCounter,
+    refused: ShardedCounter,
 }
 
 impl Stats {
@@ -167,7 +170,7 @@ impl Stats {
             misses: counter(),
             inserts: counter(),
             evictions: counter(),
-            rejected: counter(),
+            refused: counter(),
         }
     }
 
@@ -188,6 +191,7 @@ impl Stats {
 
 /// Why [`Cache::compare_exchange`] did not store the new value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CompareExchangeFailure {
     /// The key was absent, or held a value other than the expected one.
     Mismatch,
@@ -210,7 +214,7 @@ pub enum CompareExchangeFailure {
 /// assert_eq!(err.new, 3);
 /// assert_eq!(err.failure, CompareExchangeFailure::Mismatch);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CompareExchangeError<V> {
     /// The value the cache held for the key when the exchange failed, if any.
     pub current: Option<V>,
@@ -233,7 +237,26 @@ impl<V> fmt::Display for CompareExchangeError<V> {
     }
 }
 
-impl<V: fmt::Debug> std::error::Error for CompareExchangeError<V> {}
+impl<V> fmt::Debug for CompareExchangeError<V> {
+    /// Names the failure and whether the cache held a value, never the values themselves: they
+    /// are often users' data, bound for logs through `?` and `unwrap` (the batcher's
+    /// `SubmitError` prints no request either).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Stands for a value in `Debug` output.
+        struct Elided;
+        impl fmt::Debug for Elided {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("..")
+            }
+        }
+        f.debug_struct("CompareExchangeError")
+            .field("failure", &self.failure)
+            .field("current", &self.current.as_ref().map(|_| Elided))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> std::error::Error for CompareExchangeError<V> {}
 
 /// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
 ///
@@ -436,6 +459,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// let cache: Cache<u32, u32> = Cache::builder(100).build();
     /// assert_eq!(cache.capacity(), 100);
     /// ```
+    #[must_use]
     pub fn build(self) -> Cache<K, V, S> {
         let entries = self.estimated_entries.unwrap_or_else(|| {
             let cap = usize::try_from(self.capacity).unwrap_or(usize::MAX);
@@ -675,7 +699,7 @@ impl<K, V, S> Cache<K, V, S> {
             misses: self.stats.misses.sum(),
             inserts: self.stats.inserts.sum(),
             evictions: self.stats.evictions.sum(),
-            rejected: self.stats.rejected.sum(),
+            refused: self.stats.refused.sum(),
         }
     }
 
@@ -729,7 +753,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.get_unchecked(key, &self.pin())
+        self.get_pinned(key, &self.pin())
     }
 
     /// [`get`](Self::get) under a guard the caller already holds.
@@ -755,10 +779,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.check_guard(guard);
-        self.get_unchecked(key, guard)
+        self.get_pinned(key, guard)
     }
 
-    fn get_unchecked<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    fn get_pinned<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -822,7 +846,7 @@ where
 
     /// Stores `value` for `key`, returning the value it replaced. Evicts as needed to stay within
     /// the capacity. An entry heavier than the whole capacity is refused: it is counted in
-    /// [`CacheStats::rejected`], given to the eviction listener, then dropped, and `None` is
+    /// [`CacheStats::refused`], given to the eviction listener, then dropped, and `None` is
     /// returned; use [`try_insert`](Self::try_insert) to get it back instead. Lock-free.
     ///
     /// # Examples
@@ -862,7 +886,7 @@ where
 
     /// `insert`'s refusal path: the listener hears of a too-heavy entry, which is then dropped.
     fn insert_or_notify(&self, key: K, value: V, guard: &Guard) -> Option<V> {
-        self.insert_unchecked(key, value, guard)
+        self.insert_pinned(key, value, guard)
             .unwrap_or_else(|(k, v)| {
                 self.notify(&k, &v, RemovalCause::Refused);
                 None
@@ -870,7 +894,7 @@ where
     }
 
     /// Like [`insert`](Self::insert), but an entry heavier than the whole capacity is handed
-    /// back as `Err((key, value))` (and counted in [`CacheStats::rejected`]).
+    /// back as `Err((key, value))` (and counted in [`CacheStats::refused`]).
     ///
     /// # Errors
     ///
@@ -884,16 +908,16 @@ where
     /// let cache = Cache::builder(4).weigher(|_: &u8, v: &String| v.len() as u64).build();
     /// assert_eq!(cache.try_insert(1, "abc".to_string()), Ok(None));
     /// assert_eq!(cache.try_insert(2, "abcde".to_string()), Err((2, "abcde".to_string())));
-    /// assert_eq!(cache.stats().rejected, 1);
+    /// assert_eq!(cache.stats().refused, 1);
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
-        self.insert_unchecked(key, value, &self.pin())
+        self.insert_pinned(key, value, &self.pin())
     }
 
-    fn insert_unchecked(&self, key: K, value: V, guard: &Guard) -> Result<Option<V>, (K, V)> {
+    fn insert_pinned(&self, key: K, value: V, guard: &Guard) -> Result<Option<V>, (K, V)> {
         let weight = self.weigh(&key, &value);
         if weight > self.capacity {
-            self.stats.rejected.increment();
+            self.stats.refused.increment();
             return Err((key, value));
         }
         let hash = self.hash(&key);
@@ -982,7 +1006,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_unchecked(key, &self.pin())
+        self.remove_pinned(key, &self.pin())
     }
 
     /// [`remove`](Self::remove) under a guard the caller already holds.
@@ -1008,10 +1032,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.check_guard(guard);
-        self.remove_unchecked(key, guard)
+        self.remove_pinned(key, guard)
     }
 
-    fn remove_unchecked<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    fn remove_pinned<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -1065,7 +1089,7 @@ where
         K: Clone,
         V: PartialEq,
     {
-        self.compare_exchange_unchecked(key, current, new, &self.pin())
+        self.compare_exchange_pinned(key, current, new, &self.pin())
     }
 
     /// [`compare_exchange`](Self::compare_exchange) under a guard the caller already holds.
@@ -1102,10 +1126,10 @@ where
         V: PartialEq,
     {
         self.check_guard(guard);
-        self.compare_exchange_unchecked(key, current, new, guard)
+        self.compare_exchange_pinned(key, current, new, guard)
     }
 
-    fn compare_exchange_unchecked(
+    fn compare_exchange_pinned(
         &self,
         key: &K,
         current: &V,
@@ -1124,7 +1148,7 @@ where
             failure,
         };
         if weight > self.capacity {
-            self.stats.rejected.increment();
+            self.stats.refused.increment();
             let found = self.index.find(hash, key, guard);
             return Err(mismatch(found, new, CompareExchangeFailure::Refused));
         }
@@ -1150,7 +1174,7 @@ where
             // SAFETY: allocated by this thread, and freed only after it is published and retired
             // or, unpublished, by `reclaim` above, after this pass.
             let e = unsafe { &*p };
-            // Counted before publication, as in `insert_unchecked`.
+            // Counted before publication, as in `insert_pinned`.
             self.weight.add(weight);
             self.len.increment();
             if self.index.replace(old, Some(p), guard) {
@@ -1158,7 +1182,7 @@ where
                 // Relaxed: a hint, as in `Entry::touch`.
                 e.freq
                     .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
-                // Admitted before the listener runs, as in `insert_unchecked`.
+                // Admitted before the listener runs, as in `insert_pinned`.
                 self.policy.admit((p, e), true);
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
@@ -1209,7 +1233,7 @@ where
         let hash = self.hash(&key);
         let mut init = Some(init);
         loop {
-            if let Some(v) = self.get_unchecked(&key, &self.pin()) {
+            if let Some(v) = self.get_pinned(&key, &self.pin()) {
                 return v;
             }
             match self.flights.join(hash, key.clone()) {

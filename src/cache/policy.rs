@@ -24,12 +24,12 @@ use crate::sync::{epoch::Guard, AtomicU64, AtomicUsize, Ordering};
 const FLUSH_EVERY: usize = 128;
 
 /// An entry pointer held by a FIFO, which owns the entry.
-pub(super) struct Owned<K, V>(EntryPtr<K, V>);
+pub(super) struct Queued<K, V>(EntryPtr<K, V>);
 
 // SAFETY: the pointer is the FIFO's ownership of an `Entry<K, V>`; moving it between threads moves
 // (and eventually drops) the entry there, and readers on other threads share `&K`/`&V`: sound when
 // `K` and `V` are `Send + Sync`, which `Cache`'s own `Send`/`Sync` require.
-unsafe impl<K: Send + Sync, V: Send + Sync> Send for Owned<K, V> {}
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for Queued<K, V> {}
 
 /// Where an entry sits, for the small FIFO's weight.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,8 +103,8 @@ impl Ghost {
 
 /// The two FIFOs and the ghost list.
 pub(super) struct Policy<K, V> {
-    small: MsQueue<Owned<K, V>>,
-    main: MsQueue<Owned<K, V>>,
+    small: MsQueue<Queued<K, V>>,
+    main: MsQueue<Queued<K, V>>,
     /// Total weight of the entries in the small FIFO (dead ones included until popped).
     small_weight: AtomicU64,
     /// Entries retired so far, to pace `retire`'s flushes.
@@ -160,9 +160,9 @@ impl<K, V> Policy<K, V> {
             Fifo::Small => {
                 // Relaxed: a sizing statistic; no memory is published through it.
                 self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
-                self.small.push(Owned(p));
+                self.small.push(Queued(p));
             }
-            Fifo::Main => self.main.push(Owned(p)),
+            Fifo::Main => self.main.push(Queued(p)),
         }
     }
 
@@ -174,7 +174,7 @@ impl<K, V> Policy<K, V> {
             Fifo::Small => &self.small,
             Fifo::Main => &self.main,
         };
-        let Owned(p) = q.pop()?;
+        let Queued(p) = q.pop()?;
         // SAFETY: a FIFO owns its entries: the entry is retired only by whoever pops it, which is
         // now this thread, so it is allocated; it lives at least until this thread retires it
         // under `guard`.
@@ -290,7 +290,7 @@ impl<K, V> Policy<K, V> {
     /// Drops every entry still queued, through exclusive access.
     pub(super) fn drop_all(&mut self) {
         for q in [&mut self.small, &mut self.main] {
-            for Owned(p) in q.drain() {
+            for Queued(p) in q.drain() {
                 // SAFETY: `&mut self`: no other thread can reach the cache, so no reader holds the
                 // entry; the FIFO owned it, and it is popped (so dropped) exactly once. `p` is the
                 // pointer `Entry::allocate` returned.
