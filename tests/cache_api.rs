@@ -137,6 +137,71 @@ fn too_heavy_entries_are_refused_and_try_insert_hands_them_back() {
 }
 
 #[test]
+fn insert_if_absent_never_replaces_and_hands_back_what_it_does_not_store() {
+    let (log, listener) = logging_listener::<u32, String>();
+    let cache = Cache::builder(4)
+        .weigher(|_: &u32, v: &String| v.len() as u64)
+        .eviction_listener(listener)
+        .build();
+    assert_eq!(cache.insert_if_absent(1, "ab".to_string()), Ok(()));
+    assert_eq!(
+        cache.insert_if_absent(1, "cd".to_string()),
+        Err((1, "cd".to_string()))
+    );
+    assert_eq!(cache.get(&1).as_deref(), Some("ab"));
+    assert_eq!((cache.len(), cache.weight()), (1, 2));
+    // Too heavy: handed back and counted as refused, not heard by the listener.
+    assert_eq!(
+        cache.insert_if_absent(2, "abcde".to_string()),
+        Err((2, "abcde".to_string()))
+    );
+    // Absent again after a removal; an insert that overflows the capacity evicts.
+    assert_eq!(cache.remove(&1).as_deref(), Some("ab"));
+    assert_eq!(cache.insert_if_absent(1, "efg".to_string()), Ok(()));
+    assert_eq!(cache.insert_if_absent(3, "hi".to_string()), Ok(()));
+    assert!(cache.weight() <= 4, "{cache:?}");
+    let s = cache.stats();
+    assert_eq!((s.inserts, s.refused), (3, 1), "{s:?}");
+    let causes: Vec<_> = take(&log).into_iter().map(|(k, _, c)| (k, c)).collect();
+    assert_eq!(causes[0], (1, RemovalCause::Removed));
+    assert!(
+        causes[1..].iter().all(|&(_, c)| c == RemovalCause::Evicted) && causes.len() == 2,
+        "{causes:?}"
+    );
+}
+
+#[test]
+fn insert_if_absent_lets_exactly_one_racer_win() {
+    const THREADS: u32 = 4;
+    for round in 0..200u32 {
+        let cache = Cache::new(16);
+        let barrier = std::sync::Barrier::new(THREADS as usize);
+        let wins: Vec<bool> = thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (cache, barrier) = (&cache, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        match cache.insert_if_absent(round, t) {
+                            Ok(()) => true,
+                            Err(back) => {
+                                assert_eq!(back, (round, t), "the loser's own entry comes back");
+                                false
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<u32> = (0..THREADS).filter(|&t| wins[t as usize]).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(cache.get(&round), Some(winners[0]), "round {round}");
+        assert_eq!(cache.len(), 1);
+    }
+}
+
+#[test]
 fn weight_and_len_follow_every_change() {
     const CAPACITY: u64 = 100;
     let cache = Cache::builder(CAPACITY)

@@ -274,3 +274,30 @@ fn one_entry_bucket_grows_while_it_shrinks() {
         assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
     });
 }
+
+/// Two threads insert the same absent key with `insert_if_absent`: exactly one stores its value,
+/// the other gets its own entry back, and the key then holds the winner's value.
+#[test]
+fn insert_if_absent_races_insert_if_absent() {
+    latchless_loom_tests::model(|| {
+        let collector = Collector::new();
+        let c = cache(4, &collector);
+        let other = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.insert_if_absent_with_guard(1, (1, 2), &h.pin())
+            })
+        };
+        let h = collector.register();
+        let mine = c.insert_if_absent_with_guard(1, (1, 1), &h.pin());
+        let theirs = other.join().unwrap();
+        let winner = match (mine, theirs) {
+            (Ok(()), Err((1, (1, 2)))) => (1, 1),
+            (Err((1, (1, 1))), Ok(())) => (1, 2),
+            other => panic!("not exactly one winner: {other:?}"),
+        };
+        assert_eq!(c.get_with_guard(&1, &h.pin()), Some(winner));
+        assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
+    });
+}

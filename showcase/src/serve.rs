@@ -363,12 +363,13 @@ impl<M: LanguageModel> Engine<M> {
         new: Session<M::State>,
         busy: impl Fn() -> ServeError,
     ) -> Result<(), ServeError> {
-        let ours = new.clone();
-        let now = self.sessions.get_or_insert_with(session, || new);
-        if now == ours {
-            Ok(())
-        } else {
-            Err(busy())
+        match self.sessions.insert_if_absent(session, new) {
+            Ok(()) => Ok(()),
+            // Another request stored this session first.
+            Err(_) if self.sessions.contains_key(&session) => Err(busy()),
+            // Heavier than the whole cache (or the other store is gone already): the reply
+            // stands, the session is not kept.
+            Err(_) => Ok(()),
         }
     }
 }

@@ -342,6 +342,41 @@ impl<K, V> Index<K, V> {
         }
     }
 
+    /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere) unless its
+    /// bucket holds an entry with the same key, which it then returns instead. Lock-free.
+    pub(super) fn insert_absent<'g>(
+        &self,
+        new_ptr: EntryPtr<K, V>,
+        guard: &'g Guard,
+    ) -> Result<(), &'g Entry<K, V>>
+    where
+        K: Eq,
+    {
+        // SAFETY: as in `upsert`.
+        let new = unsafe { &*new_ptr };
+        let backoff = crate::sync::Backoff::new();
+        loop {
+            let (cur, bucket) = self.load(new.hash, guard);
+            let slots = bucket.entries();
+            let present = slots.iter().find_map(|&p| {
+                // SAFETY: as in `find`.
+                let e: &'g Entry<K, V> = unsafe { &*p };
+                (e.hash == new.hash && e.key == new.key).then_some(e)
+            });
+            if let Some(e) = present {
+                return Err(e);
+            }
+            let next = build(
+                slots.len() + 1,
+                slots.iter().copied().chain(core::iter::once(new_ptr)),
+            );
+            if self.swap_bucket(new.hash, cur, next, guard) {
+                return Ok(());
+            }
+            backoff.spin();
+        }
+    }
+
     /// Replaces the entry `expected` (by identity) with `new` (allocated by this thread, not yet
     /// published), or unlinks it if `new` is `None`, provided it is still in its bucket. Returns
     /// `false` if it is not. Lock-free.

@@ -18,7 +18,7 @@
 //! | method | progress |
 //! |---|---|
 //! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin) |
-//! | [`insert`](Cache::insert), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
+//! | [`insert`](Cache::insert), [`insert_if_absent`](Cache::insert_if_absent), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
 //! | [`get_or_insert_with`](Cache::get_or_insert_with) | a hit is lock-free; a miss waits for the caller computing the same key |
 //!
 //! # Capacity and weight
@@ -912,6 +912,98 @@ where
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
         self.insert_pinned(key, value, &self.pin())
+    }
+
+    /// Stores `value` for `key` only if the cache holds no value for `key`; never replaces.
+    /// Evicts as needed, as [`insert`](Self::insert) does. Lock-free.
+    ///
+    /// Of several threads inserting the same absent key at once, exactly one succeeds. The
+    /// others get their key and value back, and the key's value is the winner's from then on
+    /// (until it is removed, replaced or evicted).
+    ///
+    /// # Errors
+    ///
+    /// `Err((key, value))`, handed back, if the key is present, or if the entry weighs more than
+    /// [`capacity`](Self::capacity) (then also counted in [`CacheStats::refused`]). Tell the two
+    /// apart with [`peek`](Self::peek), if it matters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let sessions = Cache::new(10);
+    /// assert_eq!(sessions.insert_if_absent("s1", 1), Ok(()));
+    /// // Present already: nothing changes, and the value comes back.
+    /// assert_eq!(sessions.insert_if_absent("s1", 2), Err(("s1", 2)));
+    /// assert_eq!(sessions.get(&"s1"), Some(1));
+    /// ```
+    pub fn insert_if_absent(&self, key: K, value: V) -> Result<(), (K, V)> {
+        self.insert_if_absent_pinned(key, value, &self.pin())
+    }
+
+    /// [`insert_if_absent`](Self::insert_if_absent) under a guard the caller already holds.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_if_absent`](Self::insert_if_absent).
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// let guard = crossbeam_epoch::pin();
+    /// assert_eq!(cache.insert_if_absent_with_guard(7, 'a', &guard), Ok(()));
+    /// assert_eq!(cache.insert_if_absent_with_guard(7, 'b', &guard), Err((7, 'b')));
+    /// ```
+    #[track_caller]
+    pub fn insert_if_absent_with_guard(
+        &self,
+        key: K,
+        value: V,
+        guard: &Guard,
+    ) -> Result<(), (K, V)> {
+        self.check_guard(guard);
+        self.insert_if_absent_pinned(key, value, guard)
+    }
+
+    fn insert_if_absent_pinned(&self, key: K, value: V, guard: &Guard) -> Result<(), (K, V)> {
+        let weight = self.weigh(&key, &value);
+        if weight > self.capacity {
+            self.stats.refused.increment();
+            return Err((key, value));
+        }
+        let hash = self.hash(&key);
+        // The common refusal first, without allocating.
+        if self.index.find(hash, &key, guard).is_some() {
+            return Err((key, value));
+        }
+        // Counted before the entry is published, as in `insert_pinned`; given back if it is not.
+        self.weight.add(weight);
+        self.len.increment();
+        let new_ptr = Entry::new(key, value, hash, weight).allocate();
+        // SAFETY: as in `insert_pinned`.
+        let new = unsafe { &*new_ptr };
+        if self.index.insert_absent(new_ptr, guard).is_err() {
+            self.weight.sub(weight);
+            self.len.decrement();
+            // SAFETY: never published (the index refused it), so no other thread can reach it,
+            // and `new` is not used again.
+            let entry = unsafe { Entry::reclaim(new_ptr) };
+            return Err((entry.key, entry.value));
+        }
+        self.stats.inserts.increment();
+        // Admitted before anything can call user code, as in `insert_pinned`. A new key: the
+        // small FIFO, or main if the ghost list remembers it.
+        self.policy.admit((new_ptr, new), false);
+        self.evict_over_capacity(guard);
+        Ok(())
     }
 
     fn insert_pinned(&self, key: K, value: V, guard: &Guard) -> Result<Option<V>, (K, V)> {
