@@ -1021,6 +1021,41 @@ fn a_guard_of_another_collector_is_refused() {
     cache.get_with_guard(&1, &guard);
 }
 
+/// Every `*_with_guard` method checks its guard, the newer ones included.
+#[test]
+fn every_guard_method_refuses_a_guard_of_another_collector() {
+    let cache: Cache<u32, u32> = Cache::builder(10).collector(Collector::new()).build();
+    let guard = crossbeam_epoch::pin();
+    let calls: [(&str, &dyn Fn()); 5] = [
+        ("peek", &|| {
+            let _ = cache.peek_with_guard(&1, &guard);
+        }),
+        ("contains_key", &|| {
+            let _ = cache.contains_key_with_guard(&1, &guard);
+        }),
+        ("try_insert", &|| {
+            let _ = cache.try_insert_with_guard(1, 1, &guard);
+        }),
+        ("insert_if_absent", &|| {
+            let _ = cache.insert_if_absent_with_guard(1, 1, &guard);
+        }),
+        ("clear", &|| cache.clear_with_guard(&guard)),
+    ];
+    for (name, call) in calls {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+        let message = outcome
+            .expect_err(name)
+            .downcast::<String>()
+            .map(|m| *m)
+            .unwrap_or_default();
+        assert!(
+            message.contains("the guard does not pin the cache's collector"),
+            "{name}: {message}"
+        );
+    }
+    assert!(cache.is_empty(), "nothing was done with a foreign guard");
+}
+
 #[test]
 fn guards_of_the_cache_collector_work_everywhere() {
     let collector = Collector::new();
@@ -1031,6 +1066,13 @@ fn guards_of_the_cache_collector_work_everywhere() {
     assert_eq!(cache.get_with_guard(&1, &guard), Some(1));
     assert!(cache.compare_exchange_with_guard(&1, &1, 2, &guard).is_ok());
     assert_eq!(cache.remove_with_guard(&1, &guard), Some(2));
+    assert_eq!(cache.insert_if_absent_with_guard(4, 4, &guard), Ok(()));
+    assert_eq!(cache.try_insert_with_guard(5, 5, &guard), Ok(None));
+    assert_eq!(cache.peek_with_guard(&4, &guard), Some(4));
+    assert!(cache.contains_key_with_guard(&5, &guard));
+    cache.clear_with_guard(&guard);
+    assert!(!cache.contains_key_with_guard(&4, &guard));
+    assert!(cache.is_empty());
     // Plain methods pin the cache's own collector.
     cache.insert(2, 2);
     assert_eq!(cache.get(&2), Some(2));

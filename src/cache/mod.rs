@@ -817,9 +817,42 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let guard = self.pin();
+        self.peek_pinned(key, &self.pin())
+    }
+
+    /// [`peek`](Self::peek) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 'x');
+    /// let guard = crossbeam_epoch::pin();
+    /// assert_eq!(cache.peek_with_guard(&1, &guard), Some('x'));
+    /// ```
+    #[track_caller]
+    pub fn peek_with_guard<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.check_guard(guard);
+        self.peek_pinned(key, guard)
+    }
+
+    fn peek_pinned<Q>(&self, key: &Q, guard: &Guard) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.index
-            .find(self.hash(key), key, &guard)
+            .find(self.hash(key), key, guard)
             .map(|e| e.value.clone())
     }
 
@@ -840,8 +873,42 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let guard = self.pin();
-        self.index.find(self.hash(key), key, &guard).is_some()
+        self.contains_key_pinned(key, &self.pin())
+    }
+
+    /// [`contains_key`](Self::contains_key) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, ());
+    /// let guard = crossbeam_epoch::pin();
+    /// assert!(cache.contains_key_with_guard(&1, &guard));
+    /// assert!(!cache.contains_key_with_guard(&2, &guard));
+    /// ```
+    #[track_caller]
+    pub fn contains_key_with_guard<Q>(&self, key: &Q, guard: &Guard) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.check_guard(guard);
+        self.contains_key_pinned(key, guard)
+    }
+
+    fn contains_key_pinned<Q>(&self, key: &Q, guard: &Guard) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.index.find(self.hash(key), key, guard).is_some()
     }
 
     /// Stores `value` for `key`, returning the value it replaced. Evicts as needed to stay within
@@ -912,6 +979,37 @@ where
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
         self.insert_pinned(key, value, &self.pin())
+    }
+
+    /// [`try_insert`](Self::try_insert) under a guard the caller already holds.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_insert`](Self::try_insert).
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(4).weigher(|_: &u8, v: &String| v.len() as u64).build();
+    /// let guard = crossbeam_epoch::pin();
+    /// assert_eq!(cache.try_insert_with_guard(1, "abc".to_string(), &guard), Ok(None));
+    /// assert!(cache.try_insert_with_guard(2, "abcde".to_string(), &guard).is_err());
+    /// ```
+    #[track_caller]
+    pub fn try_insert_with_guard(
+        &self,
+        key: K,
+        value: V,
+        guard: &Guard,
+    ) -> Result<Option<V>, (K, V)> {
+        self.check_guard(guard);
+        self.insert_pinned(key, value, guard)
     }
 
     /// Stores `value` for `key` only if the cache holds no value for `key`; never replaces.
@@ -1372,15 +1470,41 @@ where
     /// assert_eq!(cache.get(&1), None);
     /// ```
     pub fn clear(&self) {
-        let guard = self.pin();
-        for e in self.index.take_all(&guard) {
+        self.clear_pinned(&self.pin());
+    }
+
+    /// [`clear`](Self::clear) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 1);
+    /// let guard = crossbeam_epoch::pin();
+    /// cache.clear_with_guard(&guard);
+    /// assert!(cache.is_empty());
+    /// ```
+    #[track_caller]
+    pub fn clear_with_guard(&self, guard: &Guard) {
+        self.check_guard(guard);
+        self.clear_pinned(guard);
+    }
+
+    fn clear_pinned(&self, guard: &Guard) {
+        for e in self.index.take_all(guard) {
             self.release(e, RemovalCause::Removed);
         }
         // Retire the dead entries now rather than on later sweeps.
         for _ in 0..self.policy.queued() {
-            self.policy.sweep_one(&guard);
+            self.policy.sweep_one(guard);
         }
-        self.evict_over_capacity(&guard);
+        self.evict_over_capacity(guard);
     }
 }
 
