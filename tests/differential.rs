@@ -36,7 +36,7 @@ use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, CompareExchangeFailure, RemovalCause};
 use latchless::queue::MsQueue;
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
@@ -348,6 +348,7 @@ enum CacheStep {
     Peek(Key),
     ContainsKey(Key),
     Insert(Key, Value),
+    InsertIfAbsent(Key, Value),
     Remove(Key),
     CompareExchange(Key, Value, Value),
     Len,
@@ -378,7 +379,8 @@ fn cache_step(
         0..=29 => CacheStep::Get(key),
         30..=39 => CacheStep::Peek(key),
         40..=44 => CacheStep::ContainsKey(key),
-        45..=69 => CacheStep::Insert(key, value),
+        45..=64 => CacheStep::Insert(key, value),
+        65..=69 => CacheStep::InsertIfAbsent(key, value),
         70..=79 => CacheStep::Remove(key),
         80..=94 => {
             let current = match expected(key) {
@@ -449,6 +451,19 @@ fn cache_without_eviction_matches_hashmap() {
                 CacheStep::Insert(k, v) => {
                     assert_eq!(cache.insert(k, v), model.insert(k, v));
                     seen.inserts += 1;
+                }
+                CacheStep::InsertIfAbsent(k, v) => {
+                    let got = cache.insert_if_absent(k, v);
+                    match model.entry(k) {
+                        Entry::Occupied(_) => {
+                            assert_eq!(got, Err((k, v)), "insert_if_absent over a present key");
+                        }
+                        Entry::Vacant(slot) => {
+                            assert_eq!(got, Ok(()));
+                            slot.insert(v);
+                            seen.inserts += 1;
+                        }
+                    }
                 }
                 CacheStep::Remove(k) => assert_eq!(cache.remove(&k), model.remove(&k)),
                 CacheStep::CompareExchange(k, current, new) => {
@@ -566,6 +581,19 @@ fn cache_with_eviction_hits_return_the_last_value_inserted() {
                         last.insert(k, v);
                         seen.inserts += 1;
                     }
+                    CacheStep::InsertIfAbsent(k, v) => match cache.insert_if_absent(k, v) {
+                        Ok(()) => {
+                            added = 1;
+                            last.insert(k, v);
+                            seen.inserts += 1;
+                        }
+                        Err(back) => {
+                            assert_eq!(back, (k, v), "the refused entry is handed back");
+                            let held = cache.peek(&k);
+                            assert!(held.is_some(), "insert_if_absent refused an absent key {k}");
+                            hit_checks += latest(&last, k, held, "insert_if_absent (present)");
+                        }
+                    },
                     CacheStep::Remove(k) => {
                         let got = cache.remove(&k);
                         hit_checks += latest(&last, k, got, "remove");
@@ -683,6 +711,19 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                         assert_eq!(cache.insert(k, v), old);
                         expected_reports.extend(old.map(|o| (k, o, RemovalCause::Replaced)));
                         seen.inserts += 1;
+                    }
+                    CacheStep::InsertIfAbsent(k, v) => {
+                        let got = cache.insert_if_absent(k, v);
+                        match model.entry(k) {
+                            Entry::Occupied(_) => {
+                                assert_eq!(got, Err((k, v)), "insert_if_absent over a present key");
+                            }
+                            Entry::Vacant(slot) => {
+                                assert_eq!(got, Ok(()));
+                                slot.insert(v);
+                                seen.inserts += 1;
+                            }
+                        }
                     }
                     CacheStep::Remove(k) => {
                         let old = model.remove(&k);
