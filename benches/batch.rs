@@ -11,7 +11,9 @@
 //! - `*_window64`: submits 64 requests, then waits for all 64 replies: how batching pays off.
 //!
 //! Both sides form batches of up to 64 greedily (the batcher with `max_wait` zero, as the
-//! baseline never waits either), and every reply is checked. One iteration is [`ELEMS`] requests
+//! baseline never waits either), and every reply is checked. The batcher runs twice: with one
+//! worker (`latchless_*`) and with a pool of two (`latchless_pool2_*`, `spawn_pool`), so the
+//! pool's gain or cost on dispatch alone shows next to the single worker's. One iteration is [`ELEMS`] requests
 //! split between the threads (`Throughput::Elements`). Threads are spawned once per sample,
 //! released by a barrier, and timed from the first client's start to the last one's end (by the
 //! worker runner in `benches/common/`). These are wall-clock numbers on a shared machine, for
@@ -29,7 +31,7 @@ use common::workers::{run_workers, share};
 use criterion::{criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, Throughput};
 use crossbeam_channel::{bounded, unbounded, Sender};
-use latchless::batch::{BatchConfig, Batcher};
+use latchless::batch::Batcher;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +45,7 @@ const WINDOW: u64 = 64;
 /// The most requests in one batch, on both sides.
 const MAX_BATCH: usize = 64;
 
-/// A way to get requests answered by one worker thread running a batch handler.
+/// A way to get requests answered by worker threads running a batch handler.
 trait Dispatch: Sync {
     /// One request, waiting for its reply.
     fn call(&self, x: u64) -> u64;
@@ -219,14 +221,18 @@ fn contender<D: Dispatch>(
     }
 }
 
-fn batcher() -> Batcher<u64, u64> {
-    let config = BatchConfig {
-        max_batch_size: MAX_BATCH,
-        max_batch_cost: u64::MAX,
-        max_wait: Duration::ZERO,
-        max_queue: 1024,
-    };
-    Batcher::spawn(config, |xs: Vec<u64>| xs).expect("a valid configuration")
+/// A batcher with `workers` workers, each with a no-op handler.
+fn batcher(workers: usize) -> Batcher<u64, u64> {
+    let builder = Batcher::builder()
+        .max_batch_size(MAX_BATCH)
+        .max_wait(Duration::ZERO)
+        .max_queue(1024);
+    if workers == 1 {
+        builder.spawn(|xs: Vec<u64>| xs)
+    } else {
+        builder.spawn_pool(workers, || |xs: Vec<u64>| xs)
+    }
+    .expect("a valid configuration")
 }
 
 fn dispatch_noop(c: &mut Criterion) {
@@ -238,16 +244,18 @@ fn dispatch_noop(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1));
         for (id, mode) in [("call", Mode::Call), ("window64", Mode::Window)] {
-            let ours = batcher();
-            contender(
-                &mut g,
-                &name,
-                &format!("latchless_{id}"),
-                &ours,
-                mode,
-                threads,
-            );
-            ours.shutdown();
+            for (workers, tag) in [(1, ""), (2, "_pool2")] {
+                let ours = batcher(workers);
+                contender(
+                    &mut g,
+                    &name,
+                    &format!("latchless{tag}_{id}"),
+                    &ours,
+                    mode,
+                    threads,
+                );
+                ours.shutdown();
+            }
             let baseline = ChannelBatcher::spawn(|xs| xs);
             contender(
                 &mut g,

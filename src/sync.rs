@@ -349,11 +349,11 @@ pub(crate) fn thread_index() -> usize {
 /// Threads: std's, or loom's or shuttle's model threads.
 pub(crate) mod thread {
     #[cfg(loom)]
-    pub(crate) use loom::thread::{current, Builder, JoinHandle, Thread};
+    pub(crate) use loom::thread::{current, Builder, JoinHandle, ThreadId};
     #[cfg(shuttle)]
-    pub(crate) use shuttle::thread::{current, Builder, JoinHandle, Thread};
+    pub(crate) use shuttle::thread::{current, Builder, JoinHandle, ThreadId};
     #[cfg(not(any(loom, shuttle)))]
-    pub(crate) use std::thread::{current, Builder, JoinHandle, Thread};
+    pub(crate) use std::thread::{current, Builder, JoinHandle, ThreadId};
 }
 
 /// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark` has

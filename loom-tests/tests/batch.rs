@@ -1,6 +1,8 @@
 //! loom models of `Batcher`: the worker's park racing a submit (no lost wake-up), shutdown racing
 //! submit (every accepted request answered), shutdown waking a worker that waits out `max_wait`
-//! on a partly filled batch, and the reply slot (the worker's reply racing the waiter, including
+//! on a partly filled batch, the same hand-offs with a pool of two workers (a submit waking one
+//! of two sleepers, shutdown waking both, an idle worker closing the other's filling batch), and
+//! the reply slot (the worker's reply racing the waiter, including
 //! a waiter that gives up). loom has no clock: the batcher's clock stands still under loom and a
 //! timed park waits for an unpark, so `max_wait` is either zero (a batch closes as soon as the
 //! queue is empty) or never due; deadlines are not modelled. Real-time paths are tested in
@@ -30,7 +32,7 @@ fn doubler() -> Batcher<u32, u32> {
 
 /// A submit races the idle worker going to sleep: the request is always answered (a lost
 /// wake-up would leave every thread blocked, which loom reports as a deadlock).
-// Measured: 10,532 executions, 2.1s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 361 executions, 27ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
 #[test]
 fn submit_races_worker_park() {
     latchless_loom_tests::model(|| {
@@ -43,7 +45,7 @@ fn submit_races_worker_park() {
 
 /// Shutdown races a submit from another thread: the request is either refused with
 /// `ShuttingDown` (handed back) or accepted and answered; shutdown returns either way.
-// Measured: 2,808 executions, 772.1ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 392 executions, 39ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
 #[test]
 fn shutdown_races_submit() {
     latchless_loom_tests::model(|| {
@@ -70,7 +72,7 @@ fn shutdown_races_submit() {
 
 /// The reply slot: the waiter drops its `Pending` while the worker may be computing or replying.
 /// Nothing is leaked or answered twice, and the batcher still drains and shuts down.
-// Measured: 11,012 executions, 1.6s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 414 executions, 30ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
 #[test]
 fn waiter_drops_while_worker_replies() {
     latchless_loom_tests::model(|| {
@@ -87,7 +89,7 @@ fn waiter_drops_while_worker_replies() {
 /// Shutdown races a worker that waits out a long `max_wait` on a partly filled batch: shutdown
 /// must wake it to close the batch at once (under loom the wait never times out, so a lost
 /// wake-up shows as a deadlock), and the request is answered.
-// Measured: 8,552 executions, 1.5s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 298 executions, 22ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
 #[test]
 fn shutdown_wakes_a_filling_batch() {
     latchless_loom_tests::model(|| {
@@ -102,5 +104,74 @@ fn shutdown_wakes_a_filling_batch() {
         let pending = b.submit(7).unwrap();
         b.shutdown();
         assert_eq!(pending.wait(), Ok(7));
+    });
+}
+
+/// Two workers, each with its own handler from the factory: a submit wakes one of them (the
+/// other may be anywhere in its own sleep protocol), the request is answered once, and shutdown
+/// wakes both and waits for both (a worker left parked would show as a deadlock).
+// Measured: 64,444 executions, 8.8s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+#[test]
+fn two_workers_hand_off_and_shut_down() {
+    latchless_loom_tests::model(|| {
+        let b: Batcher<u32, u32> = Batcher::builder()
+            .config(config())
+            .spawn_pool(2, || |xs: Vec<u32>| xs.into_iter().map(|x| 2 * x).collect())
+            .unwrap();
+        assert_eq!(b.call(21).unwrap(), 42);
+        b.shutdown();
+        let s = b.stats();
+        assert_eq!((s.submitted, s.completed), (1, 1));
+        assert_eq!(b.in_flight(), 0);
+    });
+}
+
+/// A worker fills a batch with a `max_wait` that never passes (under loom a timed park waits
+/// for an unpark) while the other worker goes idle: either the filling worker sees the idle one
+/// and closes its batch, or the idle one sees it parked and wakes it. A lost wake-up would leave
+/// the request unanswered, which loom reports as a deadlock.
+// Measured: 73,388 executions, 10.6s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+#[test]
+fn an_idle_worker_closes_a_filling_batch() {
+    latchless_loom_tests::model(|| {
+        let b: Batcher<u32, u32> = Batcher::builder()
+            .config(BatchConfig {
+                max_wait: Duration::from_secs(3600),
+                ..config()
+            })
+            .spawn_pool(2, || |xs: Vec<u32>| xs)
+            .unwrap();
+        assert_eq!(b.call(5).unwrap(), 5);
+        b.shutdown();
+        assert_eq!(b.in_flight(), 0);
+    });
+}
+
+/// Shutdown races a client's submit with two workers: the request is refused (handed back) or
+/// answered, and shutdown returns only once both workers have seen `in_flight` reach zero,
+/// whichever of them answered it.
+// Measured: 18,407 executions, 3.2s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+#[test]
+fn two_workers_shutdown_races_submit() {
+    latchless_loom_tests::model(|| {
+        let b: Batcher<u32, u32> = Batcher::builder()
+            .config(config())
+            .spawn_pool(2, || |xs: Vec<u32>| xs)
+            .unwrap();
+        let client = {
+            let b = b.clone();
+            thread::spawn(move || match b.submit(3) {
+                Ok(pending) => Some(pending.wait().expect("an accepted request is answered")),
+                Err(SubmitError::ShuttingDown(req)) => {
+                    assert_eq!(req, 3);
+                    None
+                }
+                Err(e) => panic!("unexpected refusal {e:?}"),
+            })
+        };
+        b.shutdown();
+        let answer = client.join().unwrap();
+        assert!(answer.is_none() || answer == Some(3), "{answer:?}");
+        assert_eq!(b.in_flight(), 0);
     });
 }

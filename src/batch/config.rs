@@ -1,0 +1,344 @@
+//! How a batcher is configured: [`BatcherBuilder`] and the settings it holds, [`BatchConfig`].
+
+use super::error::ConfigError;
+use super::Batcher;
+use core::fmt;
+use core::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How batches are formed and how much may wait.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::batch::BatchConfig;
+/// use std::time::Duration;
+///
+/// let config = BatchConfig {
+///     max_batch_size: 16,
+///     max_batch_cost: 4096, // e.g. tokens per batch
+///     max_wait: Duration::from_millis(2),
+///     max_queue: 256,
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The most requests in one batch. Must be at least 1.
+    pub max_batch_size: usize,
+    /// The most total cost in one batch (see [`Batcher::spawn_with_cost`]; every request costs 1
+    /// without a cost function). Must be at least 1. A request costlier than this alone is
+    /// refused at `submit`.
+    pub max_batch_cost: u64,
+    /// How long a batch may wait for more requests after its first one was submitted.
+    pub max_wait: Duration,
+    /// The most requests waiting or running at once; beyond it `submit` refuses with
+    /// [`SubmitError::Overloaded`](super::SubmitError::Overloaded). Must be at least 1.
+    pub max_queue: usize,
+}
+
+impl Default for BatchConfig {
+    /// 32 requests, no cost budget, 5 ms of waiting, 1,024 requests in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::BatchConfig;
+    ///
+    /// assert_eq!(BatchConfig::default().max_batch_size, 32);
+    /// ```
+    fn default() -> Self {
+        Self {
+            max_batch_size: 32,
+            max_batch_cost: u64::MAX,
+            max_wait: Duration::from_millis(5),
+            max_queue: 1024,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first zero among `max_batch_size`, `max_batch_cost` and
+    /// `max_queue`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchConfig, ConfigError};
+    ///
+    /// let bad = BatchConfig { max_batch_size: 0, ..Default::default() };
+    /// assert!(matches!(bad.validate(), Err(ConfigError::ZeroBatchSize)));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_batch_size == 0 {
+            Err(ConfigError::ZeroBatchSize)
+        } else if self.max_batch_cost == 0 {
+            Err(ConfigError::ZeroBatchCost)
+        } else if self.max_queue == 0 {
+            Err(ConfigError::ZeroQueue)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Configures and starts a [`Batcher`]: from [`Batcher::builder`].
+///
+/// Every setting has the default of [`BatchConfig::default`]; every request costs 1 unless
+/// [`cost`](Self::cost) says otherwise. [`spawn`](Self::spawn) starts one worker with one handler;
+/// [`spawn_pool`](Self::spawn_pool) starts several, each with its own handler made by a factory.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::batch::Batcher;
+/// use std::time::Duration;
+///
+/// let b = Batcher::builder()
+///     .max_batch_size(16)
+///     .max_batch_cost(4096) // e.g. tokens per batch
+///     .cost(|prompt: &String| prompt.len() as u64)
+///     .max_wait(Duration::from_millis(2))
+///     .max_queue(256)
+///     .spawn_pool(2, || |prompts: Vec<String>| prompts.iter().map(|p| p.len()).collect())
+///     .unwrap();
+/// assert_eq!(b.call("four".to_string()).unwrap(), 4);
+/// ```
+#[must_use = "a builder does nothing until `spawn` or `spawn_pool`"]
+pub struct BatcherBuilder<Req, Resp> {
+    config: BatchConfig,
+    cost: Option<CostFn<Req>>,
+    _replies: PhantomData<fn() -> Resp>,
+}
+
+/// A request's cost, shared by the submitters.
+pub(super) type CostFn<Req> = Box<dyn Fn(&Req) -> u64 + Send + Sync>;
+
+impl<Req, Resp> fmt::Debug for BatcherBuilder<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatcherBuilder")
+            .field("config", &self.config)
+            .field("cost", &self.cost.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl<Req, Resp> BatcherBuilder<Req, Resp> {
+    pub(super) fn new() -> Self {
+        Self {
+            config: BatchConfig::default(),
+            cost: None,
+            _replies: PhantomData,
+        }
+    }
+
+    /// The most requests in one batch (default 32). Must be at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    ///
+    /// let b = Batcher::builder().max_batch_size(4).spawn(|xs: Vec<u8>| xs).unwrap();
+    /// assert_eq!(b.call(7).unwrap(), 7);
+    /// ```
+    pub fn max_batch_size(mut self, n: usize) -> Self {
+        self.config.max_batch_size = n;
+        self
+    }
+
+    /// The most total [`cost`](Self::cost) in one batch (default: unlimited). Must be at least 1.
+    /// A request costlier than this alone is refused at `submit` with
+    /// [`SubmitError::TooCostly`](super::SubmitError::TooCostly).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, SubmitError};
+    ///
+    /// let b = Batcher::builder()
+    ///     .max_batch_cost(3)
+    ///     .cost(|xs: &Vec<u8>| xs.len() as u64)
+    ///     .spawn(|batch: Vec<Vec<u8>>| batch)
+    ///     .unwrap();
+    /// assert!(matches!(b.submit(vec![0; 4]), Err(SubmitError::TooCostly(_))));
+    /// ```
+    pub fn max_batch_cost(mut self, cost: u64) -> Self {
+        self.config.max_batch_cost = cost;
+        self
+    }
+
+    /// How long a batch that is not full may wait for companions, counted from its first
+    /// request's submission (default 5 ms). With several workers a batch closes at once,
+    /// whatever `max_wait` says, while another worker is idle: holding requests back then
+    /// would only leave a worker unused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    /// use std::time::Duration;
+    ///
+    /// let b = Batcher::builder().max_wait(Duration::ZERO).spawn(|xs: Vec<u8>| xs).unwrap();
+    /// assert_eq!(b.call(1).unwrap(), 1);
+    /// ```
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.config.max_wait = wait;
+        self
+    }
+
+    /// The most requests waiting or running at once (default 1,024); beyond it `submit` refuses
+    /// with [`SubmitError::Overloaded`](super::SubmitError::Overloaded). Must be at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, ConfigError};
+    ///
+    /// let err = Batcher::builder().max_queue(0).spawn(|xs: Vec<u8>| xs).unwrap_err();
+    /// assert!(matches!(err, ConfigError::ZeroQueue));
+    /// ```
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.config.max_queue = n;
+        self
+    }
+
+    /// Every setting of `config` at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchConfig, Batcher};
+    ///
+    /// let config = BatchConfig { max_batch_size: 8, ..Default::default() };
+    /// let b = Batcher::builder().config(config).spawn(|xs: Vec<u8>| xs).unwrap();
+    /// assert_eq!(b.call(2).unwrap(), 2);
+    /// ```
+    pub fn config(mut self, config: BatchConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// What a request costs towards [`max_batch_cost`](Self::max_batch_cost), for example its
+    /// token count (default: 1 per request). Called once per request, on the submitting thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    ///
+    /// let b = Batcher::builder()
+    ///     .max_batch_cost(8)
+    ///     .cost(|prompt: &String| prompt.len() as u64)
+    ///     .spawn(|xs: Vec<String>| xs.into_iter().map(|p| p.len()).collect())
+    ///     .unwrap();
+    /// assert_eq!(b.call("short".into()).unwrap(), 5);
+    /// ```
+    pub fn cost(mut self, cost: impl Fn(&Req) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
+    /// Starts the batcher with one worker thread, which runs `handler` on each batch.
+    ///
+    /// The handler must return one result per request, in order. It runs on the worker thread
+    /// only, so it may keep state (`FnMut`); after a panic (its batch is answered
+    /// [`BatchError::HandlerPanicked`](super::BatchError::HandlerPanicked)) the same handler
+    /// serves the next batch.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if a bound is zero or the worker thread cannot start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    ///
+    /// let b = Batcher::builder()
+    ///     .spawn(|xs: Vec<String>| xs.into_iter().map(|s| s.to_uppercase()).collect())
+    ///     .unwrap();
+    /// assert_eq!(b.call("hi".to_string()).unwrap(), "HI");
+    /// ```
+    pub fn spawn(
+        self,
+        handler: impl FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
+    ) -> Result<Batcher<Req, Resp>, ConfigError> {
+        let mut handler = Some(handler);
+        // One worker, whose maker is called once: its handler is kept after a panic.
+        Batcher::start(self.config, self.cost, false, vec![move || handler.take()])
+    }
+
+    /// Starts the batcher with `workers` worker threads, each running its own handler made by
+    /// `factory` on that worker's thread (so the handler need not be `Send`: it may own a model
+    /// and its scratch buffers).
+    ///
+    /// Batches form late: a worker that becomes free takes what is waiting, up to the limits,
+    /// so more workers mean more batches in parallel, never smaller batches for nothing. A
+    /// handler that panics is dropped and the worker makes a fresh one from the factory before
+    /// its next batch; if the factory itself panics, that batch is answered
+    /// [`BatchError::HandlerPanicked`](super::BatchError::HandlerPanicked) and the worker tries
+    /// again on the next. Every guarantee of the single worker holds across the pool: exactly
+    /// one reply per accepted request, cancellation, deadlines, and shutdown draining.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroWorkers`] if `workers` is 0; otherwise as [`spawn`](Self::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    /// use std::thread;
+    ///
+    /// // Two workers, each with its own running total (state that is not shared).
+    /// let b = Batcher::builder()
+    ///     .spawn_pool(2, || {
+    ///         let mut seen = 0u64;
+    ///         move |xs: Vec<u64>| {
+    ///             seen += xs.len() as u64;
+    ///             xs.into_iter().map(|x| x + 1).collect()
+    ///         }
+    ///     })
+    ///     .unwrap();
+    /// thread::scope(|s| {
+    ///     for t in 0..4u64 {
+    ///         let b = b.clone();
+    ///         s.spawn(move || {
+    ///             for i in 0..50 {
+    ///                 assert_eq!(b.call(t * 100 + i).unwrap(), t * 100 + i + 1);
+    ///             }
+    ///         });
+    ///     }
+    /// });
+    /// b.shutdown();
+    /// assert_eq!(b.stats().completed, 200);
+    /// ```
+    pub fn spawn_pool<H>(
+        self,
+        workers: usize,
+        factory: impl Fn() -> H + Send + Sync + 'static,
+    ) -> Result<Batcher<Req, Resp>, ConfigError>
+    where
+        H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
+    {
+        if workers == 0 {
+            return Err(ConfigError::ZeroWorkers);
+        }
+        let factory = Arc::new(factory);
+        let makers = (0..workers)
+            .map(|_| {
+                let factory = Arc::clone(&factory);
+                move || Some(factory())
+            })
+            .collect();
+        Batcher::start(self.config, self.cost, true, makers)
+    }
+}
