@@ -74,6 +74,10 @@ struct Args {
     /// One by default: on two cores a second thread mostly costs CPU.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     compute_threads: u64,
+    /// Batcher workers, each computing its own batches on its own compute threads (default: one
+    /// per core). Batches form late: a worker that becomes free takes what waits.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: Option<u64>,
     /// Bytes of model state the session cache keeps.
     #[arg(long, default_value_t = 64 << 20)]
     session_bytes: u64,
@@ -130,7 +134,7 @@ fn run(args: &Args) -> Result<(), String> {
     batch.validate().map_err(|e| e.to_string())?;
     println!(
         "{} clients, {} requests per model and mode, prompts of {}-{} bytes, {}-{} bytes generated; \
-         batcher: up to {} requests or {} tokens per batch, {} ms max wait, {} compute thread(s); {} cores",
+         batcher: up to {} requests or {} tokens per batch, {} ms max wait, {} worker(s) of {} compute thread(s); {} cores",
         work.clients,
         work.requests,
         args.min_prompt,
@@ -140,6 +144,7 @@ fn run(args: &Args) -> Result<(), String> {
         batch.max_batch_size,
         batch.max_batch_cost,
         args.max_wait_ms,
+        workers(args),
         args.compute_threads,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
@@ -195,7 +200,12 @@ fn serve_model<M: LanguageModel>(
                 batcher_engine = Some(Arc::clone(&engine));
             }
             rounds[m].push(workload::run(
-                modes[m], engine, &requests, batch, &progress,
+                modes[m],
+                engine,
+                &requests,
+                batch,
+                workers(args),
+                &progress,
             )?);
         }
     }
@@ -209,12 +219,13 @@ fn serve_model<M: LanguageModel>(
         })
         .collect();
     match &batcher_engine {
-        Some(engine) => report(&model, &requests, engine, batch, &outcomes),
+        Some(engine) => report(&model, &requests, engine, batch, workers(args), &outcomes),
         None => report(
             &model,
             &requests,
             &Engine::new(Arc::clone(&model), 1).map_err(|e| e.to_string())?,
             batch,
+            workers(args),
             &outcomes,
         ),
     }
@@ -225,6 +236,7 @@ fn report<M: LanguageModel>(
     requests: &[Vec<Request>],
     batcher_engine: &Engine<M>,
     batch: &BatchConfig,
+    workers: usize,
     outcomes: &[Outcome],
 ) -> Result<(), String> {
     println!();
@@ -335,19 +347,25 @@ fn report<M: LanguageModel>(
             "batcher over rayon pool: {ratio:.2}x requests/s (target above 1): {}; {per_cpu:.2}x requests per CPU-second",
             verdict(ratio > 1.0)
         );
-        if ratio <= 1.0 && batcher_engine.compute_threads() < pool_threads() {
+        let batcher_threads = batcher_engine.compute_threads() * workers;
+        if ratio <= 1.0 && batcher_threads < pool_threads() {
             println!(
                 "  why: the pool computes {} requests at once on {} cores, the batcher on {} thread(s), \
-                 and batching these models gains less than {}x on a CPU (try --compute-threads {})",
+                 and batching these models gains less than {}x on a CPU (try --workers {})",
                 pool_threads(),
                 pool_threads(),
-                batcher_engine.compute_threads(),
+                batcher_threads,
                 pool_threads(),
                 pool_threads(),
             );
         }
     }
     Ok(())
+}
+
+/// The batcher's workers: `--workers`, or one per core.
+fn workers(args: &Args) -> usize {
+    args.workers.map_or_else(pool_threads, |w| w as usize)
 }
 
 fn pool_threads() -> usize {

@@ -26,7 +26,8 @@ pub enum Mode {
     Sequential,
     /// A rayon thread pool of its own, one task per request, as many workers as cores.
     Pool,
-    /// latchless's `Batcher`: requests from all clients computed together.
+    /// latchless's `Batcher`: requests from all clients computed together, by a pool of
+    /// batcher workers.
     Batcher,
 }
 
@@ -157,7 +158,9 @@ fn micros(d: Duration) -> u64 {
 type ClientAnswer = Result<Reply, String>;
 
 /// Serves `work` (one list per client) in `mode` and measures it. `engine` should be fresh, so
-/// that every mode starts with an empty session cache.
+/// that every mode starts with an empty session cache. The batcher runs `workers` workers: one
+/// computes on `engine`'s own compute pool; several each compute on a rayon pool of their own
+/// with as many threads as `engine`'s, so that no worker queues behind another's kernels.
 ///
 /// # Errors
 ///
@@ -167,6 +170,7 @@ pub fn run<M: LanguageModel>(
     engine: Arc<Engine<M>>,
     work: &[Vec<Request>],
     batch: &BatchConfig,
+    workers: usize,
     progress: &ProgressBar,
 ) -> Result<Outcome, String> {
     let compute = Arc::new(Mutex::new(histogram()));
@@ -225,9 +229,28 @@ pub fn run<M: LanguageModel>(
         Mode::Batcher => {
             let handler_engine = Arc::clone(&engine);
             let handler_compute = Arc::clone(&compute);
-            let batcher = Batcher::spawn_with_cost(batch.clone(), Request::cost, move |reqs| {
-                timed(&handler_compute, || handler_engine.serve(reqs))
-            })
+            let builder = Batcher::builder().config(batch.clone()).cost(Request::cost);
+            let batcher = if workers <= 1 {
+                builder.spawn(move |reqs| timed(&handler_compute, || handler_engine.serve(reqs)))
+            } else {
+                let threads = engine.compute_threads();
+                builder.spawn_pool(workers, move || {
+                    // Made on the worker's thread. A pool that cannot be built panics here, and
+                    // the batcher answers the batch `HandlerPanicked` and tries again.
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .thread_name(|i| format!("batcher-compute-{i}"))
+                        .build()
+                        .expect("a worker's compute pool");
+                    let (engine, compute) =
+                        (Arc::clone(&handler_engine), Arc::clone(&handler_compute));
+                    move |reqs| {
+                        timed(&compute, || {
+                            pool.install(|| engine.serve_on_current_pool(reqs))
+                        })
+                    }
+                })
+            }
             .map_err(|e| e.to_string())?;
             let refusals = std::sync::atomic::AtomicU64::new(0);
             let answers = clients(work, progress, |mut req| loop {
