@@ -30,7 +30,7 @@
 //! ```
 
 use latchless::batch::{
-    BatchConfig, BatchError, Batcher, CallError, ConfigError, Pending, SubmitError,
+    BatchConfig, BatchError, Batcher, CallError, ConfigError, Pending, SpawnError, SubmitError,
 };
 use std::future::Future;
 use std::panic::resume_unwind;
@@ -312,19 +312,19 @@ fn zero_bounds_are_config_errors_not_panics() {
     };
     assert!(matches!(
         Batcher::spawn(zero_size.clone(), handler),
-        Err(ConfigError::ZeroBatchSize)
+        Err(SpawnError::Config(ConfigError::ZeroBatchSize))
     ));
     assert!(matches!(
         Batcher::spawn(zero_cost.clone(), handler),
-        Err(ConfigError::ZeroBatchCost)
+        Err(SpawnError::Config(ConfigError::ZeroBatchCost))
     ));
     assert!(matches!(
         Batcher::spawn(zero_queue.clone(), handler),
-        Err(ConfigError::ZeroQueue)
+        Err(SpawnError::Config(ConfigError::ZeroQueue))
     ));
     assert!(matches!(
         Batcher::spawn_with_cost(zero_cost, |_: &u64| 1, handler),
-        Err(ConfigError::ZeroBatchCost)
+        Err(SpawnError::Config(ConfigError::ZeroBatchCost))
     ));
     for bad in [&zero_size, &zero_queue] {
         let err = bad.validate().unwrap_err();
@@ -536,10 +536,10 @@ fn expired_requests_are_answered_expired_and_never_computed() {
     let blocker = submit(&b, BLOCK);
     gate.wait_entered();
     let soon = Instant::now() + Duration::from_millis(20);
-    let late = b.submit_with(10, soon).unwrap();
+    let late = b.submit_before(10, soon).unwrap();
     let plain = submit(&b, 11);
-    let far = b.submit_with(12, Instant::now() + LONG_WAIT).unwrap();
-    let already = b.submit_with(13, Instant::now()).unwrap();
+    let far = b.submit_before(12, Instant::now() + LONG_WAIT).unwrap();
+    let already = b.submit_before(13, Instant::now()).unwrap();
     // Let `soon` pass while the worker is still held, so 10 is due before its batch can form.
     while Instant::now() <= soon {
         thread::sleep(Duration::from_millis(5));
@@ -554,7 +554,7 @@ fn expired_requests_are_answered_expired_and_never_computed() {
     let past = Instant::now();
     thread::sleep(Duration::from_millis(2));
     assert_eq!(
-        answer(b.submit_with(14, past).unwrap()),
+        answer(b.submit_before(14, past).unwrap()),
         Err(BatchError::Expired)
     );
     shutdown_within(&b);
@@ -1004,7 +1004,7 @@ fn pending_is_a_future() {
     let out = block_on(
         async move {
             let a = b2.submit(1).unwrap().await;
-            let c = b2.submit_with(2, Instant::now()).unwrap().await;
+            let c = b2.submit_before(2, Instant::now()).unwrap().await;
             let d = b2.submit(3).unwrap().await;
             (a, c, d)
         },
@@ -1033,7 +1033,7 @@ fn submit_retrying(
 ) -> Pending<u64> {
     loop {
         let submitted = match deadline {
-            Some(d) => b.submit_with(req, d),
+            Some(d) => b.submit_before(req, d),
             None => b.submit(req),
         };
         match submitted {

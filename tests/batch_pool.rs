@@ -16,7 +16,7 @@
 //! cargo test --test batch_pool
 //! ```
 
-use latchless::batch::{BatchError, Batcher, CallError, ConfigError};
+use latchless::batch::{BatchError, Batcher, CallError, ConfigError, SpawnError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -256,6 +256,6 @@ fn zero_workers_is_a_config_error() {
     let err = Batcher::builder()
         .spawn_pool(0, || |xs: Vec<u8>| xs)
         .unwrap_err();
-    assert!(matches!(err, ConfigError::ZeroWorkers));
+    assert!(matches!(err, SpawnError::Config(ConfigError::ZeroWorkers)));
     assert_eq!(err.to_string(), "a batcher needs at least 1 worker");
 }

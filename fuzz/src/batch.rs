@@ -232,7 +232,7 @@ impl Harness {
         self.next_id += 1;
         let (live, maybe) = self.outstanding();
         let result = match deadline {
-            Some(d) => self.batcher.submit_with(req, d),
+            Some(d) => self.batcher.submit_before(req, d),
             None => self.batcher.submit(req),
         };
         let too_costly = req.cost > self.config.max_batch_cost;

@@ -1,6 +1,6 @@
 //! How a batcher is configured: [`BatcherBuilder`] and the settings it holds, [`BatchConfig`].
 
-use super::error::ConfigError;
+use super::error::{ConfigError, SpawnError};
 use super::Batcher;
 use core::fmt;
 use core::marker::PhantomData;
@@ -198,10 +198,10 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// # Examples
     ///
     /// ```
-    /// use latchless::batch::{Batcher, ConfigError};
+    /// use latchless::batch::{Batcher, ConfigError, SpawnError};
     ///
     /// let err = Batcher::builder().max_queue(0).spawn(|xs: Vec<u8>| xs).unwrap_err();
-    /// assert!(matches!(err, ConfigError::ZeroQueue));
+    /// assert!(matches!(err, SpawnError::Config(ConfigError::ZeroQueue)));
     /// ```
     pub fn max_queue(mut self, n: usize) -> Self {
         self.config.max_queue = n;
@@ -255,7 +255,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] if a bound is zero or the worker thread cannot start.
+    /// [`SpawnError::Config`] if a bound is zero, [`SpawnError::Thread`] if the worker thread
+    /// cannot start.
     ///
     /// # Examples
     ///
@@ -270,7 +271,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     pub fn spawn(
         self,
         handler: impl FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
-    ) -> Result<Batcher<Req, Resp>, ConfigError> {
+    ) -> Result<Batcher<Req, Resp>, SpawnError> {
         let mut handler = Some(handler);
         // One worker, whose maker is called once: its handler is kept after a panic.
         Batcher::start(self.config, self.cost, false, vec![move || handler.take()])
@@ -290,7 +291,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::ZeroWorkers`] if `workers` is 0; otherwise as [`spawn`](Self::spawn).
+    /// [`SpawnError::Config`] with [`ConfigError::ZeroWorkers`] if `workers` is 0; otherwise as
+    /// [`spawn`](Self::spawn).
     ///
     /// # Examples
     ///
@@ -325,12 +327,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
         self,
         workers: usize,
         factory: impl Fn() -> H + Send + Sync + 'static,
-    ) -> Result<Batcher<Req, Resp>, ConfigError>
+    ) -> Result<Batcher<Req, Resp>, SpawnError>
     where
         H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
     {
         if workers == 0 {
-            return Err(ConfigError::ZeroWorkers);
+            return Err(ConfigError::ZeroWorkers.into());
         }
         let factory = Arc::new(factory);
         let makers = (0..workers)

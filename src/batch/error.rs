@@ -1,24 +1,25 @@
-//! The batcher's errors: at start ([`ConfigError`]), at submission ([`SubmitError`]), after
+//! The batcher's errors: at start ([`SpawnError`], with [`ConfigError`] inside), at submission ([`SubmitError`]), after
 //! acceptance ([`BatchError`]), and both for a blocking call ([`CallError`]).
 
 #[cfg(doc)]
 use super::Batcher;
 use core::fmt;
 
-/// Why a batcher refused to start ([`BatcherBuilder::spawn`](super::BatcherBuilder::spawn),
-/// [`spawn_pool`](super::BatcherBuilder::spawn_pool), [`Batcher::spawn`]).
+/// A setting that makes no batcher: a zero bound, or zero workers. From
+/// [`BatchConfig::validate`](super::BatchConfig::validate), and inside
+/// [`SpawnError::Config`] when a batcher is started.
 ///
 /// # Examples
 ///
 /// ```
-/// use latchless::batch::{BatchConfig, Batcher, ConfigError};
+/// use latchless::batch::{BatchConfig, ConfigError};
 ///
 /// let config = BatchConfig { max_queue: 0, ..Default::default() };
-/// let err = Batcher::spawn(config, |xs: Vec<u8>| xs).unwrap_err();
+/// let err = config.validate().unwrap_err();
 /// assert!(matches!(err, ConfigError::ZeroQueue));
 /// assert_eq!(err.to_string(), "max_queue must be at least 1");
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// `max_batch_size` is 0.
@@ -29,27 +30,63 @@ pub enum ConfigError {
     ZeroQueue,
     /// A pool of 0 workers was asked for.
     ZeroWorkers,
-    /// A worker thread could not be started.
-    Spawn(std::io::Error),
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ZeroBatchSize => "max_batch_size must be at least 1",
+            Self::ZeroBatchCost => "max_batch_cost must be at least 1",
+            Self::ZeroQueue => "max_queue must be at least 1",
+            Self::ZeroWorkers => "a batcher needs at least 1 worker",
+        })
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a batcher did not start ([`BatcherBuilder::spawn`](super::BatcherBuilder::spawn),
+/// [`spawn_pool`](super::BatcherBuilder::spawn_pool), [`Batcher::spawn`]): a bad setting, or
+/// a worker thread the system would not start (the workers already started are stopped first).
+///
+/// # Examples
+///
+/// ```
+/// use latchless::batch::{Batcher, ConfigError, SpawnError};
+///
+/// let err = Batcher::builder().max_queue(0).spawn(|xs: Vec<u8>| xs).unwrap_err();
+/// assert!(matches!(err, SpawnError::Config(ConfigError::ZeroQueue)));
+/// assert_eq!(err.to_string(), "max_queue must be at least 1");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// A setting makes no batcher.
+    Config(ConfigError),
+    /// A worker thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl From<ConfigError> for SpawnError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ZeroBatchSize => f.write_str("max_batch_size must be at least 1"),
-            Self::ZeroBatchCost => f.write_str("max_batch_cost must be at least 1"),
-            Self::ZeroQueue => f.write_str("max_queue must be at least 1"),
-            Self::ZeroWorkers => f.write_str("a batcher needs at least 1 worker"),
-            Self::Spawn(e) => write!(f, "could not start a batcher worker thread: {e}"),
+            Self::Config(e) => fmt::Display::fmt(e, f),
+            Self::Thread(e) => write!(f, "could not start a batcher worker thread: {e}"),
         }
     }
 }
 
-impl std::error::Error for ConfigError {
+impl std::error::Error for SpawnError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Spawn(e) => Some(e),
-            _ => None,
+            Self::Config(e) => Some(e),
+            Self::Thread(e) => Some(e),
         }
     }
 }

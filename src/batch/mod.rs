@@ -42,7 +42,7 @@ mod stats;
 mod worker;
 
 pub use config::{BatchConfig, BatcherBuilder};
-pub use error::{BatchError, CallError, ConfigError, SubmitError};
+pub use error::{BatchError, CallError, ConfigError, SpawnError, SubmitError};
 pub use slot::Pending;
 pub use stats::BatchStats;
 
@@ -79,7 +79,7 @@ struct Sleeper {
 }
 
 /// What the handles and the workers share.
-struct Shared<Req, Resp> {
+struct Inner<Req, Resp> {
     queue: MsQueue<Job<Req, Resp>>,
     /// Requests accepted and not yet answered (waiting or running): the admission bound.
     in_flight: AtomicCounter,
@@ -96,7 +96,7 @@ struct Shared<Req, Resp> {
 
 /// Owned by the handles: when the last one drops, the batcher shuts down.
 struct Owner<Req, Resp> {
-    shared: Arc<Shared<Req, Resp>>,
+    inner: Arc<Inner<Req, Resp>>,
     /// The worker threads' ids, to tell a `shutdown` from inside a handler.
     workers: Vec<thread::ThreadId>,
     join: Mutex<Vec<thread::JoinHandle<()>>>,
@@ -108,7 +108,7 @@ struct Owner<Req, Resp> {
 ///
 /// | method | progress |
 /// |---|---|
-/// | [`submit`](Self::submit), [`submit_with`](Self::submit_with) | lock-free: never blocks; refusals return at once |
+/// | [`submit`](Self::submit), [`submit_before`](Self::submit_before) | lock-free: never blocks; refusals return at once |
 /// | [`call`](Self::call), [`Pending::wait`] | block until the reply |
 /// | [`shutdown`](Self::shutdown) | blocks until every accepted request is answered |
 ///
@@ -150,15 +150,12 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 
 impl<Req, Resp> fmt::Debug for Batcher<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = &self.owner.shared;
+        let inner = &self.owner.inner;
         f.debug_struct("Batcher")
-            .field("config", &shared.config)
-            .field("workers", &shared.sleepers.len())
-            .field("in_flight", &shared.in_flight.get())
-            .field(
-                "shutting_down",
-                &shared.shutting_down.load(Ordering::SeqCst),
-            )
+            .field("config", &inner.config)
+            .field("workers", &inner.sleepers.len())
+            .field("in_flight", &inner.in_flight.get())
+            .field("shutting_down", &inner.shutting_down.load(Ordering::SeqCst))
             .finish_non_exhaustive()
     }
 }
@@ -187,7 +184,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] if the configuration has a zero bound, or the worker thread cannot start.
+    /// [`SpawnError::Config`] if the configuration has a zero bound, [`SpawnError::Thread`] if
+    /// the worker thread cannot start.
     ///
     /// # Examples
     ///
@@ -203,7 +201,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     pub fn spawn(
         config: BatchConfig,
         handler: impl FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, SpawnError> {
         Self::builder().config(config).spawn(handler)
     }
 
@@ -233,7 +231,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         config: BatchConfig,
         cost: impl Fn(&Req) -> u64 + Send + Sync + 'static,
         handler: impl FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, SpawnError> {
         Self::builder().config(config).cost(cost).spawn(handler)
     }
 
@@ -244,14 +242,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         cost: Option<CostFn<Req>>,
         renew: bool,
         makers: Vec<M>,
-    ) -> Result<Self, ConfigError>
+    ) -> Result<Self, SpawnError>
     where
         M: FnMut() -> Option<H> + Send + 'static,
         H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
     {
         config.validate()?;
         let workers = makers.len();
-        let shared = Arc::new(Shared {
+        let inner = Arc::new(Inner {
             queue: MsQueue::new(),
             in_flight: AtomicCounter::new(0),
             shutting_down: AtomicBool::new(false),
@@ -263,31 +261,31 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         });
         let mut joins = Vec::with_capacity(workers);
         for (me, make) in makers.into_iter().enumerate() {
-            let worker_shared = Arc::clone(&shared);
+            let worker_inner = Arc::clone(&inner);
             let name = if workers == 1 {
                 "latchless-batcher".to_string()
             } else {
                 format!("latchless-batcher-{me}")
             };
             let spawned = thread::Builder::new().name(name).spawn(move || {
-                worker_shared.sleepers[me].parker.register_current();
-                worker_shared.run(me, make, renew);
+                worker_inner.sleepers[me].parker.register_current();
+                worker_inner.run(me, make, renew);
             });
             match spawned {
                 Ok(join) => joins.push(join),
                 Err(e) => {
                     // Nothing was accepted yet: the workers already started exit at once.
-                    shared.begin_shutdown();
+                    inner.begin_shutdown();
                     for join in joins {
                         let _ = join.join();
                     }
-                    return Err(ConfigError::Spawn(e));
+                    return Err(SpawnError::Thread(e));
                 }
             }
         }
         Ok(Self {
             owner: Arc::new(Owner {
-                shared,
+                inner,
                 workers: joins.iter().map(|j| j.thread().id()).collect(),
                 join: Mutex::new(joins),
             }),
@@ -333,10 +331,10 @@ impl<Req, Resp> Batcher<Req, Resp> {
     ///
     /// let b = Batcher::spawn(BatchConfig::default(), |xs: Vec<u8>| xs).unwrap();
     /// let already_late = Instant::now();
-    /// let p = b.submit_with(1, already_late).unwrap();
+    /// let p = b.submit_before(1, already_late).unwrap();
     /// assert_eq!(p.wait(), Err(BatchError::Expired));
     /// ```
-    pub fn submit_with(
+    pub fn submit_before(
         &self,
         req: Req,
         deadline: Instant,
@@ -349,38 +347,38 @@ impl<Req, Resp> Batcher<Req, Resp> {
         req: Req,
         deadline: Option<Instant>,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
-        let shared = &self.owner.shared;
-        let cost = (shared.cost)(&req);
-        if cost > shared.config.max_batch_cost {
-            shared.counters.refused_too_costly.increment();
+        let inner = &self.owner.inner;
+        let cost = (inner.cost)(&req);
+        if cost > inner.config.max_batch_cost {
+            inner.counters.refused_too_costly.increment();
             return Err(SubmitError::TooCostly(req));
         }
-        let bound = u64::try_from(shared.config.max_queue).unwrap_or(u64::MAX);
-        if shared.in_flight.try_add_below(1, bound).is_err() {
-            shared.counters.refused_overloaded.increment();
+        let bound = u64::try_from(inner.config.max_queue).unwrap_or(u64::MAX);
+        if inner.in_flight.try_add_below(1, bound).is_err() {
+            inner.counters.refused_overloaded.increment();
             return Err(SubmitError::Overloaded(req));
         }
-        // SeqCst fence: pairs with the one in `Shared::may_exit`. Either this load sees the
+        // SeqCst fence: pairs with the one in `Inner::may_exit`. Either this load sees the
         // shutdown flag, or the worker's load of `in_flight` sees our increment (and so waits
         // for this request): a request is never accepted after the worker decided to exit.
         fence(Ordering::SeqCst);
         // Relaxed: ordered by the fence above.
-        if shared.shutting_down.load(Ordering::Relaxed) {
-            shared.counters.refused_shutting_down.increment();
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            inner.counters.refused_shutting_down.increment();
             // Workers may be waiting for `in_flight` to reach zero.
-            shared.release(1);
+            inner.release(1);
             return Err(SubmitError::ShuttingDown(req));
         }
         let slot = Slot::new();
-        shared.queue.push(Job {
+        inner.queue.push(Job {
             req,
             slot: Arc::clone(&slot),
             cost,
             submitted: now(),
             deadline,
         });
-        shared.counters.submitted.increment();
-        shared.wake_one();
+        inner.counters.submitted.increment();
+        inner.wake_one();
         Ok(Pending::new(slot))
     }
 
@@ -435,7 +433,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// assert_eq!(b.stats().submitted, 0);
     /// ```
     pub fn stats(&self) -> BatchStats {
-        let c = &self.owner.shared.counters;
+        let c = &self.owner.inner.counters;
         BatchStats {
             submitted: c.submitted.sum(),
             completed: c.completed.get(),
@@ -463,13 +461,13 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// assert_eq!(b.in_flight(), 0);
     /// ```
     pub fn in_flight(&self) -> u64 {
-        self.owner.shared.in_flight.get()
+        self.owner.inner.in_flight.get()
     }
 }
 
 impl<Req, Resp> Owner<Req, Resp> {
     fn shutdown(&self) {
-        self.shared.begin_shutdown();
+        self.inner.begin_shutdown();
         if self.workers.contains(&thread::current().id()) {
             return;
         }

@@ -7,14 +7,14 @@
 //! the shutdown flag, `in_flight`); whoever changes one of those issues a SeqCst fence and then
 //! reads the flags. Of two such fences one comes first, so either the worker sees the change or
 //! the changer sees the state and unparks it. A submit wakes one sleeping worker
-//! ([`wake_one`](Shared::wake_one)): the woken worker pops the queue before it parks again, and a
+//! ([`wake_one`](Inner::wake_one)): the woken worker pops the queue before it parks again, and a
 //! worker whose state was stale (already awake) pops it as well, since an unpark is kept for the
 //! next park. Shutdown, and a release of admission during shutdown, wake every sleeping worker
-//! ([`wake_all`](Shared::wake_all)), since each must see `in_flight` reach zero to exit. A worker
+//! ([`wake_all`](Inner::wake_all)), since each must see `in_flight` reach zero to exit. A worker
 //! going idle wakes the workers filling a batch, which close it at once: while a worker is idle,
 //! nobody holds requests back.
 
-use super::{BatchError, Job, Shared, Slot};
+use super::{BatchError, Inner, Job, Slot};
 use crate::sync::{fence, now, Arc, Backoff, Ordering, UNDER_MODEL_CHECKER};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -57,7 +57,7 @@ impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
     }
 }
 
-impl<Req, Resp> Shared<Req, Resp> {
+impl<Req, Resp> Inner<Req, Resp> {
     /// Worker `me`: forms batches and runs its handler on them until shutdown has drained every
     /// request.
     pub(super) fn run<H, M>(&self, me: usize, make: M, renew: bool)
