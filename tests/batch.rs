@@ -1088,7 +1088,7 @@ fn eight_threads_every_request_answered_exactly_once_with_its_own_answer() {
                         let mut i = 0u64;
                         while i < per_thread {
                             let w = 1 + (i * 7 + t * 13) % 24;
-                            if w % 5 == 0 {
+                            if w.is_multiple_of(5) {
                                 // Now and then a lone request, with a deadline that never
                                 // comes (`call` itself would wait without a hang guard).
                                 let req = (t << 32) | i;

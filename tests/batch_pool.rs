@@ -8,6 +8,8 @@
 //! - a lone request starts at once while another worker is idle, whatever `max_wait` says;
 //! - shutdown drains every worker's batches and every queued request;
 //! - stress: every request computed exactly once across 4 workers, exact totals in `stats()`;
+//! - histograms: every worker's merged, one value per computed request or batch, expired
+//!   requests left out, times in microseconds;
 //! - zero workers is a `ConfigError`.
 //!
 //! Every timeout here is a hang guard ([`GUARD`]), never an assertion about speed.
@@ -258,4 +260,42 @@ fn zero_workers_is_a_config_error() {
         .unwrap_err();
     assert!(matches!(err, SpawnError::Config(ConfigError::ZeroWorkers)));
     assert_eq!(err.to_string(), "a batcher needs at least 1 worker");
+}
+
+#[test]
+fn histograms_merge_every_worker_and_record_only_computed_requests() {
+    // Each batch sleeps 2 ms: a lower bound on compute time and latency (a sleep is never
+    // shorter), never an assertion about speed.
+    let b = Batcher::builder()
+        .max_batch_size(1)
+        .max_wait(Duration::ZERO)
+        .spawn_pool(2, || {
+            |xs: Vec<u64>| {
+                thread::sleep(Duration::from_millis(2));
+                xs
+            }
+        })
+        .unwrap();
+    let pending: Vec<_> = (0..40).map(|i| b.submit(i).unwrap()).collect();
+    // An expired request: answered, never computed, so never in the histograms.
+    let expired = b.submit_before(99, std::time::Instant::now()).unwrap();
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().unwrap(), i as u64);
+    }
+    assert_eq!(expired.wait(), Err(BatchError::Expired));
+    b.shutdown();
+    let s = b.stats();
+    let h = b.histograms();
+    assert_eq!(s.completed, 40);
+    assert_eq!(s.batches, 40);
+    assert_eq!(h.queue_time.len(), 40);
+    assert_eq!(h.latency.len(), 40);
+    assert_eq!(h.batch_size.len(), 40);
+    assert_eq!(h.compute_time.len(), 40);
+    assert_eq!((h.batch_size.min(), h.batch_size.max()), (1, 1));
+    // Microseconds, to 1%.
+    assert!(h.compute_time.min() >= 1_980, "{:?}", h.compute_time);
+    assert!(h.latency.min() >= h.compute_time.min(), "{h:?}");
+    // With 40 requests queued at once behind 2 workers, the last waited ~19 batches of 2 ms.
+    assert!(h.queue_time.max() >= 30_000, "{:?}", h.queue_time);
 }

@@ -307,7 +307,13 @@ fn refused_values_are_dropped_once() {
     let log = DropLog::new(N);
     let collector = Collector::new();
     // Every seventh id weighs more than the whole capacity.
-    let weight = |v: &Tracked| if v.id % 7 == 0 { CAPACITY + 1 } else { 1 };
+    let weight = |v: &Tracked| {
+        if v.id.is_multiple_of(7) {
+            CAPACITY + 1
+        } else {
+            1
+        }
+    };
     let cache = Cache::builder(CAPACITY)
         .weigher(move |_: &usize, v: &Tracked| weight(v))
         .collector(collector.clone())

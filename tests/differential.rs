@@ -78,7 +78,7 @@ struct TestHasher {
 impl TestHasher {
     fn for_seed(seed: u64) -> Self {
         Self {
-            collide: seed % 2 == 0,
+            collide: seed.is_multiple_of(2),
         }
     }
 }

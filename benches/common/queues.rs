@@ -113,7 +113,7 @@ pub(crate) fn consume<Q: BenchQueue>(q: &Q, quota: u64, deadline: Instant) -> u6
                 spin_loop();
             } else {
                 thread::yield_now();
-                if idle % 1024 == 0 && Instant::now() > deadline {
+                if idle.is_multiple_of(1024) && Instant::now() > deadline {
                     panic!("consumer gave up: {got} of {quota} values popped before the deadline");
                 }
             }

@@ -37,12 +37,14 @@
 
 mod config;
 mod error;
+mod histogram;
 mod slot;
 mod stats;
 mod worker;
 
 pub use config::{BatchConfig, BatcherBuilder};
 pub use error::{BatchError, CallError, ConfigError, SpawnError, SubmitError};
+pub use histogram::{BatchHistograms, Histogram};
 pub use slot::Pending;
 pub use stats::BatchStats;
 
@@ -56,6 +58,7 @@ use crate::sync::{
 };
 use config::CostFn;
 use core::fmt;
+use histogram::WorkerHistograms;
 use slot::Slot;
 use stats::Counters;
 use std::sync::PoisonError;
@@ -86,6 +89,8 @@ struct Inner<Req, Resp> {
     shutting_down: AtomicBool,
     /// One per worker, each on its own cache line.
     sleepers: Box<[CachePadded<Sleeper>]>,
+    /// One per worker, each on its own cache line.
+    histograms: Box<[CachePadded<WorkerHistograms>]>,
     /// Workers between batches, waiting for work: while one is, a batch that is not full
     /// closes at once rather than wait for companions.
     idle: AtomicUsize,
@@ -254,6 +259,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             in_flight: AtomicCounter::new(0),
             shutting_down: AtomicBool::new(false),
             sleepers: (0..workers).map(|_| CachePadded::default()).collect(),
+            histograms: (0..workers)
+                .map(|_| CachePadded::new(WorkerHistograms::new()))
+                .collect(),
             idle: AtomicUsize::new(0),
             config,
             cost: cost.unwrap_or_else(|| Box::new(|_| 1)),
@@ -447,6 +455,30 @@ impl<Req, Resp> Batcher<Req, Resp> {
             batch_sizes: core::array::from_fn(|i| c.batch_sizes[i].get()),
             queue_wait: Duration::from_nanos(c.queue_wait_nanos.get()),
         }
+    }
+
+    /// Distributions of queue time, batch size, compute time and latency so far, every
+    /// worker's merged. Each worker keeps its own and records once per batch; reading locks each
+    /// in turn (briefly: a worker waits for it at most the time of one merge).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    ///
+    /// let b = Batcher::builder().spawn_pool(2, || |xs: Vec<u8>| xs).unwrap();
+    /// for i in 0..20 {
+    ///     b.call(i).unwrap();
+    /// }
+    /// b.shutdown();
+    /// let h = b.histograms();
+    /// assert_eq!(h.latency.len(), 20);
+    /// println!("p99 latency {} us, mean batch {:.1}", h.latency.quantile(0.99), h.batch_size.mean());
+    /// ```
+    pub fn histograms(&self) -> BatchHistograms {
+        let workers: Vec<&WorkerHistograms> =
+            self.owner.inner.histograms.iter().map(|h| &**h).collect();
+        histogram::merged(&workers)
     }
 
     /// Requests accepted and not yet answered (a snapshot).

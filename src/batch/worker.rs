@@ -32,6 +32,10 @@ struct Handler<H, M> {
     make: M,
     /// Whether a handler that panicked is replaced by a fresh one.
     renew: bool,
+    /// The worker's index.
+    me: usize,
+    /// Scratch: the current batch's queue times, in nanoseconds.
+    waits: Vec<u64>,
 }
 
 impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
@@ -69,6 +73,8 @@ impl<Req, Resp> Inner<Req, Resp> {
             current: None,
             make,
             renew,
+            me,
+            waits: Vec::new(),
         };
         // Made before the first request arrives, so that it does not wait for it.
         let _ = handler.get();
@@ -166,18 +172,22 @@ impl<Req, Resp> Inner<Req, Resp> {
             return;
         }
         let start = now();
-        let mut waited = 0u64;
+        handler.waits.clear();
         let (reqs, slots): (Vec<Req>, Vec<Arc<Slot<Resp>>>) = batch
             .into_iter()
             .map(|j| {
                 let w = start.saturating_duration_since(j.submitted).as_nanos();
-                waited = waited.saturating_add(u64::try_from(w).unwrap_or(u64::MAX));
+                handler.waits.push(u64::try_from(w).unwrap_or(u64::MAX));
                 (j.req, j.slot)
             })
             .unzip();
+        let waited_nanos = handler
+            .waits
+            .iter()
+            .fold(0u64, |sum, &w| sum.saturating_add(w));
         self.counters.batches.increment();
         self.counters.batch_sizes[super::stats::size_bucket(n)].increment();
-        self.counters.queue_wait_nanos.add(waited);
+        self.counters.queue_wait_nanos.add(waited_nanos);
         // The handler's state after a panic is the user's to judge (or the factory's, which
         // replaces it); the worker only needs to answer the batch and go on.
         let replies: Result<Vec<Resp>, BatchError> = match handler.get() {
@@ -194,6 +204,10 @@ impl<Req, Resp> Inner<Req, Resp> {
                 }
             },
         };
+        let ran = now().saturating_duration_since(start).as_nanos();
+        self.histograms[handler.me]
+            .lock()
+            .record_batch(&handler.waits, u64::try_from(ran).unwrap_or(u64::MAX));
         match &replies {
             Ok(_) => self.counters.completed.add(n as u64),
             Err(_) => self.counters.failed.add(n as u64),
