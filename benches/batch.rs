@@ -17,7 +17,9 @@
 //! split between the threads (`Throughput::Elements`). Threads are spawned once per sample,
 //! released by a barrier, and timed from the first client's start to the last one's end (by the
 //! worker runner in `benches/common/`). These are wall-clock numbers on a shared machine, for
-//! development; after each contender the mean batch size it reached is printed to stderr.
+//! development; after each contender the mean batch size it reached is printed to stderr, and
+//! for the batcher the distribution of its batch sizes and queue times under that load (from
+//! `Batcher::histograms`).
 //!
 //! ```text
 //! cargo bench --bench batch
@@ -255,6 +257,16 @@ fn dispatch_noop(c: &mut Criterion) {
                     threads,
                 );
                 ours.shutdown();
+                let h = ours.histograms();
+                eprintln!(
+                    "{name}/latchless{tag}_{id}: batch size p50 {} p90 {} p99 {} max {}; queue time p50 {} us p99 {} us",
+                    h.batch_size.quantile(0.5),
+                    h.batch_size.quantile(0.9),
+                    h.batch_size.quantile(0.99),
+                    h.batch_size.max(),
+                    h.queue_time.quantile(0.5),
+                    h.queue_time.quantile(0.99),
+                );
             }
             let baseline = ChannelBatcher::spawn(|xs| xs);
             contender(
