@@ -305,13 +305,16 @@ impl<K, V> Index<K, V> {
         }
     }
 
-    /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere), replacing
-    /// the entry with the same key if there is one; returns the replaced entry. Lock-free.
-    pub(super) fn upsert<'g>(
+    /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere). If its
+    /// bucket holds an entry with the same key, `replace` decides: that entry is swapped out
+    /// ([`Published::Replaced`]) or kept, and `new_ptr` left unpublished
+    /// ([`Published::Present`]). Lock-free.
+    pub(super) fn publish<'g>(
         &self,
         new_ptr: EntryPtr<K, V>,
+        replace: bool,
         guard: &'g Guard,
-    ) -> Option<&'g Entry<K, V>>
+    ) -> Published<'g, K, V>
     where
         K: Eq,
     {
@@ -322,56 +325,26 @@ impl<K, V> Index<K, V> {
         loop {
             let (cur, bucket) = self.load(new.hash, guard);
             let slots = bucket.entries();
-            let old = slots.iter().position(|&p| {
+            let same_key = slots.iter().position(|&p| {
                 // SAFETY: as in `find`.
                 let e = unsafe { &*p };
                 e.hash == new.hash && e.key == new.key
             });
+            // SAFETY: as in `find`; the entry stays allocated for `guard`'s life.
+            let old = same_key.map(|i| (i, unsafe { &*slots[i] }));
             let next = match old {
-                Some(i) => with_slot(slots, i, new_ptr),
+                Some(_) if !replace => return Published::Present,
+                Some((i, _)) => with_slot(slots, i, new_ptr),
                 None => build(
                     slots.len() + 1,
                     slots.iter().copied().chain(core::iter::once(new_ptr)),
                 ),
             };
             if self.swap_bucket(new.hash, cur, next, guard) {
-                // SAFETY: as in `find`; the entry stays allocated for `guard`'s life.
-                return old.map(|i| unsafe { &*slots[i] });
-            }
-            backoff.spin();
-        }
-    }
-
-    /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere) unless its
-    /// bucket holds an entry with the same key, which it then returns instead. Lock-free.
-    pub(super) fn insert_absent<'g>(
-        &self,
-        new_ptr: EntryPtr<K, V>,
-        guard: &'g Guard,
-    ) -> Result<(), &'g Entry<K, V>>
-    where
-        K: Eq,
-    {
-        // SAFETY: as in `upsert`.
-        let new = unsafe { &*new_ptr };
-        let backoff = crate::sync::Backoff::new();
-        loop {
-            let (cur, bucket) = self.load(new.hash, guard);
-            let slots = bucket.entries();
-            let present = slots.iter().find_map(|&p| {
-                // SAFETY: as in `find`.
-                let e: &'g Entry<K, V> = unsafe { &*p };
-                (e.hash == new.hash && e.key == new.key).then_some(e)
-            });
-            if let Some(e) = present {
-                return Err(e);
-            }
-            let next = build(
-                slots.len() + 1,
-                slots.iter().copied().chain(core::iter::once(new_ptr)),
-            );
-            if self.swap_bucket(new.hash, cur, next, guard) {
-                return Ok(());
+                return match old {
+                    Some((_, e)) => Published::Replaced(e),
+                    None => Published::Added,
+                };
             }
             backoff.spin();
         }
@@ -466,4 +439,14 @@ impl<K, V> Index<K, V> {
             unsafe { free::<K, V>(word) };
         }
     }
+}
+
+/// What [`Index::publish`] did.
+pub(super) enum Published<'g, K, V> {
+    /// The key was absent: the new entry is in.
+    Added,
+    /// The new entry took the place of this one, which is out of the index now.
+    Replaced(&'g Entry<K, V>),
+    /// An entry holds the key and stays (`replace` was false); the new one was not published.
+    Present,
 }

@@ -57,7 +57,7 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use epoch::{Collector, Guard};
 use flight::{Flights, Joined};
-use index::{Entry, EntryPtr, Index};
+use index::{Entry, EntryPtr, Index, Published};
 use policy::{Evicted, Policy};
 
 /// Computes an entry's weight.
@@ -1088,7 +1088,7 @@ where
         let new_ptr = Entry::new(key, value, hash, weight).allocate();
         // SAFETY: as in `insert_pinned`.
         let new = unsafe { &*new_ptr };
-        if self.index.insert_absent(new_ptr, guard).is_err() {
+        if let Published::Present = self.index.publish(new_ptr, false, guard) {
             self.weight.sub(weight);
             self.len.decrement();
             // SAFETY: never published (the index refused it), so no other thread can reach it,
@@ -1120,7 +1120,11 @@ where
         // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
         // it allocated until then anyway).
         let new = unsafe { &*new_ptr };
-        let old = self.index.upsert(new_ptr, guard);
+        let old = match self.index.publish(new_ptr, true, guard) {
+            Published::Replaced(old) => Some(old),
+            // `Present` only comes back when `replace` is false.
+            Published::Added | Published::Present => None,
+        };
         self.stats.inserts.increment();
         if let Some(old) = old {
             // A replacement has proven its key's reuse: it starts in main, keeping its count.
