@@ -342,6 +342,28 @@ type Value = u32;
 /// Values are drawn from a small domain, so that exchanges often find what they expect.
 const VALUES: u64 = 6;
 
+/// Checks `insert_if_absent(k, v)`'s result `got` against `model` (a refusal exactly when the
+/// model holds `k`, handing the entry back), applies it to the model, and says whether the entry
+/// went in.
+fn insert_if_absent_as_model(
+    model: &mut HashMap<Key, Value>,
+    k: Key,
+    v: Value,
+    got: Result<(), (Key, Value)>,
+) -> bool {
+    match model.entry(k) {
+        Entry::Occupied(_) => {
+            assert_eq!(got, Err((k, v)), "insert_if_absent over a present key");
+            false
+        }
+        Entry::Vacant(slot) => {
+            assert_eq!(got, Ok(()));
+            slot.insert(v);
+            true
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum CacheStep {
     Get(Key),
@@ -453,16 +475,8 @@ fn cache_without_eviction_matches_hashmap() {
                     seen.inserts += 1;
                 }
                 CacheStep::InsertIfAbsent(k, v) => {
-                    let got = cache.insert_if_absent(k, v);
-                    match model.entry(k) {
-                        Entry::Occupied(_) => {
-                            assert_eq!(got, Err((k, v)), "insert_if_absent over a present key");
-                        }
-                        Entry::Vacant(slot) => {
-                            assert_eq!(got, Ok(()));
-                            slot.insert(v);
-                            seen.inserts += 1;
-                        }
+                    if insert_if_absent_as_model(&mut model, k, v, cache.insert_if_absent(k, v)) {
+                        seen.inserts += 1;
                     }
                 }
                 CacheStep::Remove(k) => assert_eq!(cache.remove(&k), model.remove(&k)),
@@ -714,15 +728,8 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                     }
                     CacheStep::InsertIfAbsent(k, v) => {
                         let got = cache.insert_if_absent(k, v);
-                        match model.entry(k) {
-                            Entry::Occupied(_) => {
-                                assert_eq!(got, Err((k, v)), "insert_if_absent over a present key");
-                            }
-                            Entry::Vacant(slot) => {
-                                assert_eq!(got, Ok(()));
-                                slot.insert(v);
-                                seen.inserts += 1;
-                            }
+                        if insert_if_absent_as_model(&mut model, k, v, got) {
+                            seen.inserts += 1;
                         }
                     }
                     CacheStep::Remove(k) => {
