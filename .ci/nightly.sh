@@ -135,8 +135,8 @@ miri_halves() {
 
 # ---------------------------------------------------------------------------------------------
 # ThreadSanitizer: data races between threads at native speed, over the concurrency tests (the
-# counters' unit tests, stress, drops, cache_stress, cache_drops, cache_api, batch, batch_pool and
-# linearizability) at their full, non-Miri sizes. std is rebuilt instrumented (`-Zbuild-std`, which is
+# counters' unit tests, stress, drops, cache_stress, cache_drops, cache_api, batch, batch_pool,
+# batch_priority and linearizability) at their full, non-Miri sizes. std is rebuilt instrumented (`-Zbuild-std`, which is
 # why rust-src is needed): an uninstrumented std makes TSan report false races. crossbeam-epoch
 # notices the sanitizer (its build script sets `crossbeam_sanitize_thread`) and avoids the
 # fences TSan cannot follow; no suppression is needed. libtest prints `ok` even when TSan
@@ -155,7 +155,8 @@ tsan() (
     local log=target/tsan/nightly.log
     local cargo=(cargo +nightly test -Zbuild-std --target "$host" -p latchless
         --target-dir target/tsan --lib --test stress --test drops --test cache_stress
-        --test cache_drops --test cache_api --test batch --test batch_pool --test linearizability)
+        --test cache_drops --test cache_api --test batch --test batch_pool --test batch_priority
+        --test linearizability)
     mkdir -p target/tsan
     export RUSTFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1"
     part "build (std included)" "${cargo[@]}" --no-run || return 1

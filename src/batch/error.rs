@@ -30,16 +30,27 @@ pub enum ConfigError {
     ZeroQueue,
     /// A pool of 0 workers was asked for.
     ZeroWorkers,
+    /// Priority class `class` has a `max_queue` of 0.
+    ZeroClassQueue {
+        /// The class's index.
+        class: usize,
+    },
+    /// More than 64 priority classes.
+    TooManyClasses,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ZeroBatchSize => "max_batch_size must be at least 1",
-            Self::ZeroBatchCost => "max_batch_cost must be at least 1",
-            Self::ZeroQueue => "max_queue must be at least 1",
-            Self::ZeroWorkers => "a batcher needs at least 1 worker",
-        })
+        match self {
+            Self::ZeroBatchSize => f.write_str("max_batch_size must be at least 1"),
+            Self::ZeroBatchCost => f.write_str("max_batch_cost must be at least 1"),
+            Self::ZeroQueue => f.write_str("max_queue must be at least 1"),
+            Self::ZeroWorkers => f.write_str("a batcher needs at least 1 worker"),
+            Self::ZeroClassQueue { class } => {
+                write!(f, "priority class {class}: max_queue must be at least 1")
+            }
+            Self::TooManyClasses => f.write_str("a batcher takes at most 64 priority classes"),
+        }
     }
 }
 
@@ -112,6 +123,8 @@ pub enum SubmitError<Req> {
     ShuttingDown(Req),
     /// The request alone costs more than `max_batch_cost`: it could never be batched.
     TooCostly(Req),
+    /// The batcher has no priority class of that index.
+    NoSuchClass(Req),
 }
 
 impl<Req> SubmitError<Req> {
@@ -126,7 +139,10 @@ impl<Req> SubmitError<Req> {
     /// ```
     pub fn into_inner(self) -> Req {
         match self {
-            Self::Overloaded(r) | Self::ShuttingDown(r) | Self::TooCostly(r) => r,
+            Self::Overloaded(r)
+            | Self::ShuttingDown(r)
+            | Self::TooCostly(r)
+            | Self::NoSuchClass(r) => r,
         }
     }
 }
@@ -138,6 +154,7 @@ impl<Req> fmt::Debug for SubmitError<Req> {
             Self::Overloaded(_) => "Overloaded(..)",
             Self::ShuttingDown(_) => "ShuttingDown(..)",
             Self::TooCostly(_) => "TooCostly(..)",
+            Self::NoSuchClass(_) => "NoSuchClass(..)",
         })
     }
 }
@@ -148,6 +165,7 @@ impl<Req> fmt::Display for SubmitError<Req> {
             Self::Overloaded(_) => "the batcher's queue is full",
             Self::ShuttingDown(_) => "the batcher is shutting down",
             Self::TooCostly(_) => "the request costs more than a whole batch may",
+            Self::NoSuchClass(_) => "the batcher has no such priority class",
         })
     }
 }

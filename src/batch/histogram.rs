@@ -189,26 +189,76 @@ pub struct BatchHistograms {
     pub compute_time: Histogram,
     /// Per computed request, microseconds from `submit` to its reply.
     pub latency: Histogram,
+    /// Queue time and latency of each priority class's requests, by class index (one entry
+    /// for a batcher without classes).
+    pub classes: Vec<ClassHistograms>,
+}
+
+/// One priority class's share of [`BatchHistograms`].
+///
+/// # Examples
+///
+/// ```
+/// use latchless::batch::{Batcher, PriorityClass};
+///
+/// let b = Batcher::builder()
+///     .class(PriorityClass::new())
+///     .class(PriorityClass::new())
+///     .spawn(|xs: Vec<u8>| xs)
+///     .unwrap();
+/// b.submit_to(1, 0).unwrap().wait().unwrap();
+/// b.call(2).unwrap();
+/// b.call(3).unwrap();
+/// let h = b.histograms();
+/// assert_eq!((h.classes[0].latency.len(), h.classes[1].latency.len()), (1, 2));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClassHistograms {
+    /// Per computed request of the class, microseconds from `submit` to the start of its batch.
+    pub queue_time: Histogram,
+    /// Per computed request of the class, microseconds from `submit` to its reply.
+    pub latency: Histogram,
+}
+
+impl ClassHistograms {
+    fn new() -> Self {
+        Self {
+            queue_time: Histogram::new(MAX_MICROS),
+            latency: Histogram::new(MAX_MICROS),
+        }
+    }
 }
 
 impl BatchHistograms {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(classes: usize) -> Self {
         Self {
             queue_time: Histogram::new(MAX_MICROS),
             batch_size: Histogram::new(MAX_SIZE),
             compute_time: Histogram::new(MAX_MICROS),
             latency: Histogram::new(MAX_MICROS),
+            classes: (0..classes).map(|_| ClassHistograms::new()).collect(),
         }
     }
 
-    /// Records one batch: how long each of its requests waited, and how long it ran, in
-    /// nanoseconds (kept in microseconds).
-    pub(super) fn record_batch(&mut self, waits_nanos: &[u64], compute_nanos: u64) {
+    /// Records one batch: how long each of its requests waited and its class, and how long it
+    /// ran, in nanoseconds (kept in microseconds).
+    pub(super) fn record_batch(
+        &mut self,
+        waits_nanos: &[u64],
+        classes: &[usize],
+        compute_nanos: u64,
+    ) {
         self.batch_size.record(waits_nanos.len() as u64);
         self.compute_time.record(compute_nanos / 1000);
-        for &w in waits_nanos {
-            self.queue_time.record(w / 1000);
-            self.latency.record(w.saturating_add(compute_nanos) / 1000);
+        for (&w, &c) in waits_nanos.iter().zip(classes) {
+            let (queued, latency) = (w / 1000, w.saturating_add(compute_nanos) / 1000);
+            self.queue_time.record(queued);
+            self.latency.record(latency);
+            if let Some(class) = self.classes.get_mut(c) {
+                class.queue_time.record(queued);
+                class.latency.record(latency);
+            }
         }
     }
 
@@ -217,6 +267,10 @@ impl BatchHistograms {
         self.batch_size.merge(&other.batch_size);
         self.compute_time.merge(&other.compute_time);
         self.latency.merge(&other.latency);
+        for (mine, theirs) in self.classes.iter_mut().zip(&other.classes) {
+            mine.queue_time.merge(&theirs.queue_time);
+            mine.latency.merge(&theirs.latency);
+        }
     }
 }
 
@@ -225,8 +279,8 @@ impl BatchHistograms {
 pub(super) struct WorkerHistograms(Mutex<BatchHistograms>);
 
 impl WorkerHistograms {
-    pub(super) fn new() -> Self {
-        Self(Mutex::new(BatchHistograms::new()))
+    pub(super) fn new(classes: usize) -> Self {
+        Self(Mutex::new(BatchHistograms::new(classes)))
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, BatchHistograms> {
@@ -237,8 +291,8 @@ impl WorkerHistograms {
 }
 
 /// Every worker's histograms merged.
-pub(super) fn merged(workers: &[&WorkerHistograms]) -> BatchHistograms {
-    let mut all = BatchHistograms::new();
+pub(super) fn merged(workers: &[&WorkerHistograms], classes: usize) -> BatchHistograms {
+    let mut all = BatchHistograms::new(classes);
     for w in workers {
         all.merge(&w.lock());
     }

@@ -11,7 +11,14 @@
 //! Batches form late: a worker that becomes free takes what arrived while it computed, so
 //! under load batches grow without anyone waiting for them.
 //!
-//! Built from the crate's own primitives: requests travel through an [`MsQueue`]; admission
+//! Requests may be sorted into priority classes ([`BatcherBuilder::class`], submitted with
+//! [`submit_to`](Batcher::submit_to)), each with its own bound and default timeout: a worker
+//! takes the most urgent class's requests first, and a class passed over `aging` batches in a
+//! row leads the next one, so no class starves. Every request's queue time and latency, every
+//! batch's size and compute time, go into per-worker histograms
+//! ([`histograms`](Batcher::histograms)).
+//!
+//! Built from the crate's own primitives: requests travel through an [`MsQueue`] per class; admission
 //! (at most `max_queue` requests waiting or running) is an [`AtomicCounter::try_add_below`];
 //! statistics are [`ShardedCounter`]s. Producers never block: a refused request is handed back at
 //! once ([`SubmitError`]), and waking a worker is an `unpark` only when one sleeps.
@@ -35,6 +42,7 @@
 //! the reply slot, with deadlines either already due or never due; the deadline and `max_wait`
 //! paths are tested with real time in `tests/`.
 
+mod class;
 mod config;
 mod error;
 mod histogram;
@@ -42,21 +50,24 @@ mod slot;
 mod stats;
 mod worker;
 
+pub use class::PriorityClass;
 pub use config::{BatchConfig, BatcherBuilder};
 pub use error::{BatchError, CallError, ConfigError, SpawnError, SubmitError};
-pub use histogram::{BatchHistograms, Histogram};
+pub use histogram::{BatchHistograms, ClassHistograms, Histogram};
 pub use slot::Pending;
 pub use stats::BatchStats;
 
 use crate::counter::AtomicCounter;
 #[cfg(doc)]
 use crate::counter::ShardedCounter;
+#[cfg(doc)]
 use crate::queue::MsQueue;
 use crate::sync::{
     fence, now, thread, Arc, AtomicBool, AtomicU8, AtomicUsize, CachePadded, Mutex, Ordering,
     Parker,
 };
-use config::CostFn;
+use class::Class;
+use config::Settings;
 use core::fmt;
 use histogram::WorkerHistograms;
 use slot::Slot;
@@ -67,6 +78,8 @@ use std::time::{Duration, Instant};
 /// One accepted request.
 struct Job<Req, Resp> {
     req: Req,
+    /// Its priority class's index.
+    class: usize,
     slot: Arc<Slot<Resp>>,
     cost: u64,
     submitted: Instant,
@@ -83,7 +96,10 @@ struct Sleeper {
 
 /// What the handles and the workers share.
 struct Inner<Req, Resp> {
-    queue: MsQueue<Job<Req, Resp>>,
+    /// The priority classes, most urgent first, each with its queue: at least one.
+    classes: Box<[Class<Req, Resp>]>,
+    /// How many batches in a row a class with requests waiting may be passed over.
+    aging: u32,
     /// Requests accepted and not yet answered (waiting or running): the admission bound.
     in_flight: AtomicCounter,
     shutting_down: AtomicBool,
@@ -95,7 +111,7 @@ struct Inner<Req, Resp> {
     /// closes at once rather than wait for companions.
     idle: AtomicUsize,
     config: BatchConfig,
-    cost: CostFn<Req>,
+    cost: config::CostFn<Req>,
     counters: Counters,
 }
 
@@ -113,7 +129,7 @@ struct Owner<Req, Resp> {
 ///
 /// | method | progress |
 /// |---|---|
-/// | [`submit`](Self::submit), [`submit_before`](Self::submit_before) | lock-free: never blocks; refusals return at once |
+/// | [`submit`](Self::submit), [`submit_before`](Self::submit_before), [`submit_to`](Self::submit_to), [`submit_to_before`](Self::submit_to_before) | lock-free: never blocks; refusals return at once |
 /// | [`call`](Self::call), [`Pending::wait`] | block until the reply |
 /// | [`shutdown`](Self::shutdown) | blocks until every accepted request is answered |
 ///
@@ -159,6 +175,7 @@ impl<Req, Resp> fmt::Debug for Batcher<Req, Resp> {
         f.debug_struct("Batcher")
             .field("config", &inner.config)
             .field("workers", &inner.sleepers.len())
+            .field("classes", &inner.classes.len())
             .field("in_flight", &inner.in_flight.get())
             .field("shutting_down", &inner.shutting_down.load(Ordering::SeqCst))
             .finish_non_exhaustive()
@@ -242,25 +259,30 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
 
     /// Starts one worker per maker. A worker calls its maker on its own thread for its handler,
     /// and again after a panic when `renew` is set.
-    fn start<H, M>(
-        config: BatchConfig,
-        cost: Option<CostFn<Req>>,
-        renew: bool,
-        makers: Vec<M>,
-    ) -> Result<Self, SpawnError>
+    fn start<H, M>(settings: Settings<Req>, renew: bool, makers: Vec<M>) -> Result<Self, SpawnError>
     where
         M: FnMut() -> Option<H> + Send + 'static,
         H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
     {
-        config.validate()?;
+        settings.validate()?;
+        let Settings {
+            config,
+            cost,
+            mut classes,
+            aging,
+        } = settings;
+        if classes.is_empty() {
+            classes.push(PriorityClass::new());
+        }
         let workers = makers.len();
         let inner = Arc::new(Inner {
-            queue: MsQueue::new(),
+            classes: classes.iter().map(Class::new).collect(),
+            aging,
             in_flight: AtomicCounter::new(0),
             shutting_down: AtomicBool::new(false),
             sleepers: (0..workers).map(|_| CachePadded::default()).collect(),
             histograms: (0..workers)
-                .map(|_| CachePadded::new(WorkerHistograms::new()))
+                .map(|_| CachePadded::new(WorkerHistograms::new(classes.len())))
                 .collect(),
             idle: AtomicUsize::new(0),
             config,
@@ -321,7 +343,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// assert_eq!(replies, (0..10).collect::<Vec<_>>());
     /// ```
     pub fn submit(&self, req: Req) -> Result<Pending<Resp>, SubmitError<Req>> {
-        self.submit_inner(req, None)
+        self.submit_inner(req, self.default_class(), None)
     }
 
     /// Submits a request that must start computing before `deadline`; otherwise it is answered
@@ -347,22 +369,93 @@ impl<Req, Resp> Batcher<Req, Resp> {
         req: Req,
         deadline: Instant,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
-        self.submit_inner(req, Some(deadline))
+        self.submit_inner(req, self.default_class(), Some(deadline))
+    }
+
+    /// Submits a request to priority class `class` (0 the most urgent; see
+    /// [`BatcherBuilder::class`]). Never blocks. Without a deadline of its own, it gets its
+    /// class's default timeout, if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), and [`SubmitError::NoSuchClass`] if the batcher has no
+    /// class `class`; `Overloaded` also when the class is at its own bound.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, PriorityClass, SubmitError};
+    ///
+    /// let b = Batcher::builder()
+    ///     .class(PriorityClass::new())
+    ///     .class(PriorityClass::new())
+    ///     .spawn(|xs: Vec<u8>| xs)
+    ///     .unwrap();
+    /// assert_eq!(b.submit_to(1, 0).unwrap().wait(), Ok(1));
+    /// assert!(matches!(b.submit_to(2, 5), Err(SubmitError::NoSuchClass(2))));
+    /// ```
+    pub fn submit_to(&self, req: Req, class: usize) -> Result<Pending<Resp>, SubmitError<Req>> {
+        self.submit_inner(req, class, None)
+    }
+
+    /// [`submit_to`](Self::submit_to) with a deadline, as [`submit_before`](Self::submit_before)
+    /// (the class's default timeout does not apply).
+    ///
+    /// # Errors
+    ///
+    /// As [`submit_to`](Self::submit_to).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{BatchError, Batcher, PriorityClass};
+    /// use std::time::Instant;
+    ///
+    /// let b = Batcher::builder()
+    ///     .class(PriorityClass::new())
+    ///     .spawn(|xs: Vec<u8>| xs)
+    ///     .unwrap();
+    /// let p = b.submit_to_before(1, 0, Instant::now()).unwrap();
+    /// assert_eq!(p.wait(), Err(BatchError::Expired));
+    /// ```
+    pub fn submit_to_before(
+        &self,
+        req: Req,
+        class: usize,
+        deadline: Instant,
+    ) -> Result<Pending<Resp>, SubmitError<Req>> {
+        self.submit_inner(req, class, Some(deadline))
+    }
+
+    /// The class `submit` and `call` use: the last, least urgent one.
+    fn default_class(&self) -> usize {
+        self.owner.inner.classes.len() - 1
     }
 
     fn submit_inner(
         &self,
         req: Req,
+        class: usize,
         deadline: Option<Instant>,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
         let inner = &self.owner.inner;
+        let Some(queue_class) = inner.classes.get(class) else {
+            return Err(SubmitError::NoSuchClass(req));
+        };
         let cost = (inner.cost)(&req);
         if cost > inner.config.max_batch_cost {
             inner.counters.refused_too_costly.increment();
             return Err(SubmitError::TooCostly(req));
         }
+        if let Some((count, bound)) = &queue_class.in_flight {
+            if count.try_add_below(1, *bound).is_err() {
+                inner.counters.refused_overloaded.increment();
+                return Err(SubmitError::Overloaded(req));
+            }
+        }
         let bound = u64::try_from(inner.config.max_queue).unwrap_or(u64::MAX);
         if inner.in_flight.try_add_below(1, bound).is_err() {
+            queue_class.release(1);
             inner.counters.refused_overloaded.increment();
             return Err(SubmitError::Overloaded(req));
         }
@@ -373,16 +466,21 @@ impl<Req, Resp> Batcher<Req, Resp> {
         // Relaxed: ordered by the fence above.
         if inner.shutting_down.load(Ordering::Relaxed) {
             inner.counters.refused_shutting_down.increment();
+            queue_class.release(1);
             // Workers may be waiting for `in_flight` to reach zero.
             inner.release(1);
             return Err(SubmitError::ShuttingDown(req));
         }
         let slot = Slot::new();
-        inner.queue.push(Job {
+        let submitted = now();
+        let deadline =
+            deadline.or_else(|| queue_class.timeout.and_then(|t| submitted.checked_add(t)));
+        queue_class.queue.push(Job {
             req,
+            class,
             slot: Arc::clone(&slot),
             cost,
-            submitted: now(),
+            submitted,
             deadline,
         });
         inner.counters.submitted.increment();
@@ -478,7 +576,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
     pub fn histograms(&self) -> BatchHistograms {
         let workers: Vec<&WorkerHistograms> =
             self.owner.inner.histograms.iter().map(|h| &**h).collect();
-        histogram::merged(&workers)
+        histogram::merged(&workers, self.owner.inner.classes.len())
     }
 
     /// Requests accepted and not yet answered (a snapshot).

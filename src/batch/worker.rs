@@ -14,7 +14,7 @@
 //! going idle wakes the workers filling a batch, which close it at once: while a worker is idle,
 //! nobody holds requests back.
 
-use super::{BatchError, Inner, Job, Slot};
+use super::{class, BatchError, Inner, Job, Slot};
 use crate::sync::{fence, now, Arc, Backoff, Ordering, UNDER_MODEL_CHECKER};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Handler<H, M> {
     me: usize,
     /// Scratch: the current batch's queue times, in nanoseconds.
     waits: Vec<u64>,
+    /// Scratch: the current batch's classes, in the order of `waits`.
+    classes: Vec<usize>,
 }
 
 impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
@@ -75,14 +77,21 @@ impl<Req, Resp> Inner<Req, Resp> {
             renew,
             me,
             waits: Vec::new(),
+            classes: Vec::new(),
         };
         // Made before the first request arrives, so that it does not wait for it.
         let _ = handler.get();
         let pool = self.sleepers.len() > 1;
+        let prioritised = self.classes.len() > 1;
         // A request popped that would have taken the previous batch past its cost budget.
         let mut carry: Option<Job<Req, Resp>> = None;
         loop {
-            let Some(first) = carry.take().or_else(|| self.next_live()) else {
+            let lead = if prioritised {
+                class::lead(&self.classes, self.aging)
+            } else {
+                0
+            };
+            let Some(first) = carry.take().or_else(|| self.next_live(lead)) else {
                 if self.may_exit() {
                     return;
                 }
@@ -91,15 +100,18 @@ impl<Req, Resp> Inner<Req, Resp> {
             };
             let close_at = first.submitted.checked_add(self.config.max_wait);
             let mut cost = first.cost;
+            // The classes that gave requests to this batch, one bit each.
+            let mut served = 1u64 << first.class;
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_size {
-                match self.next_live() {
+                match self.next_live(lead) {
                     Some(job) => {
                         if cost.saturating_add(job.cost) > self.config.max_batch_cost {
                             carry = Some(job);
                             break;
                         }
                         cost += job.cost;
+                        served |= 1 << job.class;
                         batch.push(job);
                     }
                     None => {
@@ -123,23 +135,38 @@ impl<Req, Resp> Inner<Req, Resp> {
                     }
                 }
             }
+            if prioritised {
+                class::account(&self.classes, served);
+            }
             // Work left behind (the batch is full, or a worker's wake-up went to one that was
             // already awake): hand it to a sleeping worker rather than let it wait for ours.
-            if pool && !self.queue.is_empty() {
+            if pool && self.any_waiting() {
                 self.wake_one();
             }
             self.process(batch, &mut handler);
         }
     }
 
-    /// Pops the next request still worth computing, answering or dropping the others.
-    fn next_live(&self) -> Option<Job<Req, Resp>> {
+    /// Pops the next request still worth computing, answering or dropping the others: from
+    /// class `lead` first, then from the others, most urgent first.
+    fn next_live(&self, lead: usize) -> Option<Job<Req, Resp>> {
         loop {
-            let job = self.queue.pop()?;
+            let job = self.classes[lead].queue.pop().or_else(|| {
+                self.classes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(c, _)| c != lead)
+                    .find_map(|(_, class)| class.queue.pop())
+            })?;
             if let Some(job) = self.screen(job) {
                 return Some(job);
             }
         }
+    }
+
+    /// Whether any class has a request waiting.
+    fn any_waiting(&self) -> bool {
+        self.classes.iter().any(|c| !c.queue.is_empty())
     }
 
     /// Passes a live job through; answers an expired one `Expired` and skips a cancelled one,
@@ -147,10 +174,12 @@ impl<Req, Resp> Inner<Req, Resp> {
     fn screen(&self, job: Job<Req, Resp>) -> Option<Job<Req, Resp>> {
         if job.slot.is_cancelled() {
             self.counters.cancelled.increment();
+            self.classes[job.class].release(1);
             self.release(1);
         } else if job.deadline.is_some_and(|d| now() >= d) {
             self.counters.expired.increment();
             // Released before the reply, as in `process`.
+            self.classes[job.class].release(1);
             self.release(1);
             job.slot.send(Err(BatchError::Expired));
         } else {
@@ -173,11 +202,13 @@ impl<Req, Resp> Inner<Req, Resp> {
         }
         let start = now();
         handler.waits.clear();
+        handler.classes.clear();
         let (reqs, slots): (Vec<Req>, Vec<Arc<Slot<Resp>>>) = batch
             .into_iter()
             .map(|j| {
                 let w = start.saturating_duration_since(j.submitted).as_nanos();
                 handler.waits.push(u64::try_from(w).unwrap_or(u64::MAX));
+                handler.classes.push(j.class);
                 (j.req, j.slot)
             })
             .unzip();
@@ -205,9 +236,11 @@ impl<Req, Resp> Inner<Req, Resp> {
             },
         };
         let ran = now().saturating_duration_since(start).as_nanos();
-        self.histograms[handler.me]
-            .lock()
-            .record_batch(&handler.waits, u64::try_from(ran).unwrap_or(u64::MAX));
+        self.histograms[handler.me].lock().record_batch(
+            &handler.waits,
+            &handler.classes,
+            u64::try_from(ran).unwrap_or(u64::MAX),
+        );
         match &replies {
             Ok(_) => self.counters.completed.add(n as u64),
             Err(_) => self.counters.failed.add(n as u64),
@@ -215,6 +248,9 @@ impl<Req, Resp> Inner<Req, Resp> {
         // Admission is released before the replies go out, so a client that has its reply can
         // submit again at once; shutdown still waits for these replies, since it joins this
         // thread, which sends them before it can exit.
+        for &c in &handler.classes {
+            self.classes[c].release(1);
+        }
         self.release(n as u64);
         match replies {
             Ok(resps) => {
@@ -322,7 +358,7 @@ impl<Req, Resp> Inner<Req, Resp> {
         if !UNDER_MODEL_CHECKER {
             let backoff = Backoff::new();
             while !backoff.is_completed() {
-                if !self.queue.is_empty() {
+                if self.any_waiting() {
                     return;
                 }
                 backoff.snooze();
@@ -347,7 +383,7 @@ impl<Req, Resp> Inner<Req, Resp> {
         } else {
             self.may_exit()
         };
-        if self.queue.is_empty() && !stop {
+        if !self.any_waiting() && !stop {
             match timeout {
                 Some(t) => sleeper.parker.park_timeout(t),
                 None => sleeper.parker.park(),
