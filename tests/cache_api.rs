@@ -11,6 +11,8 @@
 //! - `compare_exchange`: a mismatch reports the current value and hands the new one back, an absent
 //!   key reports `None`, a too-heavy value is `Refused`; racing exchanges from one value have one
 //!   winner; optimistic increments from 4 threads lose no update;
+//! - `get_or_try_insert_with` gives a loader's error to its own caller only, stores nothing, and
+//!   releases the waiters, who load once;
 //! - `get_or_insert_with` is single-flight, and a panicking `init` reaches its own caller while
 //!   the callers waiting on it are released (one of them computes instead);
 //! - the FIFOs stay O(capacity) long under insert/remove/replace churn that evicts nothing
@@ -630,6 +632,64 @@ fn get_or_insert_with_computes_each_key_once() {
         .collect();
     assert!(wrong.is_empty(), "(key, init calls) != 1: {wrong:?}");
     assert_eq!(cache.len(), KEYS);
+}
+
+#[test]
+fn get_or_try_insert_with_gives_the_error_to_its_caller_and_stores_nothing() {
+    let cache: Cache<u32, u32> = Cache::new(10);
+    assert_eq!(
+        cache.get_or_try_insert_with(1, || Err::<u32, _>("no")),
+        Err("no")
+    );
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(
+        cache.get_or_try_insert_with(1, || Ok::<_, &str>(10)),
+        Ok(10)
+    );
+    // A hit: `init` is not called, whatever it would return.
+    assert_eq!(cache.get_or_try_insert_with(1, || Err("unused")), Ok(10));
+    assert_eq!(cache.stats().inserts, 1);
+}
+
+#[test]
+fn get_or_try_insert_with_failure_releases_the_waiters_who_load_once() {
+    // One caller's loader fails after a while; the others, whether they waited for it or came
+    // later, get the value from exactly one successful load of their own, never its error.
+    const THREADS: usize = 6;
+    let cache: Cache<&'static str, u64> = Cache::new(10);
+    let loads = AtomicUsize::new(0);
+    let barrier = Barrier::new(THREADS);
+    thread::scope(|s| {
+        let failing = s.spawn(|| {
+            barrier.wait();
+            cache.get_or_try_insert_with("model", || {
+                thread::sleep(Duration::from_millis(30));
+                Err("the disk is gone")
+            })
+        });
+        let others: Vec<_> = (1..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    // Mostly after the failing caller has joined the flight.
+                    thread::sleep(Duration::from_millis(5));
+                    cache.get_or_try_insert_with("model", || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, &str>(42)
+                    })
+                })
+            })
+            .collect();
+        // The failing caller's error is its own; it may also have found the value loaded by
+        // another caller if that one led first.
+        let mine = failing.join().unwrap();
+        assert!(matches!(mine, Err("the disk is gone") | Ok(42)), "{mine:?}");
+        for o in others {
+            assert_eq!(o.join().unwrap(), Ok(42));
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "loaded more than once");
+    assert_eq!(cache.get("model"), Some(42));
 }
 
 #[test]

@@ -53,6 +53,7 @@ use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
 use crate::sync::{epoch, Ordering, UNDER_MODEL_CHECKER};
 use core::borrow::Borrow;
+use core::convert::Infallible;
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use epoch::{Collector, Guard};
@@ -1392,7 +1393,8 @@ where
     /// caller computes the value for a key, the others asking for the same key wait for its
     /// result instead of computing it again (single-flight): the only place the cache makes a
     /// caller wait. If `init` panics, the panic reaches its own caller, and the waiting callers
-    /// are released: one of them computes instead.
+    /// are released: one of them computes instead. For a loader that may fail, see
+    /// [`get_or_try_insert_with`](Self::get_or_try_insert_with).
     ///
     /// The value is returned even if it is too heavy to be stored (it is then refused as by
     /// [`insert`](Self::insert)).
@@ -1424,11 +1426,46 @@ where
     where
         K: Clone,
     {
+        let Ok(v) = self.get_or_try_insert_with(key, || Ok::<V, Infallible>(init()));
+        v
+    }
+
+    /// [`get_or_insert_with`](Self::get_or_insert_with) with a loader that may fail. While one
+    /// caller loads the value for a key, the others asking for the same key wait for it
+    /// (single-flight). If `init` fails, its error goes to its own caller and nothing is
+    /// inserted; the waiting callers are released and one of them loads instead, with its own
+    /// `init` (an error is never handed to a caller whose loader did not produce it).
+    ///
+    /// # Errors
+    ///
+    /// `init`'s error, when this caller ran `init` and it failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache: Cache<&str, u32> = Cache::new(10);
+    /// let failed = cache.get_or_try_insert_with("weights", || "disk".parse::<u32>());
+    /// assert!(failed.is_err());
+    /// assert_eq!(cache.get(&"weights"), None); // nothing stored
+    /// let loaded = cache.get_or_try_insert_with("weights", || "42".parse::<u32>());
+    /// assert_eq!(loaded, Ok(42));
+    /// assert_eq!(cache.get(&"weights"), Some(42));
+    /// ```
+    pub fn get_or_try_insert_with<E>(
+        &self,
+        key: K,
+        init: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        K: Clone,
+    {
         let hash = self.hash(&key);
         let mut init = Some(init);
         loop {
             if let Some(v) = self.get_pinned(&key, &self.pin()) {
-                return v;
+                return Ok(v);
             }
             match self.flights.join(hash, key.clone()) {
                 Joined::Leader(leader) => {
@@ -1439,20 +1476,22 @@ where
                     };
                     if let Some(v) = found {
                         leader.complete(v.clone());
-                        return v;
+                        return Ok(v);
                     }
                     // A caller leads at most once: it returns (or unwinds) from here.
                     let init = init.take().expect("a caller leads one flight at most");
-                    let value = init();
+                    // On an error (or a panic) `leader` drops without completing, which abandons
+                    // the flight and wakes its followers.
+                    let value = init()?;
                     self.insert(key, value.clone());
                     leader.complete(value.clone());
-                    return value;
+                    return Ok(value);
                 }
                 Joined::Follower(flight) => {
                     if let Some(v) = flight.wait() {
-                        return v;
+                        return Ok(v);
                     }
-                    // The leader panicked: try again, perhaps as the leader.
+                    // The leader failed or panicked: try again, perhaps as the leader.
                 }
             }
         }
