@@ -1,6 +1,7 @@
 //! The batcher's distributions: [`BatchHistograms`], each a [`Histogram`], kept per worker and
 //! merged when read.
 
+use super::stats::WorkerCounts;
 use crate::sync::{Mutex, MutexGuard};
 use core::fmt;
 use std::sync::PoisonError;
@@ -274,27 +275,37 @@ impl BatchHistograms {
     }
 }
 
-/// One worker's histograms: written by that worker once per batch, read (and so locked) only
-/// when a handle asks for them, so the lock is all but uncontended.
-pub(super) struct WorkerHistograms(Mutex<BatchHistograms>);
+/// What one worker records: its counts and its histograms, written by that worker (once per
+/// batch, and once per expired or cancelled request) and read, so locked, only when a handle asks
+/// for statistics: the lock is all but uncontended, and no counter is shared between workers.
+pub(super) struct WorkerRecord(Mutex<Record>);
 
-impl WorkerHistograms {
+/// The data behind a [`WorkerRecord`]'s lock.
+pub(super) struct Record {
+    pub(super) counts: WorkerCounts,
+    pub(super) histograms: BatchHistograms,
+}
+
+impl WorkerRecord {
     pub(super) fn new(classes: usize) -> Self {
-        Self(Mutex::new(BatchHistograms::new(classes)))
+        Self(Mutex::new(Record {
+            counts: WorkerCounts::default(),
+            histograms: BatchHistograms::new(classes),
+        }))
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, BatchHistograms> {
-        // Nothing panics while the lock is held (recording saturates), and a half-recorded batch
-        // would still be a valid histogram.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Record> {
+        // Nothing panics while the lock is held (recording saturates; counts would overflow
+        // only after 2^64 requests), and a half-recorded batch would still be valid data.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Every worker's histograms merged.
-pub(super) fn merged(workers: &[&WorkerHistograms], classes: usize) -> BatchHistograms {
+pub(super) fn merged(workers: &[&WorkerRecord], classes: usize) -> BatchHistograms {
     let mut all = BatchHistograms::new(classes);
     for w in workers {
-        all.merge(&w.lock());
+        all.merge(&w.lock().histograms);
     }
     all
 }

@@ -69,11 +69,11 @@ use crate::sync::{
 use class::Class;
 use config::Settings;
 use core::fmt;
-use histogram::WorkerHistograms;
+use histogram::WorkerRecord;
 use slot::Slot;
 use stats::Counters;
 use std::sync::PoisonError;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One accepted request.
 struct Job<Req, Resp> {
@@ -105,8 +105,8 @@ struct Inner<Req, Resp> {
     shutting_down: AtomicBool,
     /// One per worker, each on its own cache line.
     sleepers: Box<[CachePadded<Sleeper>]>,
-    /// One per worker, each on its own cache line.
-    histograms: Box<[CachePadded<WorkerHistograms>]>,
+    /// What each worker recorded (counts and histograms), each on its own cache line.
+    records: Box<[CachePadded<WorkerRecord>]>,
     /// Workers between batches, waiting for work: while one is, a batch that is not full
     /// closes at once rather than wait for companions.
     idle: AtomicUsize,
@@ -281,8 +281,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             in_flight: AtomicCounter::new(0),
             shutting_down: AtomicBool::new(false),
             sleepers: (0..workers).map(|_| CachePadded::default()).collect(),
-            histograms: (0..workers)
-                .map(|_| CachePadded::new(WorkerHistograms::new(classes.len())))
+            records: (0..workers)
+                .map(|_| CachePadded::new(WorkerRecord::new(classes.len())))
                 .collect(),
             idle: AtomicUsize::new(0),
             config,
@@ -540,19 +540,17 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// ```
     pub fn stats(&self) -> BatchStats {
         let c = &self.owner.inner.counters;
-        BatchStats {
+        let mut stats = BatchStats {
             submitted: c.submitted.sum(),
-            completed: c.completed.get(),
-            failed: c.failed.get(),
-            expired: c.expired.get(),
-            cancelled: c.cancelled.get(),
             refused_overloaded: c.refused_overloaded.sum(),
             refused_shutting_down: c.refused_shutting_down.sum(),
             refused_too_costly: c.refused_too_costly.sum(),
-            batches: c.batches.get(),
-            batch_sizes: core::array::from_fn(|i| c.batch_sizes[i].get()),
-            queue_wait: Duration::from_nanos(c.queue_wait_nanos.get()),
+            ..BatchStats::default()
+        };
+        for record in self.owner.inner.records.iter() {
+            record.lock().counts.add_to(&mut stats);
         }
+        stats
     }
 
     /// Distributions of queue time, batch size, compute time and latency so far, every
@@ -574,8 +572,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// println!("p99 latency {} us, mean batch {:.1}", h.latency.quantile(0.99), h.batch_size.mean());
     /// ```
     pub fn histograms(&self) -> BatchHistograms {
-        let workers: Vec<&WorkerHistograms> =
-            self.owner.inner.histograms.iter().map(|h| &**h).collect();
+        let workers: Vec<&WorkerRecord> = self.owner.inner.records.iter().map(|r| &**r).collect();
         histogram::merged(&workers, self.owner.inner.classes.len())
     }
 

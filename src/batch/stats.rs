@@ -2,7 +2,7 @@
 
 #[cfg(doc)]
 use super::Batcher;
-use crate::counter::{AtomicCounter, ShardedCounter};
+use crate::counter::ShardedCounter;
 use std::time::Duration;
 
 /// Counts of what a batcher did, from [`Batcher::stats`].
@@ -65,20 +65,12 @@ impl BatchStats {
     }
 }
 
-/// The statistics' counters: submitters write the sharded ones, the workers
-/// (once per request or per batch) the plain ones.
+/// The submitters' counters, striped: every submit writes one.
 pub(super) struct Counters {
     pub(super) submitted: ShardedCounter,
     pub(super) refused_overloaded: ShardedCounter,
     pub(super) refused_shutting_down: ShardedCounter,
     pub(super) refused_too_costly: ShardedCounter,
-    pub(super) completed: AtomicCounter,
-    pub(super) failed: AtomicCounter,
-    pub(super) expired: AtomicCounter,
-    pub(super) cancelled: AtomicCounter,
-    pub(super) batches: AtomicCounter,
-    pub(super) batch_sizes: [AtomicCounter; 8],
-    pub(super) queue_wait_nanos: AtomicCounter,
 }
 
 impl Counters {
@@ -89,14 +81,35 @@ impl Counters {
             refused_overloaded: sharded(),
             refused_shutting_down: sharded(),
             refused_too_costly: sharded(),
-            completed: AtomicCounter::new(0),
-            failed: AtomicCounter::new(0),
-            expired: AtomicCounter::new(0),
-            cancelled: AtomicCounter::new(0),
-            batches: AtomicCounter::new(0),
-            batch_sizes: core::array::from_fn(|_| AtomicCounter::new(0)),
-            queue_wait_nanos: AtomicCounter::new(0),
         }
+    }
+}
+
+/// One worker's counts: plain integers, kept with its histograms under the worker's own lock
+/// (see `histogram::WorkerRecord`), so that workers never write a shared counter per batch.
+#[derive(Default)]
+pub(super) struct WorkerCounts {
+    pub(super) completed: u64,
+    pub(super) failed: u64,
+    pub(super) expired: u64,
+    pub(super) cancelled: u64,
+    pub(super) batches: u64,
+    pub(super) batch_sizes: [u64; 8],
+    pub(super) queue_wait_nanos: u64,
+}
+
+impl WorkerCounts {
+    /// Adds these counts to `stats`.
+    pub(super) fn add_to(&self, stats: &mut BatchStats) {
+        stats.completed += self.completed;
+        stats.failed += self.failed;
+        stats.expired += self.expired;
+        stats.cancelled += self.cancelled;
+        stats.batches += self.batches;
+        for (sum, n) in stats.batch_sizes.iter_mut().zip(self.batch_sizes) {
+            *sum += n;
+        }
+        stats.queue_wait += Duration::from_nanos(self.queue_wait_nanos);
     }
 }
 

@@ -91,7 +91,7 @@ impl<Req, Resp> Inner<Req, Resp> {
             } else {
                 0
             };
-            let Some(first) = carry.take().or_else(|| self.next_live(lead)) else {
+            let Some(first) = carry.take().or_else(|| self.next_live(me, lead)) else {
                 if self.may_exit() {
                     return;
                 }
@@ -104,7 +104,7 @@ impl<Req, Resp> Inner<Req, Resp> {
             let mut served = 1u64 << first.class;
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_size {
-                match self.next_live(lead) {
+                match self.next_live(me, lead) {
                     Some(job) => {
                         if cost.saturating_add(job.cost) > self.config.max_batch_cost {
                             carry = Some(job);
@@ -149,7 +149,7 @@ impl<Req, Resp> Inner<Req, Resp> {
 
     /// Pops the next request still worth computing, answering or dropping the others: from
     /// class `lead` first, then from the others, most urgent first.
-    fn next_live(&self, lead: usize) -> Option<Job<Req, Resp>> {
+    fn next_live(&self, me: usize, lead: usize) -> Option<Job<Req, Resp>> {
         loop {
             let job = self.classes[lead].queue.pop().or_else(|| {
                 self.classes
@@ -158,7 +158,7 @@ impl<Req, Resp> Inner<Req, Resp> {
                     .filter(|&(c, _)| c != lead)
                     .find_map(|(_, class)| class.queue.pop())
             })?;
-            if let Some(job) = self.screen(job) {
+            if let Some(job) = self.screen(me, job) {
                 return Some(job);
             }
         }
@@ -171,13 +171,13 @@ impl<Req, Resp> Inner<Req, Resp> {
 
     /// Passes a live job through; answers an expired one `Expired` and skips a cancelled one,
     /// releasing their admission.
-    fn screen(&self, job: Job<Req, Resp>) -> Option<Job<Req, Resp>> {
+    fn screen(&self, me: usize, job: Job<Req, Resp>) -> Option<Job<Req, Resp>> {
         if job.slot.is_cancelled() {
-            self.counters.cancelled.increment();
+            self.records[me].lock().counts.cancelled += 1;
             self.classes[job.class].release(1);
             self.release(1);
         } else if job.deadline.is_some_and(|d| now() >= d) {
-            self.counters.expired.increment();
+            self.records[me].lock().counts.expired += 1;
             // Released before the reply, as in `process`.
             self.classes[job.class].release(1);
             self.release(1);
@@ -195,7 +195,11 @@ impl<Req, Resp> Inner<Req, Resp> {
         M: FnMut() -> Option<H>,
     {
         // Screened again: a request may have been cancelled or expired while the batch filled.
-        let batch: Vec<_> = batch.into_iter().filter_map(|j| self.screen(j)).collect();
+        let me = handler.me;
+        let batch: Vec<_> = batch
+            .into_iter()
+            .filter_map(|j| self.screen(me, j))
+            .collect();
         let n = batch.len();
         if n == 0 {
             return;
@@ -216,9 +220,6 @@ impl<Req, Resp> Inner<Req, Resp> {
             .waits
             .iter()
             .fold(0u64, |sum, &w| sum.saturating_add(w));
-        self.counters.batches.increment();
-        self.counters.batch_sizes[super::stats::size_bucket(n)].increment();
-        self.counters.queue_wait_nanos.add(waited_nanos);
         // The handler's state after a panic is the user's to judge (or the factory's, which
         // replaces it); the worker only needs to answer the batch and go on.
         let replies: Result<Vec<Resp>, BatchError> = match handler.get() {
@@ -236,15 +237,24 @@ impl<Req, Resp> Inner<Req, Resp> {
             },
         };
         let ran = now().saturating_duration_since(start).as_nanos();
-        self.histograms[handler.me].lock().record_batch(
-            &handler.waits,
-            &handler.classes,
-            u64::try_from(ran).unwrap_or(u64::MAX),
-        );
-        match &replies {
-            Ok(_) => self.counters.completed.add(n as u64),
-            Err(_) => self.counters.failed.add(n as u64),
-        };
+        {
+            // Recorded before the replies go out, so that a client holding its reply finds its
+            // request in the statistics.
+            let mut record = self.records[me].lock();
+            record.histograms.record_batch(
+                &handler.waits,
+                &handler.classes,
+                u64::try_from(ran).unwrap_or(u64::MAX),
+            );
+            let counts = &mut record.counts;
+            counts.batches += 1;
+            counts.batch_sizes[super::stats::size_bucket(n)] += 1;
+            counts.queue_wait_nanos = counts.queue_wait_nanos.saturating_add(waited_nanos);
+            match &replies {
+                Ok(_) => counts.completed += n as u64,
+                Err(_) => counts.failed += n as u64,
+            }
+        }
         // Admission is released before the replies go out, so a client that has its reply can
         // submit again at once; shutdown still waits for these replies, since it joins this
         // thread, which sends them before it can exit.
