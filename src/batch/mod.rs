@@ -18,10 +18,11 @@
 //! batch's size and compute time, go into per-worker histograms
 //! ([`histograms`](Batcher::histograms)).
 //!
-//! Built from the crate's own primitives: requests travel through an [`MsQueue`] per class; admission
-//! (at most `max_queue` requests waiting or running) is an [`AtomicCounter::try_add_below`];
-//! statistics are [`ShardedCounter`]s. Producers never block: a refused request is handed back at
-//! once ([`SubmitError`]), and waking a worker is an `unpark` only when one sleeps.
+//! Built from the crate's own primitives: requests travel through an [`MsQueue`] per class;
+//! admission (at most `max_queue` requests waiting or running, and a class's own bound) is an
+//! [`AtomicCounter::try_add_below`]; the submitters' statistics are [`ShardedCounter`]s, each
+//! worker's its own. Producers never block: a refused request is handed back at once
+//! ([`SubmitError`]), and waking a worker is an `unpark` only when one sleeps.
 //!
 //! # Replies: exactly one per accepted request
 //!
@@ -38,8 +39,8 @@
 //!
 //! Time is read through the crate's `sync` shim. Under loom there is no clock and no timed park:
 //! the clock stands still and a timed park is a spurious wake-up, so loom models cover the
-//! wake-up protocol (no lost wake-up, with one worker and with two), shutdown racing submit, and
-//! the reply slot, with deadlines either already due or never due; the deadline and `max_wait`
+//! wake-up protocol (no lost wake-up, with one worker, with two, and across two classes),
+//! shutdown racing submit, and the reply slot, with deadlines either already due or never due; the deadline and `max_wait`
 //! paths are tested with real time in `tests/`.
 
 mod class;

@@ -2,12 +2,12 @@
 //!
 //! # Waking
 //!
-//! Each worker has its own [`Sleeper`](super::Sleeper). A worker about to park sets its
-//! state (idle, or filling a batch), issues a SeqCst fence, and looks once more at what it waits for (the queue,
-//! the shutdown flag, `in_flight`); whoever changes one of those issues a SeqCst fence and then
-//! reads the flags. Of two such fences one comes first, so either the worker sees the change or
-//! the changer sees the state and unparks it. A submit wakes one sleeping worker
-//! ([`wake_one`](Inner::wake_one)): the woken worker pops the queue before it parks again, and a
+//! Each worker has its own [`Sleeper`](super::Sleeper). A worker about to park sets its state
+//! (idle, or filling a batch), issues a SeqCst fence, and looks once more at what it waits for
+//! (the class queues, the shutdown flag, `in_flight`, the idle count); whoever changes one of
+//! those issues a SeqCst fence and then reads the states. Of two such fences one comes first, so
+//! either the worker sees the change or the changer sees the state and unparks it. A submit wakes one sleeping worker
+//! ([`wake_one`](Inner::wake_one)): the woken worker pops the queues before it parks again, and a
 //! worker whose state was stale (already awake) pops it as well, since an unpark is kept for the
 //! next park. Shutdown, and a release of admission during shutdown, wake every sleeping worker
 //! ([`wake_all`](Inner::wake_all)), since each must see `in_flight` reach zero to exit. A worker
@@ -280,7 +280,7 @@ impl<Req, Resp> Inner<Req, Resp> {
     /// waits for `in_flight` to reach zero before it exits.
     pub(super) fn release(&self, n: u64) {
         self.in_flight.sub(n);
-        // SeqCst fence: pairs with the one in `Owner::shutdown`'s `wake_all` and with the one in
+        // SeqCst fence: pairs with the one in `begin_shutdown`'s `wake_all` and with the one in
         // `sleep`. Either this load sees the shutdown flag (and we wake the sleepers), or
         // shutdown's fence comes after ours, and a worker it wakes, or that parks after it,
         // sees our release.
