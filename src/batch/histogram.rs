@@ -302,7 +302,10 @@ impl WorkerRecord {
 }
 
 /// Every worker's histograms merged.
-pub(super) fn merged(workers: &[&WorkerRecord], classes: usize) -> BatchHistograms {
+pub(super) fn merged<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerRecord>,
+    classes: usize,
+) -> BatchHistograms {
     let mut all = BatchHistograms::new(classes);
     for w in workers {
         all.merge(&w.lock().histograms);

@@ -573,8 +573,8 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// println!("p99 latency {} us, mean batch {:.1}", h.latency.quantile(0.99), h.batch_size.mean());
     /// ```
     pub fn histograms(&self) -> BatchHistograms {
-        let workers: Vec<&WorkerRecord> = self.owner.inner.records.iter().map(|r| &**r).collect();
-        histogram::merged(&workers, self.owner.inner.classes.len())
+        let inner = &self.owner.inner;
+        histogram::merged(inner.records.iter().map(|r| &**r), inner.classes.len())
     }
 
     /// Requests accepted and not yet answered (a snapshot).

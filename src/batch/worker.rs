@@ -172,18 +172,23 @@ impl<Req, Resp> Inner<Req, Resp> {
     /// Passes a live job through; answers an expired one `Expired` and skips a cancelled one,
     /// releasing their admission.
     fn screen(&self, me: usize, job: Job<Req, Resp>) -> Option<Job<Req, Resp>> {
-        if job.slot.is_cancelled() {
-            self.records[me].lock().counts.cancelled += 1;
-            self.classes[job.class].release(1);
-            self.release(1);
-        } else if job.deadline.is_some_and(|d| now() >= d) {
-            self.records[me].lock().counts.expired += 1;
-            // Released before the reply, as in `process`.
-            self.classes[job.class].release(1);
-            self.release(1);
-            job.slot.send(Err(BatchError::Expired));
-        } else {
+        let cancelled = job.slot.is_cancelled();
+        if !cancelled && job.deadline.is_none_or(|d| now() < d) {
             return Some(job);
+        }
+        {
+            let counts = &mut self.records[me].lock().counts;
+            if cancelled {
+                counts.cancelled += 1;
+            } else {
+                counts.expired += 1;
+            }
+        }
+        // Released before the reply, as in `process`.
+        self.classes[job.class].release(1);
+        self.release(1);
+        if !cancelled {
+            job.slot.send(Err(BatchError::Expired));
         }
         None
     }
@@ -207,19 +212,18 @@ impl<Req, Resp> Inner<Req, Resp> {
         let start = now();
         handler.waits.clear();
         handler.classes.clear();
+        let mut waited_nanos = 0u64;
         let (reqs, slots): (Vec<Req>, Vec<Arc<Slot<Resp>>>) = batch
             .into_iter()
             .map(|j| {
                 let w = start.saturating_duration_since(j.submitted).as_nanos();
-                handler.waits.push(u64::try_from(w).unwrap_or(u64::MAX));
+                let w = u64::try_from(w).unwrap_or(u64::MAX);
+                waited_nanos = waited_nanos.saturating_add(w);
+                handler.waits.push(w);
                 handler.classes.push(j.class);
                 (j.req, j.slot)
             })
             .unzip();
-        let waited_nanos = handler
-            .waits
-            .iter()
-            .fold(0u64, |sum, &w| sum.saturating_add(w));
         // The handler's state after a panic is the user's to judge (or the factory's, which
         // replaces it); the worker only needs to answer the batch and go on.
         let replies: Result<Vec<Resp>, BatchError> = match handler.get() {
