@@ -51,7 +51,7 @@ mod rng;
 use rng::Rng;
 
 /// Steps per seed.
-const STEPS: usize = if cfg!(miri) { 300 } else { 10_000 };
+const STEPS: usize = if cfg!(miri) { 200 } else { 10_000 };
 
 /// The seeds every test runs.
 const SEEDS: [u64; 8] = [

@@ -19,7 +19,7 @@ mod counting_alloc;
 
 use counting_alloc::{on_tracked_threads, Counting, Section};
 
-const N: usize = if cfg!(miri) { 200 } else { 20_000 };
+const N: usize = if cfg!(miri) { 120 } else { 20_000 };
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

@@ -26,7 +26,7 @@ const CONSUMERS: usize = 4;
 
 /// Total number of values pushed through the queue, rounded down to a multiple of `PRODUCERS`.
 fn total_values() -> usize {
-    stress_n_split(if cfg!(miri) { 2_000 } else { 1_000_000 }, PRODUCERS)
+    stress_n_split(if cfg!(miri) { 1_200 } else { 1_000_000 }, PRODUCERS)
 }
 
 /// A value carries its producer in the high half and its sequence number in the low half.

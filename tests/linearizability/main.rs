@@ -52,7 +52,7 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 
 /// Histories recorded and checked per real-thread test.
-const ROUNDS: usize = if cfg!(miri) { 8 } else { 1_500 };
+const ROUNDS: usize = if cfg!(miri) { 5 } else { 1_500 };
 
 /// Rounds run against a broken structure before giving up on catching it.
 const BROKEN_ROUNDS: usize = if cfg!(miri) { 8 } else { 500 };
