@@ -74,7 +74,10 @@ use crate::sync::{
 use core::{fmt, iter::FusedIterator, marker::PhantomData, mem::MaybeUninit, ptr};
 use epoch::Collector;
 
-/// Slots per block: 31 (2 under loom, 4 under shuttle, so that small models cross blocks).
+/// Slots per block: 127 (2 under loom, 4 under shuttle and 31 under Miri, so that small tests
+/// cross blocks). A block holds `BLOCK_CAP` values in place, each beside an 8-byte state word:
+/// 2 KiB for 8-byte values. Values of more than a few hundred bytes are better boxed, so that a
+/// block stays a small allocation.
 pub const BLOCK_CAP: usize = QUEUE_BLOCK_CAP;
 
 /// Positions per block: its slots, then one for the move to the next block.

@@ -107,15 +107,20 @@ pub(crate) const ZEROED_ATOMICS_VALID: bool = !cfg!(any(loom, shuttle));
 
 /// Slots per block of [`MsQueue`](crate::queue::MsQueue). Under loom two, so that a model of three
 /// or four pushes crosses a block boundary (link, swing, help, free); under shuttle four, so that
-/// its longer runs cross many. Elsewhere 31: with the block's header the allocation of a block of
-/// small values stays within a few cache lines' multiple, and a block is allocated once per 31
-/// values.
+/// its longer runs cross many; under Miri 31, so that its scaled-down tests still cross a block
+/// every few dozen values. Elsewhere 127: a position then has 128 offsets per lap (a power of two),
+/// a block of 8-byte values is 2 KiB, and the move to the next block, which every claimant waits
+/// for, comes once per 127 values. Measured against 31 and 63 slots (README, "What the queue
+/// figures mean"): the move's cost per value is what separated the queue from `SegQueue` under
+/// contention.
 pub(crate) const QUEUE_BLOCK_CAP: usize = if cfg!(loom) {
     2
 } else if cfg!(shuttle) {
     4
-} else {
+} else if cfg!(miri) {
     31
+} else {
+    127
 };
 
 /// Counts of the queue's block allocations and frees, and a graveyard of freed blocks, kept only

@@ -37,7 +37,7 @@
 //! # Memory
 //!
 //! Each entry is one allocation holding the key, the value, its hash and weight; each write also
-//! allocates its bucket's next array and a FIFO slot (the queue allocates a block per 31). Removed, replaced
+//! allocates its bucket's next array and a FIFO slot (the queue allocates a block per 127). Removed, replaced
 //! and evicted entries are dropped exactly once, through the epoch, after every reader that could
 //! hold them has unpinned; dropping the cache drops the rest. Values are returned by clone: put
 //! large values behind an `Arc`.
