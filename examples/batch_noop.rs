@@ -20,12 +20,11 @@ const RUN_FOR: Duration = Duration::from_secs(1);
 const BUCKETS: [&str; 8] = ["1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"];
 
 fn main() {
-    let config = BatchConfig {
-        max_batch_size: 64,
-        max_batch_cost: u64::MAX,
-        max_wait: Duration::ZERO,
-        max_queue: 1024,
-    };
+    let mut config = BatchConfig::default();
+    config.max_batch_size = 64;
+    config.max_batch_cost = u64::MAX;
+    config.max_wait = Duration::ZERO;
+    config.max_queue = 1024;
     // The "model": one multiply per request.
     let batcher = Batcher::spawn(config, |batch: Vec<u64>| {
         batch.into_iter().map(|x| x.wrapping_mul(3)).collect()

@@ -72,12 +72,24 @@ fn f(x: u64) -> u64 {
 }
 
 fn config(max_batch_size: usize, max_wait: Duration, max_queue: usize) -> BatchConfig {
-    BatchConfig {
-        max_batch_size,
-        max_batch_cost: u64::MAX,
-        max_wait,
-        max_queue,
-    }
+    let mut config = BatchConfig::default();
+    config.max_batch_size = max_batch_size;
+    config.max_batch_cost = u64::MAX;
+    config.max_wait = max_wait;
+    config.max_queue = max_queue;
+    config
+}
+
+/// [`config`] with a cost budget.
+fn config_with_budget(
+    max_batch_size: usize,
+    max_batch_cost: u64,
+    max_wait: Duration,
+    max_queue: usize,
+) -> BatchConfig {
+    let mut config = config(max_batch_size, max_wait, max_queue);
+    config.max_batch_cost = max_batch_cost;
+    config
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,18 +310,12 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn zero_bounds_are_config_errors_not_panics() {
     let handler = |xs: Vec<u64>| xs;
-    let zero_size = BatchConfig {
-        max_batch_size: 0,
-        ..Default::default()
-    };
-    let zero_cost = BatchConfig {
-        max_batch_cost: 0,
-        ..Default::default()
-    };
-    let zero_queue = BatchConfig {
-        max_queue: 0,
-        ..Default::default()
-    };
+    let mut zero_size = BatchConfig::default();
+    zero_size.max_batch_size = 0;
+    let mut zero_cost = BatchConfig::default();
+    zero_cost.max_batch_cost = 0;
+    let mut zero_queue = BatchConfig::default();
+    zero_queue.max_queue = 0;
     assert!(matches!(
         Batcher::spawn(zero_size.clone(), handler),
         Err(SpawnError::Config(ConfigError::ZeroBatchSize))
@@ -458,12 +464,7 @@ fn overload_hands_the_very_request_back_at_once() {
 
 #[test]
 fn a_request_costlier_than_a_batch_is_refused_at_submit() {
-    let cfg = BatchConfig {
-        max_batch_size: 8,
-        max_batch_cost: 10,
-        max_wait: Duration::ZERO,
-        max_queue: 8,
-    };
+    let cfg = config_with_budget(8, 10, Duration::ZERO, 8);
     let Rig { b, seen, .. } = rig_with_cost(cfg, |&x| x);
     match b.submit(11) {
         Err(SubmitError::TooCostly(back)) => assert_eq!(back, 11),
@@ -854,12 +855,7 @@ fn greedy(costs: &[u64], budget: u64) -> Vec<Vec<u64>> {
 #[test]
 fn batches_respect_the_cost_budget() {
     const BUDGET: u64 = 10;
-    let cfg = BatchConfig {
-        max_batch_size: 1_000,
-        max_batch_cost: BUDGET,
-        max_wait: LONG_WAIT,
-        max_queue: 1_000,
-    };
+    let cfg = config_with_budget(1_000, BUDGET, LONG_WAIT, 1_000);
     // A request costs its value; BLOCK costs the whole budget.
     let cost = |&x: &u64| if x == BLOCK { BUDGET } else { x };
     let Rig { b, gate, seen } = rig_with_cost(cfg, cost);
@@ -1056,13 +1052,9 @@ fn eight_threads_every_request_answered_exactly_once_with_its_own_answer() {
     // How often the handler computed each request; the request is `thread << 32 | index`.
     let computed = Arc::new(Mutex::new(vec![0u32; usize::try_from(total).unwrap()]));
     let tally = Arc::clone(&computed);
-    let cfg = BatchConfig {
-        max_batch_size: 16,
-        max_batch_cost: u64::MAX,
-        max_wait: Duration::from_micros(200),
-        // Smaller than what 8 windows of up to 24 can hold: overload happens and is retried.
-        max_queue: 64,
-    };
+    // A queue bound smaller than what 8 windows of up to 24 can hold: overload happens and is
+    // retried.
+    let cfg = config(16, Duration::from_micros(200), 64);
     let b = Batcher::spawn(cfg, move |xs: Vec<u64>| {
         let mut tally = tally.lock().unwrap();
         for &x in &xs {

@@ -115,15 +115,14 @@ pub fn run(data: &[u8]) -> usize {
     let Ok(c) = Config::arbitrary(&mut u) else {
         return 0;
     };
-    let config = BatchConfig {
-        max_batch_size: 1 + usize::from(c.max_batch_size % 8),
-        max_batch_cost: 1 + u64::from(c.max_batch_cost % 16),
-        max_wait: match c.max_wait {
-            Wait::Zero => Duration::ZERO,
-            Wait::Micros100 => Duration::from_micros(100),
-        },
-        max_queue: 1 + usize::from(c.max_queue % 16),
+    let mut config = BatchConfig::default();
+    config.max_batch_size = 1 + usize::from(c.max_batch_size % 8);
+    config.max_batch_cost = 1 + u64::from(c.max_batch_cost % 16);
+    config.max_wait = match c.max_wait {
+        Wait::Zero => Duration::ZERO,
+        Wait::Micros100 => Duration::from_micros(100),
     };
+    config.max_queue = 1 + usize::from(c.max_queue % 16);
     let gate = Arc::new(Mutex::new(()));
     let batches: Batches = Arc::default();
     let batcher = {

@@ -15,12 +15,19 @@ use loom::thread;
 use std::time::Duration;
 
 fn config() -> BatchConfig {
-    BatchConfig {
-        max_batch_size: 2,
-        max_batch_cost: u64::MAX,
-        max_wait: Duration::ZERO,
-        max_queue: 2,
-    }
+    let mut config = BatchConfig::default();
+    config.max_batch_size = 2;
+    config.max_batch_cost = u64::MAX;
+    config.max_wait = Duration::ZERO;
+    config.max_queue = 2;
+    config
+}
+
+/// [`config`] with a `max_wait` that never passes (under loom a timed park waits for an unpark).
+fn config_waiting_long() -> BatchConfig {
+    let mut config = config();
+    config.max_wait = Duration::from_secs(3600);
+    config
 }
 
 fn doubler() -> Batcher<u32, u32> {
@@ -93,14 +100,8 @@ fn waiter_drops_while_worker_replies() {
 #[test]
 fn shutdown_wakes_a_filling_batch() {
     latchless_loom_tests::model(|| {
-        let b: Batcher<u32, u32> = Batcher::spawn(
-            BatchConfig {
-                max_wait: Duration::from_secs(3600),
-                ..config()
-            },
-            |xs: Vec<u32>| xs,
-        )
-        .unwrap();
+        let b: Batcher<u32, u32> =
+            Batcher::spawn(config_waiting_long(), |xs: Vec<u32>| xs).unwrap();
         let pending = b.submit(7).unwrap();
         b.shutdown();
         assert_eq!(pending.wait(), Ok(7));
@@ -135,10 +136,7 @@ fn two_workers_hand_off_and_shut_down() {
 fn an_idle_worker_closes_a_filling_batch() {
     latchless_loom_tests::model(|| {
         let b: Batcher<u32, u32> = Batcher::builder()
-            .config(BatchConfig {
-                max_wait: Duration::from_secs(3600),
-                ..config()
-            })
+            .config(config_waiting_long())
             .spawn_pool(2, || |xs: Vec<u32>| xs)
             .unwrap();
         assert_eq!(b.call(5).unwrap(), 5);

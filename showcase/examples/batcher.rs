@@ -125,12 +125,11 @@ fn run(args: &Args) -> Result<(), String> {
         max_new: args.min_new..=args.max_new,
         seed: args.seed,
     };
-    let batch = BatchConfig {
-        max_batch_size: args.max_batch as usize,
-        max_batch_cost: args.max_batch_cost,
-        max_wait: Duration::from_millis(args.max_wait_ms),
-        max_queue: args.max_queue as usize,
-    };
+    let mut batch = BatchConfig::default();
+    batch.max_batch_size = args.max_batch as usize;
+    batch.max_batch_cost = args.max_batch_cost;
+    batch.max_wait = Duration::from_millis(args.max_wait_ms);
+    batch.max_queue = args.max_queue as usize;
     batch.validate().map_err(|e| e.to_string())?;
     println!(
         "{} clients, {} requests per model and mode, prompts of {}-{} bytes, {}-{} bytes generated; \

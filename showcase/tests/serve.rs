@@ -128,11 +128,9 @@ fn many_clients_through_the_batcher_each_get_their_own_replies() {
     const TURNS: usize = 12;
     let engine = Arc::new(lstm_engine(1 << 24));
     let handler_engine = Arc::clone(&engine);
-    let config = BatchConfig {
-        max_batch_size: 6,
-        max_batch_cost: 200,
-        ..BatchConfig::default()
-    };
+    let mut config = BatchConfig::default();
+    config.max_batch_size = 6;
+    config.max_batch_cost = 200;
     let batcher = Batcher::spawn_with_cost(config, Request::cost, move |reqs| {
         handler_engine.serve(reqs)
     })

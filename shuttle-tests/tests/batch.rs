@@ -34,6 +34,16 @@ const MAX_BATCH: usize = 2;
 /// Fewer places than requests: some submits are refused `Overloaded`.
 const MAX_QUEUE: u64 = 4;
 
+/// The batch and queue bounds every test here uses, with `max_wait`.
+fn config(max_wait: Duration) -> BatchConfig {
+    let mut config = BatchConfig::default();
+    config.max_batch_size = MAX_BATCH;
+    config.max_batch_cost = u64::MAX;
+    config.max_wait = max_wait;
+    config.max_queue = MAX_QUEUE as usize;
+    config
+}
+
 fn reply_to(req: u32) -> u64 {
     u64::from(req) * 2 + 1
 }
@@ -95,12 +105,7 @@ fn wait(req: u32, p: Pending<u64>) {
 /// (one `spawn`ed handler, or a pool with a handler each), and `classes` priority classes (the
 /// clients spread their requests over them; class 0 has a bound of its own, 2).
 fn clients_and_shutdown(max_wait: Duration, workers: usize, classes: usize) {
-    let config = BatchConfig {
-        max_batch_size: MAX_BATCH,
-        max_batch_cost: u64::MAX,
-        max_wait,
-        max_queue: MAX_QUEUE as usize,
-    };
+    let config = config(max_wait);
     let computed = Arc::new(AtomicU64::new(0));
     let largest = Arc::new(AtomicUsize::new(0));
     let handler = {
@@ -273,12 +278,7 @@ fn clients_and_shutdown_filling_batches_three_workers() {
 #[test]
 fn shutdown_races_single_submits() {
     latchless_shuttle_tests::explore(20_000, 20_000, || {
-        let config = BatchConfig {
-            max_batch_size: MAX_BATCH,
-            max_batch_cost: u64::MAX,
-            max_wait: Duration::ZERO,
-            max_queue: MAX_QUEUE as usize,
-        };
+        let config = config(Duration::ZERO);
         let b = Batcher::spawn(config, |xs: Vec<u32>| {
             xs.into_iter().map(reply_to).collect()
         })

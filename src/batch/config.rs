@@ -16,15 +16,19 @@ use std::time::Duration;
 /// use latchless::batch::BatchConfig;
 /// use std::time::Duration;
 ///
-/// let config = BatchConfig {
-///     max_batch_size: 16,
-///     max_batch_cost: 4096, // e.g. tokens per batch
-///     max_wait: Duration::from_millis(2),
-///     max_queue: 256,
-/// };
+/// let mut config = BatchConfig::default();
+/// config.max_batch_size = 16;
+/// config.max_batch_cost = 4096; // e.g. tokens per batch
+/// config.max_wait = Duration::from_millis(2);
+/// config.max_queue = 256;
 /// assert!(config.validate().is_ok());
 /// ```
+///
+/// The struct is `#[non_exhaustive]`, so that a setting can be added without breaking anyone:
+/// start from [`BatchConfig::default`] and assign the fields, or set them one by one on
+/// [`Batcher::builder`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchConfig {
     /// The most requests in one batch. Must be at least 1.
     pub max_batch_size: usize,
@@ -72,7 +76,8 @@ impl BatchConfig {
     /// ```
     /// use latchless::batch::{BatchConfig, ConfigError};
     ///
-    /// let bad = BatchConfig { max_batch_size: 0, ..Default::default() };
+    /// let mut bad = BatchConfig::default();
+    /// bad.max_batch_size = 0;
     /// assert!(matches!(bad.validate(), Err(ConfigError::ZeroBatchSize)));
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -243,7 +248,8 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
     /// ```
     /// use latchless::batch::{BatchConfig, Batcher};
     ///
-    /// let config = BatchConfig { max_batch_size: 8, ..Default::default() };
+    /// let mut config = BatchConfig::default();
+    /// config.max_batch_size = 8;
     /// let b = Batcher::builder().config(config).spawn(|xs: Vec<u8>| xs).unwrap();
     /// assert_eq!(b.call(2).unwrap(), 2);
     /// ```

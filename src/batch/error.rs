@@ -14,7 +14,8 @@ use core::fmt;
 /// ```
 /// use latchless::batch::{BatchConfig, ConfigError};
 ///
-/// let config = BatchConfig { max_queue: 0, ..Default::default() };
+/// let mut config = BatchConfig::default();
+/// config.max_queue = 0;
 /// let err = config.validate().unwrap_err();
 /// assert!(matches!(err, ConfigError::ZeroQueue));
 /// assert_eq!(err.to_string(), "max_queue must be at least 1");

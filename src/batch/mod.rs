@@ -241,7 +241,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// ```
     /// use latchless::batch::{BatchConfig, Batcher, SubmitError};
     ///
-    /// let config = BatchConfig { max_batch_cost: 8, ..Default::default() };
+    /// let mut config = BatchConfig::default();
+    /// config.max_batch_cost = 8;
     /// let b = Batcher::spawn_with_cost(config, |prompt: &String| prompt.len() as u64, |xs| {
     ///     xs.into_iter().map(|p: String| p.len()).collect()
     /// })
