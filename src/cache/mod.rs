@@ -42,21 +42,23 @@
 //! hold them has unpinned; dropping the cache drops the rest. Values are returned by clone: put
 //! large values behind an `Arc`.
 
+mod builder;
 mod flight;
 mod hash;
 mod index;
 mod policy;
 
+pub use builder::CacheBuilder;
 pub use hash::{DefaultHashBuilder, DefaultHasher};
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch, Ordering, UNDER_MODEL_CHECKER};
+use crate::sync::{epoch, Ordering};
 use core::borrow::Borrow;
 use core::convert::Infallible;
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
-use epoch::{Collector, Guard};
+use epoch::Guard;
 use flight::{Flights, Joined};
 use index::{Entry, EntryPtr, Index, Published};
 use policy::{Evicted, Policy};
@@ -258,247 +260,6 @@ impl<V> fmt::Debug for CompareExchangeError<V> {
 }
 
 impl<V> std::error::Error for CompareExchangeError<V> {}
-
-/// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
-///
-/// # Examples
-///
-/// ```
-/// use latchless::cache::{Cache, RemovalCause};
-/// use std::sync::atomic::{AtomicU64, Ordering};
-/// use std::sync::Arc;
-///
-/// let freed = Arc::new(AtomicU64::new(0));
-/// let counter = freed.clone();
-/// // A budget of 1 KiB of session state, weighed in bytes.
-/// let cache = Cache::builder(1024)
-///     .weigher(|_key: &u32, state: &Vec<u8>| state.len() as u64)
-///     .eviction_listener(move |_key, state, cause| {
-///         if cause == RemovalCause::Evicted {
-///             counter.fetch_add(state.len() as u64, Ordering::Relaxed);
-///         }
-///     })
-///     .build();
-/// for session in 0..8 {
-///     cache.insert(session, vec![0u8; 256]);
-/// }
-/// assert!(cache.weight() <= 1024);
-/// assert_eq!(freed.load(Ordering::Relaxed), 4 * 256);
-/// ```
-pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
-    capacity: u64,
-    hasher: S,
-    weigher: Option<Weigher<K, V>>,
-    listener: Option<Listener<K, V>>,
-    estimated_entries: Option<usize>,
-    collector: Option<Collector>,
-    count_lookups: bool,
-}
-
-impl<K, V, S> CacheBuilder<K, V, S> {
-    /// Weighs entries with `weigher` (for example in bytes); the capacity is then in the same
-    /// units. Without one, every entry weighs 1.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::Cache;
-    ///
-    /// let cache = Cache::builder(10).weigher(|_: &&str, v: &String| v.len() as u64).build();
-    /// cache.insert("a", "12345".to_string());
-    /// assert_eq!(cache.weight(), 5);
-    /// ```
-    #[must_use]
-    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Box::new(weigher));
-        self
-    }
-
-    /// Calls `listener` with the key, value and cause of every entry that leaves the cache
-    /// (evicted, replaced, removed), or is refused by [`Cache::insert`] or
-    /// [`Cache::get_or_insert_with`] (refusals by [`Cache::try_insert`] and
-    /// [`Cache::compare_exchange`] hand the value back instead). It runs on the thread that
-    /// caused the removal,
-    /// after the cache's own bookkeeping; keep it short.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::{Cache, RemovalCause};
-    /// use std::sync::Mutex;
-    ///
-    /// let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-    /// let sink = log.clone();
-    /// let cache = Cache::builder(10)
-    ///     .eviction_listener(move |k: &i32, _v: &i32, cause| sink.lock().unwrap().push((*k, cause)))
-    ///     .build();
-    /// cache.insert(1, 10);
-    /// cache.insert(1, 11);
-    /// cache.remove(&1);
-    /// assert_eq!(*log.lock().unwrap(), [(1, RemovalCause::Replaced), (1, RemovalCause::Removed)]);
-    /// ```
-    #[must_use]
-    pub fn eviction_listener(
-        mut self,
-        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
-    ) -> Self {
-        self.listener = Some(Box::new(listener));
-        self
-    }
-
-    /// Hashes keys with `hasher` instead of a [`DefaultHashBuilder`]: a fixed hasher for
-    /// reproducible eviction, or std's SipHash `RandomState` against hash flooding (see
-    /// [`DefaultHashBuilder`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::Cache;
-    /// use std::hash::BuildHasherDefault;
-    /// use std::collections::hash_map::DefaultHasher;
-    ///
-    /// let cache = Cache::builder(10)
-    ///     .hasher(BuildHasherDefault::<DefaultHasher>::default())
-    ///     .build();
-    /// cache.insert(1, 1);
-    /// assert_eq!(cache.get(&1), Some(1));
-    /// ```
-    #[must_use]
-    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
-        CacheBuilder {
-            capacity: self.capacity,
-            hasher,
-            weigher: self.weigher,
-            listener: self.listener,
-            estimated_entries: self.estimated_entries,
-            collector: self.collector,
-            count_lookups: self.count_lookups,
-        }
-    }
-
-    /// Sizes the index for about `n` entries. Without it the index is sized from the capacity
-    /// (at most 65,536 buckets when a weigher is set, since the capacity is then not a count).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::Cache;
-    ///
-    /// let cache = Cache::<u64, Vec<u8>>::builder(1 << 30)
-    ///     .weigher(|_, v| v.len() as u64)
-    ///     .estimated_entries(4096)
-    ///     .build();
-    /// assert_eq!(cache.capacity(), 1 << 30);
-    /// ```
-    #[must_use]
-    pub fn estimated_entries(mut self, n: usize) -> Self {
-        self.estimated_entries = Some(n);
-        self
-    }
-
-    /// Counts hits and misses in [`Cache::stats`] (`true`), or not (`false`, the default).
-    ///
-    /// Off, a hit writes nothing that other threads read or write: the entry's access counter
-    /// is stored only when it changes, and nothing else. On, every lookup also increments a
-    /// striped counter (one read-modify-write, on a stripe chosen per thread), and the counts
-    /// are exact once the threads that used the cache are synchronised with the reader. The
-    /// other counts (inserts, evictions, refusals) are always kept: they fall on paths that write
-    /// shared state anyway.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::Cache;
-    ///
-    /// let cache = Cache::builder(10).count_lookups(true).build();
-    /// cache.insert(1, "one");
-    /// cache.get(&1);
-    /// cache.get(&2);
-    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
-    ///
-    /// let quiet = Cache::new(10);
-    /// quiet.insert(1, "one");
-    /// quiet.get(&1);
-    /// assert_eq!((quiet.stats().hits, quiet.stats().inserts), (0, 1));
-    /// ```
-    #[must_use]
-    pub fn count_lookups(mut self, on: bool) -> Self {
-        self.count_lookups = on;
-        self
-    }
-
-    /// Reclaims memory with `collector` instead of crossbeam-epoch's global collector, which
-    /// makes reclamation exactly accountable (tests, loom models). Plain methods then register a
-    /// handle with it on every call: pin one per thread and use the `*_with_guard` methods.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use crossbeam_epoch::Collector;
-    /// use latchless::cache::Cache;
-    ///
-    /// let collector = Collector::new();
-    /// let cache = Cache::builder(4).collector(collector.clone()).build();
-    /// let handle = collector.register();
-    /// let guard = handle.pin();
-    /// cache.insert_with_guard(1, 'a', &guard);
-    /// assert_eq!(cache.get_with_guard(&1, &guard), Some('a'));
-    /// ```
-    #[must_use]
-    pub fn collector(mut self, collector: Collector) -> Self {
-        self.collector = Some(collector);
-        self
-    }
-
-    /// Builds the cache.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use latchless::cache::Cache;
-    ///
-    /// let cache: Cache<u32, u32> = Cache::builder(100).build();
-    /// assert_eq!(cache.capacity(), 100);
-    /// ```
-    #[must_use]
-    pub fn build(self) -> Cache<K, V, S> {
-        let entries = self.estimated_entries.unwrap_or_else(|| {
-            let cap = usize::try_from(self.capacity).unwrap_or(usize::MAX);
-            if self.weigher.is_some() {
-                cap.min(1 << 16)
-            } else {
-                cap
-            }
-        });
-        let entries = entries.clamp(1, 1 << 26);
-        let reclaim = Reclaim::new(self.collector);
-        Cache {
-            index: Index::new(entries),
-            policy: Policy::new(self.capacity, entries, reclaim.collector()),
-            hasher: self.hasher,
-            capacity: self.capacity,
-            weight: AtomicCounter::new(0),
-            len: AtomicCounter::new(0),
-            weigher: self.weigher,
-            listener: self.listener,
-            stats: Stats::new(self.count_lookups),
-            flights: Flights::new(if UNDER_MODEL_CHECKER { 1 } else { 64 }),
-            reclaim,
-        }
-    }
-}
-
-impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheBuilder")
-            .field("capacity", &self.capacity)
-            .field("weigher", &self.weigher.is_some())
-            .field("eviction_listener", &self.listener.is_some())
-            .field("estimated_entries", &self.estimated_entries)
-            .field("count_lookups", &self.count_lookups)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A bounded concurrent key-value cache: lock-free reads and writes on a fixed index of
 /// compare-and-swap buckets, S3-FIFO eviction on the crate's lock-free queues, and memory
@@ -1247,6 +1008,86 @@ where
         }
     }
 
+    /// Iterates over clones of the cache's entries, without recording an access or a hit (like
+    /// [`peek`](Self::peek)).
+    ///
+    /// Weakly consistent, as the iterators of concurrent maps are: the iterator walks the index
+    /// one bucket at a time, pinning only while it copies a bucket's entries (never across calls
+    /// to `next`), so it neither blocks writers nor holds back memory reclamation. It yields
+    /// each key at most once; every pair it yields was in the cache at some moment during the
+    /// iteration; an entry that stays in the cache, unchanged, for the whole iteration is
+    /// yielded. Entries inserted, replaced or removed meanwhile may or may not be seen. The
+    /// order is unspecified. Lock-free (`next` never waits for a writer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, "a");
+    /// cache.insert(2, "b");
+    /// let mut pairs: Vec<(u32, &str)> = cache.iter().collect();
+    /// pairs.sort();
+    /// assert_eq!(pairs, [(1, "a"), (2, "b")]);
+    /// ```
+    pub fn iter(&self) -> Iter<'_, K, V, S>
+    where
+        K: Clone,
+    {
+        Iter {
+            cache: self,
+            next_bucket: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Removes every entry for which `keep` returns `false`; the eviction listener hears each with
+    /// [`RemovalCause::Removed`]. Lock-free.
+    ///
+    /// Weakly consistent, like [`iter`](Self::iter): `keep` sees every entry that stays in the
+    /// cache, unchanged, for the whole call, once each, and an entry it rejects is removed unless
+    /// a writer replaced or removed it first (a replaced entry's new value is not judged).
+    /// Entries inserted meanwhile may or may not be judged. The cache is pinned only while one
+    /// bucket is judged, so `keep` runs under a pin: it may call into the cache, but should be
+    /// quick.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// for i in 0..6 {
+    ///     cache.insert(i, i * 10);
+    /// }
+    /// cache.retain(|&k, _| k % 2 == 0);
+    /// assert_eq!(cache.len(), 3);
+    /// assert_eq!(cache.get(&4), Some(40));
+    /// assert_eq!(cache.get(&5), None);
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        for i in 0..self.index.buckets() {
+            let guard = self.pin();
+            // Allocates only for a bucket with a rejected entry.
+            let mut rejected = Vec::new();
+            // Judge the bucket's entries as one load found them, then unlink the rejected ones:
+            // `keep` never runs inside a retry.
+            self.index.visit(i, &guard, |e| {
+                if !keep(&e.key, &e.value) {
+                    rejected.push(e);
+                }
+            });
+            for e in rejected {
+                // Unlinked only if it is still the key's entry: a replacement is not judged here.
+                if self.index.replace(e, None, &guard) {
+                    drop(self.release(e, RemovalCause::Removed));
+                    self.sweep(&guard);
+                }
+            }
+        }
+    }
+
     /// Replaces the value for `key` with `new` only if it currently equals `current`, atomically:
     /// of several racing exchanges from the same value, exactly one succeeds. The building block
     /// for optimistic updates (read, compute, exchange, retry on failure). For values without
@@ -1548,6 +1389,95 @@ where
             self.policy.sweep_one(guard);
         }
         self.evict_over_capacity(guard);
+    }
+}
+
+/// An iterator over clones of a [`Cache`]'s entries, weakly consistent: see [`Cache::iter`].
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::Cache;
+///
+/// let cache = Cache::new(10);
+/// cache.insert("k", 1);
+/// let mut it = cache.iter();
+/// assert_eq!(it.next(), Some(("k", 1)));
+/// assert_eq!(it.next(), None);
+/// ```
+pub struct Iter<'a, K, V, S = DefaultHashBuilder> {
+    cache: &'a Cache<K, V, S>,
+    /// The next bucket to copy.
+    next_bucket: usize,
+    /// Copies of the current bucket's entries, yielded from the back.
+    batch: Vec<(K, V)>,
+}
+
+impl<K, V, S> Iterator for Iter<'_, K, V, S>
+where
+    K: Clone,
+    V: Clone,
+{
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        loop {
+            if let Some(pair) = self.batch.pop() {
+                return Some(pair);
+            }
+            if self.next_bucket == self.cache.index.buckets() {
+                return None;
+            }
+            let guard = self.cache.pin();
+            let batch = &mut self.batch;
+            self.cache.index.visit(self.next_bucket, &guard, |e| {
+                batch.push((e.key.clone(), e.value.clone()));
+            });
+            self.next_bucket += 1;
+        }
+    }
+}
+
+impl<'a, K, V, S> IntoIterator for &'a Cache<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Item = (K, V);
+    type IntoIter = Iter<'a, K, V, S>;
+
+    /// [`Cache::iter`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::new(10);
+    /// cache.insert(1, 2);
+    /// for (k, v) in &cache {
+    ///     assert_eq!((k, v), (1, 2));
+    /// }
+    /// ```
+    fn into_iter(self) -> Iter<'a, K, V, S> {
+        self.iter()
+    }
+}
+
+impl<K, V, S> core::iter::FusedIterator for Iter<'_, K, V, S>
+where
+    K: Clone,
+    V: Clone,
+{
+}
+
+impl<K, V, S> fmt::Debug for Iter<'_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("next_bucket", &self.next_bucket)
+            .field("buckets", &self.cache.index.buckets())
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,251 @@
+//! [`CacheBuilder`]: how a [`Cache`] is configured before it is built.
+
+use super::flight::Flights;
+use super::index::Index;
+use super::policy::Policy;
+use super::{Cache, DefaultHashBuilder, Listener, RemovalCause, Stats, Weigher};
+use crate::counter::AtomicCounter;
+use crate::reclaim::Reclaim;
+use crate::sync::{epoch::Collector, UNDER_MODEL_CHECKER};
+use core::fmt;
+
+/// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Cache, RemovalCause};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let freed = Arc::new(AtomicU64::new(0));
+/// let counter = freed.clone();
+/// // A budget of 1 KiB of session state, weighed in bytes.
+/// let cache = Cache::builder(1024)
+///     .weigher(|_key: &u32, state: &Vec<u8>| state.len() as u64)
+///     .eviction_listener(move |_key, state, cause| {
+///         if cause == RemovalCause::Evicted {
+///             counter.fetch_add(state.len() as u64, Ordering::Relaxed);
+///         }
+///     })
+///     .build();
+/// for session in 0..8 {
+///     cache.insert(session, vec![0u8; 256]);
+/// }
+/// assert!(cache.weight() <= 1024);
+/// assert_eq!(freed.load(Ordering::Relaxed), 4 * 256);
+/// ```
+pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
+    pub(super) capacity: u64,
+    pub(super) hasher: S,
+    pub(super) weigher: Option<Weigher<K, V>>,
+    pub(super) listener: Option<Listener<K, V>>,
+    pub(super) estimated_entries: Option<usize>,
+    pub(super) collector: Option<Collector>,
+    pub(super) count_lookups: bool,
+}
+
+impl<K, V, S> CacheBuilder<K, V, S> {
+    /// Weighs entries with `weigher` (for example in bytes); the capacity is then in the same
+    /// units. Without one, every entry weighs 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(10).weigher(|_: &&str, v: &String| v.len() as u64).build();
+    /// cache.insert("a", "12345".to_string());
+    /// assert_eq!(cache.weight(), 5);
+    /// ```
+    #[must_use]
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// Calls `listener` with the key, value and cause of every entry that leaves the cache
+    /// (evicted, replaced, removed), or is refused by [`Cache::insert`] or
+    /// [`Cache::get_or_insert_with`] (refusals by [`Cache::try_insert`] and
+    /// [`Cache::compare_exchange`] hand the value back instead). It runs on the thread that
+    /// caused the removal,
+    /// after the cache's own bookkeeping; keep it short.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, RemovalCause};
+    /// use std::sync::Mutex;
+    ///
+    /// let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+    /// let sink = log.clone();
+    /// let cache = Cache::builder(10)
+    ///     .eviction_listener(move |k: &i32, _v: &i32, cause| sink.lock().unwrap().push((*k, cause)))
+    ///     .build();
+    /// cache.insert(1, 10);
+    /// cache.insert(1, 11);
+    /// cache.remove(&1);
+    /// assert_eq!(*log.lock().unwrap(), [(1, RemovalCause::Replaced), (1, RemovalCause::Removed)]);
+    /// ```
+    #[must_use]
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Hashes keys with `hasher` instead of a [`DefaultHashBuilder`]: a fixed hasher for
+    /// reproducible eviction, or std's SipHash `RandomState` against hash flooding (see
+    /// [`DefaultHashBuilder`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// let cache = Cache::builder(10)
+    ///     .hasher(BuildHasherDefault::<DefaultHasher>::default())
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// ```
+    #[must_use]
+    pub fn hasher<S2>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            capacity: self.capacity,
+            hasher,
+            weigher: self.weigher,
+            listener: self.listener,
+            estimated_entries: self.estimated_entries,
+            collector: self.collector,
+            count_lookups: self.count_lookups,
+        }
+    }
+
+    /// Sizes the index for about `n` entries. Without it the index is sized from the capacity
+    /// (at most 65,536 buckets when a weigher is set, since the capacity is then not a count).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::<u64, Vec<u8>>::builder(1 << 30)
+    ///     .weigher(|_, v| v.len() as u64)
+    ///     .estimated_entries(4096)
+    ///     .build();
+    /// assert_eq!(cache.capacity(), 1 << 30);
+    /// ```
+    #[must_use]
+    pub fn estimated_entries(mut self, n: usize) -> Self {
+        self.estimated_entries = Some(n);
+        self
+    }
+
+    /// Counts hits and misses in [`Cache::stats`] (`true`), or not (`false`, the default).
+    ///
+    /// Off, a hit writes nothing that other threads read or write: the entry's access counter
+    /// is stored only when it changes, and nothing else. On, every lookup also increments a
+    /// striped counter (one read-modify-write, on a stripe chosen per thread), and the counts
+    /// are exact once the threads that used the cache are synchronised with the reader. The
+    /// other counts (inserts, evictions, refusals) are always kept: they fall on paths that write
+    /// shared state anyway.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(10).count_lookups(true).build();
+    /// cache.insert(1, "one");
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+    ///
+    /// let quiet = Cache::new(10);
+    /// quiet.insert(1, "one");
+    /// quiet.get(&1);
+    /// assert_eq!((quiet.stats().hits, quiet.stats().inserts), (0, 1));
+    /// ```
+    #[must_use]
+    pub fn count_lookups(mut self, on: bool) -> Self {
+        self.count_lookups = on;
+        self
+    }
+
+    /// Reclaims memory with `collector` instead of crossbeam-epoch's global collector, which
+    /// makes reclamation exactly accountable (tests, loom models). Plain methods then register a
+    /// handle with it on every call: pin one per thread and use the `*_with_guard` methods.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use crossbeam_epoch::Collector;
+    /// use latchless::cache::Cache;
+    ///
+    /// let collector = Collector::new();
+    /// let cache = Cache::builder(4).collector(collector.clone()).build();
+    /// let handle = collector.register();
+    /// let guard = handle.pin();
+    /// cache.insert_with_guard(1, 'a', &guard);
+    /// assert_eq!(cache.get_with_guard(&1, &guard), Some('a'));
+    /// ```
+    #[must_use]
+    pub fn collector(mut self, collector: Collector) -> Self {
+        self.collector = Some(collector);
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache: Cache<u32, u32> = Cache::builder(100).build();
+    /// assert_eq!(cache.capacity(), 100);
+    /// ```
+    #[must_use]
+    pub fn build(self) -> Cache<K, V, S> {
+        let entries = self.estimated_entries.unwrap_or_else(|| {
+            let cap = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+            if self.weigher.is_some() {
+                cap.min(1 << 16)
+            } else {
+                cap
+            }
+        });
+        let entries = entries.clamp(1, 1 << 26);
+        let reclaim = Reclaim::new(self.collector);
+        Cache {
+            index: Index::new(entries),
+            policy: Policy::new(self.capacity, entries, reclaim.collector()),
+            hasher: self.hasher,
+            capacity: self.capacity,
+            weight: AtomicCounter::new(0),
+            len: AtomicCounter::new(0),
+            weigher: self.weigher,
+            listener: self.listener,
+            stats: Stats::new(self.count_lookups),
+            flights: Flights::new(if UNDER_MODEL_CHECKER { 1 } else { 64 }),
+            reclaim,
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("capacity", &self.capacity)
+            .field("weigher", &self.weigher.is_some())
+            .field("eviction_listener", &self.listener.is_some())
+            .field("estimated_entries", &self.estimated_entries)
+            .field("count_lookups", &self.count_lookups)
+            .finish_non_exhaustive()
+    }
+}
