@@ -35,7 +35,9 @@
 //! default 9, at least 7); each round runs every contender once, in an order rotated from round
 //! to round. Scenarios: `cache/get_insert_90_10/{1t,2t}` (90% `get`, 10% `insert`) and
 //! `cache/get_100/{1t,2t}` (`get` only), keys from Zipf(0.99) over 100,000 keys, capacity
-//! 10,000. Each run builds a fresh cache with default settings (random hashers; latchless counts
+//! 10,000; then the same four as `cache/one_hasher/...`, where every contender hashes with
+//! latchless's `DefaultHashBuilder` (foldhash, randomly seeded), so that the hasher is not what
+//! separates them. Each run builds a fresh cache with default settings (random hashers; latchless counts
 //! no lookups by default, and runs once more with `count_lookups(true)`), prefills it with
 //! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
 //! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
@@ -71,7 +73,9 @@
 #[allow(dead_code)]
 mod common;
 
-use common::caches::{BenchCache, LatchlessCounted, LatchlessPinned};
+use common::caches::{
+    BenchCache, LatchlessCounted, LatchlessPinned, LruOneHasher, MokaOneHasher, QuickOneHasher,
+};
 use common::harness::{self, fixed2, machine, median, rotate_rounds, Invocation, Tally};
 use common::workers::{run_workers, share_len, thread_cpu_time, Sample};
 use latchless::cache::Cache;
@@ -457,8 +461,32 @@ struct Contender {
 
 /// The contender the ratios are taken against.
 const BASELINE: &str = "quick_cache::sync::Cache";
+/// The contender the ratios are taken against when every contender uses one hasher.
+const BASELINE_ONE_HASHER: &str = "quick_cache::sync::Cache (one hasher)";
 
-fn contenders() -> Vec<Contender> {
+/// The contenders, each with its library's default hasher; or, with `one_hasher`, each with
+/// latchless's `DefaultHashBuilder` (latchless's default already).
+fn contenders(one_hasher: bool) -> Vec<Contender> {
+    if one_hasher {
+        return vec![
+            Contender {
+                name: "latchless Cache",
+                run: run_cache::<Cache<u64, u64>>,
+            },
+            Contender {
+                name: "moka::sync::Cache (one hasher)",
+                run: run_cache::<MokaOneHasher>,
+            },
+            Contender {
+                name: BASELINE_ONE_HASHER,
+                run: run_cache::<QuickOneHasher>,
+            },
+            Contender {
+                name: "Mutex<lru::LruCache> (one hasher)",
+                run: run_cache::<LruOneHasher>,
+            },
+        ];
+    }
     vec![
         Contender {
             name: "latchless Cache",
@@ -492,29 +520,37 @@ struct Scenario {
     name: &'static str,
     threads: u64,
     insert_percent: u64,
+    /// Every contender built with latchless's `DefaultHashBuilder`.
+    one_hasher: bool,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const fn scenario(name: &'static str, threads: u64, insert_percent: u64) -> Scenario {
     Scenario {
-        name: "cache/get_insert_90_10/1t",
-        threads: 1,
-        insert_percent: INSERT_PERCENT,
-    },
+        name,
+        threads,
+        insert_percent,
+        one_hasher: false,
+    }
+}
+
+const fn one_hasher(name: &'static str, threads: u64, insert_percent: u64) -> Scenario {
     Scenario {
-        name: "cache/get_insert_90_10/2t",
-        threads: 2,
-        insert_percent: INSERT_PERCENT,
-    },
-    Scenario {
-        name: "cache/get_100/1t",
-        threads: 1,
-        insert_percent: 0,
-    },
-    Scenario {
-        name: "cache/get_100/2t",
-        threads: 2,
-        insert_percent: 0,
-    },
+        name,
+        threads,
+        insert_percent,
+        one_hasher: true,
+    }
+}
+
+const SCENARIOS: [Scenario; 8] = [
+    scenario("cache/get_insert_90_10/1t", 1, INSERT_PERCENT),
+    scenario("cache/get_insert_90_10/2t", 2, INSERT_PERCENT),
+    scenario("cache/get_100/1t", 1, 0),
+    scenario("cache/get_100/2t", 2, 0),
+    one_hasher("cache/one_hasher/get_insert_90_10/1t", 1, INSERT_PERCENT),
+    one_hasher("cache/one_hasher/get_insert_90_10/2t", 2, INSERT_PERCENT),
+    one_hasher("cache/one_hasher/get_100/1t", 1, 0),
+    one_hasher("cache/one_hasher/get_100/2t", 2, 0),
 ];
 
 /// What the rounds measured for one contender: the common [`Tally`], and the share of `get`s
@@ -538,7 +574,12 @@ impl CacheTally {
 /// Runs `sc` for `rounds` rounds of `ops` ops, interleaving contenders, and appends its table
 /// rows to `out`.
 fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
-    let contenders = contenders();
+    let contenders = contenders(sc.one_hasher);
+    let baseline = if sc.one_hasher {
+        BASELINE_ONE_HASHER
+    } else {
+        BASELINE
+    };
     let n = contenders.len();
     // Generated once, outside every timed region: one stream per thread, its own seed.
     let streams: Vec<Vec<u64>> = (0..sc.threads)
@@ -563,7 +604,7 @@ fn run_scenario(sc: &Scenario, rounds: usize, ops: u64, out: &mut String) {
     });
     let base = contenders
         .iter()
-        .position(|c| c.name == BASELINE)
+        .position(|c| c.name == baseline)
         .expect("the baseline is one of the contenders");
     for (c, t) in contenders.iter().zip(&tallies) {
         let _ = writeln!(
@@ -621,19 +662,29 @@ fn main() {
         }
     }
 
-    // Throughput.
-    let mut rows = String::new();
-    for sc in &SCENARIOS {
-        if sc.name.contains(filter) {
-            run_scenario(sc, rounds, ops, &mut rows);
+    // Throughput: with each library's default hasher, then with one hasher for all.
+    for (one, baseline, hashers) in [
+        (false, BASELINE, "default hashers"),
+        (
+            true,
+            BASELINE_ONE_HASHER,
+            "one hasher for all (latchless's `DefaultHashBuilder`, foldhash)",
+        ),
+    ] {
+        let mut rows = String::new();
+        for sc in SCENARIOS.iter().filter(|sc| sc.one_hasher == one) {
+            if sc.name.contains(filter) {
+                run_scenario(sc, rounds, ops, &mut rows);
+            }
         }
-    }
-    if !rows.is_empty() {
+        if rows.is_empty() {
+            continue;
+        }
         println!(
-            "\n### Throughput (baseline: {BASELINE})\n\n{rounds} round(s), contenders interleaved in \
+            "\n### Throughput (baseline: {baseline})\n\n{rounds} round(s), contenders interleaved in \
              an order rotated each round; {ops} ops per run shared by the threads; Zipf(0.99) keys \
              over {ZIPF_KEYS}, capacity {THROUGHPUT_CAPACITY} prefilled with the hottest keys, \
-             default hashers; medians over rounds, ratio = contender median / baseline median.\n"
+             {hashers}; medians over rounds, ratio = contender median / baseline median.\n"
         );
         if thread_cpu_time().is_none() {
             println!("(no per-thread CPU clock on this platform: the CPU columns read n/a)\n");

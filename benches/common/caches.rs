@@ -1,10 +1,11 @@
 //! The cache contenders of `benches/cache.rs` and `benches/cache_compare.rs`: latchless's
 //! `Cache` (plain, and through `*_with_guard` with a pinned guard), `moka::sync::Cache`,
 //! `quick_cache::sync::Cache` and `Mutex<lru::LruCache>`, each built with its library's default
-//! settings, behind [`BenchCache`].
+//! settings, behind [`BenchCache`]; and the same contenders again with one hasher for all
+//! (latchless's `DefaultHashBuilder`).
 
 use super::PinnedLocal;
-use latchless::cache::Cache;
+use latchless::cache::{Cache, DefaultHashBuilder};
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
@@ -118,5 +119,81 @@ impl BenchCache for Mutex<lru::LruCache<u64, u64>> {
     }
     fn insert(&self, (): &mut (), key: u64, value: u64) {
         self.lock().unwrap().put(key, value);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// One hasher for all: the same contenders, each built with latchless's `DefaultHashBuilder`
+// (foldhash, randomly seeded), so that the hasher is not what separates them.
+
+/// quick_cache with latchless's hasher (its own default is foldhash too, seeded its own way).
+pub(crate) struct QuickOneHasher(
+    quick_cache::sync::Cache<u64, u64, quick_cache::UnitWeighter, DefaultHashBuilder>,
+);
+
+impl BenchCache for QuickOneHasher {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        let n = usize::try_from(capacity).expect("capacity fits usize");
+        Self(quick_cache::sync::Cache::with(
+            n,
+            capacity,
+            quick_cache::UnitWeighter,
+            DefaultHashBuilder::default(),
+            quick_cache::sync::DefaultLifecycle::default(),
+        ))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
+/// moka with latchless's hasher (its own default is std's SipHash).
+pub(crate) struct MokaOneHasher(moka::sync::Cache<u64, u64, DefaultHashBuilder>);
+
+impl BenchCache for MokaOneHasher {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(DefaultHashBuilder::default()),
+        )
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+    fn settle(&self) {
+        self.0.run_pending_tasks();
+    }
+}
+
+/// `Mutex<lru::LruCache>` with latchless's hasher.
+pub(crate) struct LruOneHasher(Mutex<lru::LruCache<u64, u64, DefaultHashBuilder>>);
+
+impl BenchCache for LruOneHasher {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        let cap = NonZeroUsize::new(usize::try_from(capacity).expect("capacity fits usize"))
+            .expect("a positive capacity");
+        Self(Mutex::new(lru::LruCache::with_hasher(
+            cap,
+            DefaultHashBuilder::default(),
+        )))
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.lock().unwrap().get(&key).copied()
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.lock().unwrap().put(key, value);
     }
 }
