@@ -152,6 +152,10 @@ enum Op {
     ReleaseGuard,
     /// Flushes the main handle's garbage a few times, letting the epoch advance.
     Flush,
+    /// Collects `iter()` and compares it with the model.
+    Iter,
+    /// `retain`s the values whose tag `2 + byte % 3` does not divide.
+    Retain(u8),
 }
 
 impl Op {
@@ -169,7 +173,12 @@ impl Op {
             | Op::RemoveWithGuard(k)
             | Op::CompareExchange { key: k, .. }
             | Op::GetOrInsertWith(k, _) => *k %= keys,
-            Op::Clear(_) | Op::HoldGuard | Op::ReleaseGuard | Op::Flush => {}
+            Op::Clear(_)
+            | Op::HoldGuard
+            | Op::ReleaseGuard
+            | Op::Flush
+            | Op::Iter
+            | Op::Retain(_) => {}
         }
         self
     }
@@ -495,6 +504,27 @@ impl Harness {
                     reports.sort_by_key(|(k, v, _)| (*k, v.tag, v.weight));
                 }
             }
+            Op::Iter => {
+                let mut got: Vec<(Key, Val)> = self.cache.iter().collect();
+                got.sort_by_key(|(k, _)| *k);
+                let mut want: Vec<(Key, Val)> =
+                    self.model.iter().map(|(&k, v)| (k, v.clone())).collect();
+                want.sort_by_key(|(k, _)| *k);
+                assert_eq!(got, want, "step {}: iter vs the model", self.step);
+            }
+            Op::Retain(b) => {
+                let m = 2 + b % 3;
+                let kept = |v: &Val| v.tag % m != 0;
+                self.cache.retain(|_, v| kept(v));
+                reports = self
+                    .model
+                    .iter()
+                    .filter(|(_, v)| !kept(v))
+                    .map(|(&k, v)| (k, v.clone(), RemovalCause::Removed))
+                    .collect();
+                reports.sort_by_key(|(k, v, _)| (*k, v.tag, v.weight));
+                self.model.retain(|_, v| kept(v));
+            }
             Op::HoldGuard => self.held = Some(self.other.pin()),
             Op::ReleaseGuard => self.held = None,
             Op::Flush => {
@@ -531,7 +561,7 @@ impl Harness {
                 others.push((k, v, cause));
             }
         }
-        if matches!(op, Op::Clear(_)) {
+        if matches!(op, Op::Clear(_) | Op::Retain(_)) {
             others.sort_by_key(|(k, v, _)| (*k, v.tag, v.weight));
         }
         assert_eq!(
