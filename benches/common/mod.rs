@@ -3,12 +3,13 @@
 //!
 //! - [`workers`]: running one measured run's worker threads, released together by a barrier and
 //!   timed from the first worker's start to the last one's end, with their CPU time;
-//! - [`harness`]: the interleaving harness of `benches/compare.rs` and
-//!   `benches/cache_compare.rs`: command line and environment, rounds with the contenders'
+//! - [`harness`]: the interleaving harness of `benches/compare.rs`, `benches/cache_compare.rs`
+//!   and `benches/batch_compare.rs`: command line and environment, rounds with the contenders'
 //!   order rotated, medians, and the rows of the markdown tables;
 //! - the contenders, each seen through one trait: [`queues`] (`benches/queue.rs`,
 //!   `benches/queue_memory.rs`, `benches/compare.rs`), [`counters`] (`benches/counter.rs`,
-//!   `benches/compare.rs`) and [`caches`] (`benches/cache.rs`, `benches/cache_compare.rs`);
+//!   `benches/compare.rs`), [`caches`] (`benches/cache.rs`, `benches/cache_compare.rs`) and
+//!   [`dispatch`] (`benches/batch.rs`, `benches/batch_compare.rs`);
 //! - [`PinnedLocal`]: the per-thread pinned guard of the cache contender driven through its
 //!   `*_with_guard` methods.
 //!
@@ -17,6 +18,7 @@
 
 pub(crate) mod caches;
 pub(crate) mod counters;
+pub(crate) mod dispatch;
 pub(crate) mod harness;
 pub(crate) mod queues;
 pub(crate) mod workers;
