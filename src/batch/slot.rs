@@ -20,6 +20,12 @@ struct State<Resp> {
     reply: Option<Result<Resp, BatchError>>,
     /// The task to wake when the reply arrives, for `Future` waiters.
     waker: Option<Waker>,
+    /// A thread sleeps (or is about to) on `ready`: set under the lock just before a wait on
+    /// the condition variable, which releases the lock and sleeps at once. `send` notifies only
+    /// then: a notification is a system call (a futex wake), made for nothing when the waiter
+    /// has not gone to sleep, as it usually has not (it spins first). No wake-up can be lost:
+    /// the flag and the reply are both read and written under the lock.
+    sleeping: bool,
     /// The `Pending` was dropped: nobody waits, the request need not be computed.
     cancelled: bool,
 }
@@ -38,6 +44,7 @@ impl<Resp> Slot<Resp> {
             state: Mutex::new(State {
                 reply: None,
                 waker: None,
+                sleeping: false,
                 cancelled: false,
             }),
             ready: Condvar::new(),
@@ -58,7 +65,7 @@ impl<Resp> Slot<Resp> {
 
     /// Delivers the reply (once) and wakes the waiter. A reply to a cancelled request is dropped.
     pub(super) fn send(&self, reply: Result<Resp, BatchError>) {
-        let waker = {
+        let (waker, sleeping) = {
             let mut state = self.lock();
             if state.cancelled {
                 return;
@@ -68,9 +75,11 @@ impl<Resp> Slot<Resp> {
             // Release: a hint for `Pending::wait`'s spin; the reply itself is read under the
             // mutex, which orders it.
             self.sent.store(true, Ordering::Release);
-            state.waker.take()
+            (state.waker.take(), state.sleeping)
         };
-        self.ready.notify_one();
+        if sleeping {
+            self.ready.notify_one();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -137,6 +146,7 @@ impl<Resp> Pending<Resp> {
             if let Some(reply) = state.reply.take() {
                 return reply;
             }
+            state.sleeping = true;
             state = self
                 .slot
                 .ready
@@ -178,6 +188,7 @@ impl<Resp> Pending<Resp> {
                     // Too far to represent: as good as forever.
                     None => Duration::from_secs(u32::MAX.into()),
                 };
+                state.sleeping = true;
                 state = self
                     .slot
                     .ready
