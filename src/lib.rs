@@ -20,6 +20,7 @@
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
 //! | `Cache::get`, `peek`, `contains_key`, `insert`, `insert_if_absent`, `remove`, `compare_exchange`, `clear` | lock-free |
 //! | `Cache::get_or_insert_with`, `get_or_try_insert_with` | lock-free on a hit; on a miss, waits for the caller computing the same key |
+//! | `Cache::iter` (each `next`), `retain` | lock-free; weakly consistent, one bucket at a time |
 //! | `Batcher::submit`, `submit_before`, `submit_to`, `submit_to_before` | lock-free: never blocks, refusals return at once |
 //! | `Batcher::call`, `Pending::wait`, `Batcher::shutdown` | blocking (they wait for replies) |
 //!

@@ -20,6 +20,7 @@
 //! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin) |
 //! | [`insert`](Cache::insert), [`insert_if_absent`](Cache::insert_if_absent), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
 //! | [`get_or_insert_with`](Cache::get_or_insert_with) | a hit is lock-free; a miss waits for the caller computing the same key |
+//! | [`iter`](Cache::iter) (each `next`), [`retain`](Cache::retain) | lock-free; weakly consistent, one bucket at a time |
 //!
 //! # Capacity and weight
 //!
