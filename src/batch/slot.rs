@@ -36,6 +36,8 @@ pub(super) struct Slot<Resp> {
     ready: Condvar,
     /// Set once the reply is in `state`: lets a waiter spin briefly before it sleeps.
     sent: AtomicBool,
+    /// A copy of `State::cancelled`, read by the worker without the lock.
+    cancelled: AtomicBool,
 }
 
 impl<Resp> Slot<Resp> {
@@ -49,6 +51,7 @@ impl<Resp> Slot<Resp> {
             }),
             ready: Condvar::new(),
             sent: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -59,8 +62,13 @@ impl<Resp> Slot<Resp> {
     }
 
     /// Whether the waiter gave up.
+    /// Whether the waiter gave up. Read without the lock: a hint that spares the worker a
+    /// cancelled request's work. A cancellation it misses costs that work only, since `send`
+    /// checks `State::cancelled` under the lock and drops the reply.
     pub(super) fn is_cancelled(&self) -> bool {
-        self.lock().cancelled
+        // Relaxed: a hint (above). A drop that happens before the worker's check through other
+        // synchronisation (a test's gate, say) is seen, as happens-before implies.
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// Delivers the reply (once) and wakes the waiter. A reply to a cancelled request is dropped.
@@ -106,11 +114,16 @@ impl<Resp> Slot<Resp> {
 #[must_use = "dropping a Pending cancels its request"]
 pub struct Pending<Resp> {
     slot: Arc<Slot<Resp>>,
+    /// The reply was taken: dropping cancels nothing, and need not lock the slot.
+    answered: bool,
 }
 
 impl<Resp> Pending<Resp> {
     pub(super) fn new(slot: Arc<Slot<Resp>>) -> Self {
-        Self { slot }
+        Self {
+            slot,
+            answered: false,
+        }
     }
 
     /// Blocks until the reply arrives.
@@ -131,7 +144,7 @@ impl<Resp> Pending<Resp> {
     /// .unwrap();
     /// assert_eq!(b.submit("four").unwrap().wait(), Ok(4));
     /// ```
-    pub fn wait(self) -> Result<Resp, BatchError> {
+    pub fn wait(mut self) -> Result<Resp, BatchError> {
         // A reply usually comes within microseconds: spin a little before sleeping (not under
         // loom, to keep models small).
         if !UNDER_MODEL_CHECKER {
@@ -141,18 +154,22 @@ impl<Resp> Pending<Resp> {
                 backoff.snooze();
             }
         }
-        let mut state = self.slot.lock();
-        loop {
-            if let Some(reply) = state.reply.take() {
-                return reply;
+        let reply = {
+            let mut state = self.slot.lock();
+            loop {
+                if let Some(reply) = state.reply.take() {
+                    break reply;
+                }
+                state.sleeping = true;
+                state = self
+                    .slot
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
-            state.sleeping = true;
-            state = self
-                .slot
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        };
+        self.answered = true;
+        reply
     }
 
     /// Blocks until the reply arrives or `timeout` passes. On timeout the `Pending` is handed
@@ -172,18 +189,18 @@ impl<Resp> Pending<Resp> {
     /// let reply = b.submit(7).unwrap().wait_timeout(Duration::from_secs(10));
     /// assert_eq!(reply.ok(), Some(Ok(7)));
     /// ```
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<Resp, BatchError>, Self> {
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<Resp, BatchError>, Self> {
         let deadline = Instant::now().checked_add(timeout);
-        {
+        let got = {
             let mut state = self.slot.lock();
             loop {
                 if let Some(reply) = state.reply.take() {
-                    return Ok(reply);
+                    break Some(reply);
                 }
                 let left = match deadline {
                     Some(d) => match d.checked_duration_since(Instant::now()) {
                         Some(left) if !left.is_zero() => left,
-                        _ => break,
+                        _ => break None,
                     },
                     // Too far to represent: as good as forever.
                     None => Duration::from_secs(u32::MAX.into()),
@@ -196,8 +213,14 @@ impl<Resp> Pending<Resp> {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
+        };
+        match got {
+            Some(reply) => {
+                self.answered = true;
+                Ok(reply)
+            }
+            None => Err(self),
         }
-        Err(self)
     }
 
     /// Whether the reply has arrived (so [`wait`](Self::wait) would not block).
@@ -221,28 +244,41 @@ impl<Resp> Future for Pending<Resp> {
     type Output = Result<Resp, BatchError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.slot.lock();
-        match state.reply.take() {
-            Some(reply) => Poll::Ready(reply),
-            None => {
-                if !state
+        // `Pending` is `Unpin` (an `Arc` and a flag).
+        let this = self.get_mut();
+        let reply = {
+            let mut state = this.slot.lock();
+            let reply = state.reply.take();
+            if reply.is_none()
+                && !state
                     .waker
                     .as_ref()
                     .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    state.waker = Some(cx.waker().clone());
-                }
-                Poll::Pending
+            {
+                state.waker = Some(cx.waker().clone());
             }
+            reply
+        };
+        match reply {
+            Some(reply) => {
+                this.answered = true;
+                Poll::Ready(reply)
+            }
+            None => Poll::Pending,
         }
     }
 }
 
 impl<Resp> Drop for Pending<Resp> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         let mut state = self.slot.lock();
         if state.reply.is_none() {
             state.cancelled = true;
+            // Relaxed: the hint `is_cancelled` reads; `State::cancelled` above is the truth.
+            self.slot.cancelled.store(true, Ordering::Relaxed);
         }
     }
 }
