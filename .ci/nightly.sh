@@ -8,10 +8,10 @@
 # Builds go to target/miri and target/tsan, apart from the stable build. How these tools were
 # made to work on this kind of machine, and their pitfalls: ../shared/RELIABILITY.md.
 #
-# Measured on the 2-core machine (nightly 1.97 of 2026-05-19), from a fresh clone inside .ci/run:
-# 12.7 minutes. Miri 8.8 (build 1.9, then two halves at once of 4.9 and 6.9 minutes, since
-# rebalanced), TSan 3.9 (std and dependencies instrumented 2.9, tests 1.0). With warm target
-# directories the builds take seconds: 8.3 minutes in all (Miri's halves 6.4 and 6.9 minutes).
+# Measured on the 2-core machine, from a fresh clone inside .ci/run (2026-11-30): 23.4 minutes.
+# Miri 15.3 (build 2.8, then two halves at once of 12.0 and 12.5 minutes), TSan 8.1 (std and
+# dependencies instrumented 6.0, tests 2.1). The halves had grown to 16 minutes each as tests
+# were added; the Miri sizes of stress, linearizability, leak and differential were cut then.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,9 +95,8 @@ part() {
 # `cache_api::a_hot_set_survives_a_scan`, `cache_leak::global_collector_growth_stays_bounded`,
 # `linearizability::racy_map_histories_are_rejected`.
 #
-# Measured under Tree Borrows: 13.5 minutes in one process with other work beside it; as two
-# halves at once, 6.4 and 6.9 minutes (stress, differential and the queue's leak test are the
-# longest, about 100 s of Miri's clock each).
+# Measured under Tree Borrows, as two halves at once: 12.0 and 12.5 minutes (stress,
+# the queue's leak test and differential are the longest, 80-200 s of Miri's clock each).
 
 # Miri interprets on one core: the tests run as two halves at once, one per core, each logging
 # to its own file, printed whole when both are done.
