@@ -95,8 +95,8 @@ part() {
 # `cache_api::a_hot_set_survives_a_scan`, `cache_leak::global_collector_growth_stays_bounded`,
 # `linearizability::racy_map_histories_are_rejected`.
 #
-# Measured under Tree Borrows, as two halves at once: 12.0 and 12.5 minutes (stress,
-# the queue's leak test and differential are the longest, 80-200 s of Miri's clock each).
+# Measured under Tree Borrows, as two halves at once: 12.0 and 12.5 minutes (by Miri's clock
+# the longest are stress, 205 s, the queue's leak test, 120 s, and cache_stress, 85 s).
 
 # Miri interprets on one core: the tests run as two halves at once, one per core, each logging
 # to its own file, printed whole when both are done.
