@@ -7,16 +7,16 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
+/// The time of CPU clock `clock` (`clock_gettime`), or `None` if the call fails.
 #[cfg(unix)]
-pub(crate) fn thread_cpu_time() -> Option<Duration> {
+fn cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `clock_gettime` only writes one `timespec` through the pointer, and `ts` is a live,
     // writable, properly aligned `timespec` owned by this frame for the whole call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return None;
     }
@@ -26,8 +26,28 @@ pub(crate) fn thread_cpu_time() -> Option<Duration> {
 }
 
 /// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
+#[cfg(unix)]
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The calling thread's CPU time, or `None` where the platform has no per-thread CPU clock.
 #[cfg(not(unix))]
 pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// The whole process's CPU time (every thread's, the spawner's included), or `None` where the
+/// platform has none: for contenders that run threads of their own, which the workers' clocks
+/// do not see.
+#[cfg(unix)]
+pub(crate) fn process_cpu_time() -> Option<Duration> {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The whole process's CPU time, or `None` where the platform has no such clock.
+#[cfg(not(unix))]
+pub(crate) fn process_cpu_time() -> Option<Duration> {
     None
 }
 
@@ -101,30 +121,4 @@ pub(crate) fn share(total: u64, parts: u64, i: u64) -> Range<u64> {
 pub(crate) fn share_len(total: u64, parts: u64, i: u64) -> u64 {
     let r = share(total, parts, i);
     r.end - r.start
-}
-
-/// The whole process's CPU time (every thread's, the spawner's included), or `None` where the
-/// platform has none: for contenders that run threads of their own, which the workers' clocks
-/// do not see.
-#[cfg(unix)]
-pub(crate) fn process_cpu_time() -> Option<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: as in `thread_cpu_time`: one `timespec` written through a pointer to a live,
-    // writable, aligned local.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return None;
-    }
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u32::try_from(ts.tv_nsec).ok()?;
-    Some(Duration::new(secs, nanos))
-}
-
-/// The whole process's CPU time, or `None` where the platform has no such clock.
-#[cfg(not(unix))]
-pub(crate) fn process_cpu_time() -> Option<Duration> {
-    None
 }
