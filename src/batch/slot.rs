@@ -26,8 +26,6 @@ struct State<Resp> {
     /// has not gone to sleep, as it usually has not (it spins first). No wake-up can be lost:
     /// the flag and the reply are both read and written under the lock.
     sleeping: bool,
-    /// The `Pending` was dropped: nobody waits, the request need not be computed.
-    cancelled: bool,
 }
 
 /// One request's reply slot.
@@ -36,7 +34,9 @@ pub(super) struct Slot<Resp> {
     ready: Condvar,
     /// Set once the reply is in `state`: lets a waiter spin briefly before it sleeps.
     sent: AtomicBool,
-    /// A copy of `State::cancelled`, read by the worker without the lock.
+    /// The `Pending` was dropped: nobody waits, the request need not be computed. Written under
+    /// the lock (by the `Pending`'s drop) and read under it by `send`, which the lock orders;
+    /// also read without it, as a hint, by `is_cancelled`.
     cancelled: AtomicBool,
 }
 
@@ -47,7 +47,6 @@ impl<Resp> Slot<Resp> {
                 reply: None,
                 waker: None,
                 sleeping: false,
-                cancelled: false,
             }),
             ready: Condvar::new(),
             sent: AtomicBool::new(false),
@@ -61,10 +60,9 @@ impl<Resp> Slot<Resp> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the waiter gave up.
     /// Whether the waiter gave up. Read without the lock: a hint that spares the worker a
     /// cancelled request's work. A cancellation it misses costs that work only, since `send`
-    /// checks `State::cancelled` under the lock and drops the reply.
+    /// checks `cancelled` again under the lock and drops the reply.
     pub(super) fn is_cancelled(&self) -> bool {
         // Relaxed: a hint (above). A drop that happens before the worker's check through other
         // synchronisation (a test's gate, say) is seen, as happens-before implies.
@@ -75,7 +73,8 @@ impl<Resp> Slot<Resp> {
     pub(super) fn send(&self, reply: Result<Resp, BatchError>) {
         let (waker, sleeping) = {
             let mut state = self.lock();
-            if state.cancelled {
+            // Relaxed: written under the lock we hold, which orders it.
+            if self.cancelled.load(Ordering::Relaxed) {
                 return;
             }
             debug_assert!(state.reply.is_none(), "a request is answered once");
@@ -274,10 +273,10 @@ impl<Resp> Drop for Pending<Resp> {
         if self.answered {
             return;
         }
-        let mut state = self.slot.lock();
+        let state = self.slot.lock();
         if state.reply.is_none() {
-            state.cancelled = true;
-            // Relaxed: the hint `is_cancelled` reads; `State::cancelled` above is the truth.
+            // Relaxed: under the lock, which orders it for `send`; `is_cancelled` reads it as a
+            // hint.
             self.slot.cancelled.store(true, Ordering::Relaxed);
         }
     }
