@@ -383,6 +383,15 @@ impl ShardedCounter {
         cell.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds `n` to the calling thread's cell and returns the cell's previous value: a per-thread
+    /// pace (every k-th call of a thread) without a shared read-modify-write. Wait-free.
+    #[inline]
+    pub(crate) fn add_to_cell(&self, n: u64) -> u64 {
+        let cell = &self.cells[thread_index() & (self.cells.len() - 1)];
+        // Relaxed: as in `add`.
+        cell.fetch_add(n, Ordering::Relaxed)
+    }
+
     /// Adds one to the calling thread's cell. Wait-free.
     ///
     /// # Examples

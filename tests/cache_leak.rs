@@ -52,7 +52,7 @@ fn byte_cache(
                 evicted.fetch_add(v.len() as u64, Ordering::Relaxed);
             }
         })
-        .estimated_entries(8)
+        .index_buckets(8)
         .collector(collector.clone())
         .build()
 }

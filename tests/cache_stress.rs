@@ -39,8 +39,8 @@ const THREADS: usize = 4;
 const KEYS: u64 = 300;
 /// Distinct hashes: every key hashes to `key % HASHES`.
 const HASHES: u64 = 8;
-/// Index size hint: the index then has 4 buckets, each holding keys of 2 hashes.
-const ESTIMATED_ENTRIES: usize = 4;
+/// The index's buckets: 4, each holding keys of 2 hashes.
+const INDEX_BUCKETS: usize = 4;
 /// Capacity of the unweighted caches, in entries.
 const CAPACITY: u64 = 64;
 /// Capacity of the weighted caches, in size units (values weigh 1 to 16, a few 100).
@@ -268,7 +268,7 @@ fn build(
     let mut builder = Cache::builder(sizes.capacity())
         .hasher(FewHashes)
         .count_lookups(true)
-        .estimated_entries(ESTIMATED_ENTRIES)
+        .index_buckets(INDEX_BUCKETS)
         .eviction_listener(move |k: &u64, v: &Val, cause| sink.hear(*k, v, cause, ops_per_thread));
     if let Sizes::Weighted = sizes {
         builder = builder.weigher(|_, v: &Val| u64::from(v.size));

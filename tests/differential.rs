@@ -469,7 +469,7 @@ fn cache_without_eviction_matches_hashmap() {
         let hasher = TestHasher::for_seed(seed);
         let builder = Cache::builder(capacity).hasher(hasher).count_lookups(true);
         let cache = if one_bucket {
-            builder.estimated_entries(1).build()
+            builder.index_buckets(1).build()
         } else {
             builder.build()
         };

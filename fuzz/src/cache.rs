@@ -261,8 +261,8 @@ impl Harness {
         }
         builder = match config.buckets {
             Buckets::FromCapacity => builder,
-            Buckets::One => builder.estimated_entries(1),
-            Buckets::Four => builder.estimated_entries(4),
+            Buckets::One => builder.index_buckets(1),
+            Buckets::Four => builder.index_buckets(4),
         };
         Self {
             held: None,
@@ -514,7 +514,7 @@ impl Harness {
             }
             Op::Retain(b) => {
                 let m = 2 + b % 3;
-                let kept = |v: &Val| v.tag % m != 0;
+                let kept = |v: &Val| !v.tag.is_multiple_of(m);
                 self.cache.retain(|_, v| kept(v));
                 reports = self
                     .model

@@ -20,7 +20,7 @@ fn cache(capacity: u64, collector: &Collector) -> Arc<Cache<u8, (u8, u8), Hasher
     Arc::new(
         Cache::builder(capacity)
             .hasher(Hasher::default())
-            .estimated_entries(2)
+            .index_buckets(2)
             .collector(collector.clone())
             .build(),
     )
@@ -249,7 +249,7 @@ fn one_entry_bucket_grows_while_it_shrinks() {
         let c = Arc::new(
             Cache::builder(4)
                 .hasher(Hasher::default())
-                .estimated_entries(1)
+                .index_buckets(1)
                 .collector(collector.clone())
                 .build(),
         );

@@ -9,6 +9,18 @@ use crate::reclaim::Reclaim;
 use crate::sync::{epoch::Collector, UNDER_MODEL_CHECKER};
 use core::fmt;
 
+/// Index buckets per expected entry (rounded up to a power of two, at most 2^26 buckets).
+///
+/// A sparse index keeps most buckets at one entry or none. At one bucket per entry (0.5 to 1
+/// entries per bucket after rounding) 40-60% of entries share their bucket, and as many lookups
+/// of an absent key land on another key's entry: a write then often copies a bucket's array (an
+/// allocation, and a retirement through the epoch) and a miss reads an entry for nothing (a
+/// cache miss). At four buckets per entry, 12-22%. Measured with callgrind on one
+/// thread, 10,000 entries, keys skewed over 100,000: an insert costs 15% fewer instructions than
+/// at one bucket per entry (9% at two), and a `get` 17% fewer first-level cache misses (10% at
+/// two). The price is 32 bytes of index per expected entry instead of 8.
+const BUCKETS_PER_ENTRY: usize = 4;
+
 /// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
 ///
 /// # Examples
@@ -41,6 +53,7 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     pub(super) weigher: Option<Weigher<K, V>>,
     pub(super) listener: Option<Listener<K, V>>,
     pub(super) estimated_entries: Option<usize>,
+    pub(super) index_buckets: Option<usize>,
     pub(super) collector: Option<Collector>,
     pub(super) count_lookups: bool,
 }
@@ -121,13 +134,15 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             listener: self.listener,
             estimated_entries: self.estimated_entries,
+            index_buckets: self.index_buckets,
             collector: self.collector,
             count_lookups: self.count_lookups,
         }
     }
 
-    /// Sizes the index for about `n` entries. Without it the index is sized from the capacity
-    /// (at most 65,536 buckets when a weigher is set, since the capacity is then not a count).
+    /// Sizes the index for about `n` entries (four buckets per entry, rounded up to a power of
+    /// two). Without it the index is sized from the capacity (for at most 65,536 entries when a
+    /// weigher is set, since the capacity is then not a count).
     ///
     /// # Examples
     ///
@@ -143,6 +158,29 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     #[must_use]
     pub fn estimated_entries(mut self, n: usize) -> Self {
         self.estimated_entries = Some(n);
+        self
+    }
+
+    /// Gives the index exactly `n` buckets (rounded up to a power of two, at least 1, at most
+    /// 2^26), overriding [`estimated_entries`](Self::estimated_entries): each costs 8 bytes, and
+    /// keys that share a bucket cost their readers and writers more. One bucket is valid (every
+    /// key in one array), which tests use to make every write contend.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::Cache;
+    ///
+    /// let cache = Cache::builder(100).index_buckets(1).build();
+    /// for i in 0..10 {
+    ///     cache.insert(i, i);
+    /// }
+    /// assert_eq!(cache.len(), 10);
+    /// assert!(format!("{cache:?}").contains("buckets: 1"));
+    /// ```
+    #[must_use]
+    pub fn index_buckets(mut self, n: usize) -> Self {
+        self.index_buckets = Some(n);
         self
     }
 
@@ -223,12 +261,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let entries = entries.clamp(1, 1 << 26);
         let reclaim = Reclaim::new(self.collector);
         Cache {
-            index: Index::new(entries),
+            index: Index::new(
+                self.index_buckets
+                    .unwrap_or_else(|| entries.saturating_mul(BUCKETS_PER_ENTRY))
+                    .clamp(1, 1 << 26),
+            ),
             policy: Policy::new(self.capacity, entries, reclaim.collector()),
             hasher: self.hasher,
             capacity: self.capacity,
             weight: AtomicCounter::new(0),
-            len: AtomicCounter::new(0),
+            len: self.weigher.is_some().then(|| AtomicCounter::new(0)),
             weigher: self.weigher,
             listener: self.listener,
             stats: Stats::new(self.count_lookups),
@@ -245,6 +287,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("weigher", &self.weigher.is_some())
             .field("eviction_listener", &self.listener.is_some())
             .field("estimated_entries", &self.estimated_entries)
+            .field("index_buckets", &self.index_buckets)
             .field("count_lookups", &self.count_lookups)
             .finish_non_exhaustive()
     }

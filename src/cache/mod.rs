@@ -37,8 +37,11 @@
 //!
 //! # Memory
 //!
-//! Each entry is one allocation holding the key, the value, its hash and weight; each write also
-//! allocates its bucket's next array and a FIFO slot (the queue allocates a block per 127). Removed, replaced
+//! Each entry is one allocation holding the key, the value, its hash and weight, plus a FIFO slot
+//! (the queue allocates a block per 127). The index is an array of 8-byte buckets, four per
+//! expected entry ([`CacheBuilder::estimated_entries`], [`CacheBuilder::index_buckets`]), so most
+//! buckets hold one entry or none; a write to a bucket shared by several keys allocates the
+//! bucket's next array. Removed, replaced
 //! and evicted entries are dropped exactly once, through the epoch, after every reader that could
 //! hold them has unpinned; dropping the cache drops the rest. Values are returned by clone: put
 //! large values behind an `Arc`.
@@ -63,6 +66,12 @@ use epoch::Guard;
 use flight::{Flights, Joined};
 use index::{Entry, EntryPtr, Index, Published};
 use policy::{Evicted, Policy};
+
+/// How many buckets [`Cache::iter`] and [`Cache::retain`] visit under one pin: most buckets are
+/// empty, and a pin per bucket would cost more than the visit (with a caller's collector, a
+/// registration too), while a pin held over a few dozen short visits delays no reclamation
+/// noticeably.
+const PIN_BUCKETS: usize = 64;
 
 /// Computes an entry's weight.
 type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u64 + Send + Sync>;
@@ -306,8 +315,9 @@ pub struct Cache<K, V, S = DefaultHashBuilder> {
     /// Total weight of the entries in the index (added before an entry is published, released
     /// after it is unlinked, so it never undercounts an entry that can still be evicted).
     weight: AtomicCounter,
-    /// Entries in the index, counted like `weight`.
-    len: AtomicCounter,
+    /// Entries in the index, counted like `weight`; `None` without a weigher, where every entry
+    /// weighs 1 and `weight` is the count (one shared read-modify-write less per write).
+    len: Option<AtomicCounter>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     stats: Stats,
@@ -361,6 +371,7 @@ impl<K, V> Cache<K, V, DefaultHashBuilder> {
             weigher: None,
             listener: None,
             estimated_entries: None,
+            index_buckets: None,
             collector: None,
             count_lookups: false,
         }
@@ -411,7 +422,7 @@ impl<K, V, S> Cache<K, V, S> {
     /// assert_eq!(cache.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        usize::try_from(self.len.get()).unwrap_or(usize::MAX)
+        usize::try_from(self.entries()).unwrap_or(usize::MAX)
     }
 
     /// Whether the cache holds no entry (a snapshot).
@@ -424,7 +435,7 @@ impl<K, V, S> Cache<K, V, S> {
     /// assert!(Cache::<u8, u8>::new(5).is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.len.get() == 0
+        self.entries() == 0
     }
 
     /// The total weight of the entries: a snapshot while writers run; at most
@@ -463,6 +474,32 @@ impl<K, V, S> Cache<K, V, S> {
             inserts: self.stats.inserts.sum(),
             evictions: self.stats.evictions.sum(),
             refused: self.stats.refused.sum(),
+        }
+    }
+
+    /// The number of entries in the index.
+    #[inline]
+    fn entries(&self) -> u64 {
+        self.len
+            .as_ref()
+            .map_or_else(|| self.weight.get(), AtomicCounter::get)
+    }
+
+    /// Counts an entry in, before it is published.
+    #[inline]
+    fn count_in(&self, weight: u64) {
+        self.weight.add(weight);
+        if let Some(len) = &self.len {
+            len.increment();
+        }
+    }
+
+    /// Counts an entry out, after it left the index (or failed to enter it).
+    #[inline]
+    fn count_out(&self, weight: u64) {
+        self.weight.sub(weight);
+        if let Some(len) = &self.len {
+            len.decrement();
         }
     }
 
@@ -846,14 +883,12 @@ where
             return Err((key, value));
         }
         // Counted before the entry is published, as in `insert_pinned`; given back if it is not.
-        self.weight.add(weight);
-        self.len.increment();
+        self.count_in(weight);
         let new_ptr = Entry::new(key, value, hash, weight).allocate();
         // SAFETY: as in `insert_pinned`.
         let new = unsafe { &*new_ptr };
         if let Published::Present = self.index.publish(new_ptr, false, guard) {
-            self.weight.sub(weight);
-            self.len.decrement();
+            self.count_out(weight);
             // SAFETY: never published (the index refused it), so no other thread can reach it,
             // and `new` is not used again.
             let entry = unsafe { Entry::reclaim(new_ptr) };
@@ -876,8 +911,7 @@ where
         let hash = self.hash(&key);
         // Counted before the entry is published, so that a concurrent eviction of it never
         // releases weight that was not added.
-        self.weight.add(weight);
-        self.len.increment();
+        self.count_in(weight);
         let new_ptr = Entry::new(key, value, hash, weight).allocate();
         // SAFETY: just allocated; it is freed only after it has been published, then unlinked,
         // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
@@ -911,8 +945,7 @@ where
     fn release(&self, e: &Entry<K, V>, cause: RemovalCause) -> V {
         // Release: pairs with the Acquire load in the policy, which retires dead entries.
         e.dead.store(true, Ordering::Release);
-        self.weight.sub(e.weight);
-        self.len.decrement();
+        self.count_out(e.weight);
         self.notify(&e.key, &e.value, cause);
         e.value.clone()
     }
@@ -921,8 +954,7 @@ where
         while self.weight.get() > self.capacity {
             match self.policy.evict_one(&self.index, guard) {
                 Evicted::Victim(e) => {
-                    self.weight.sub(e.weight);
-                    self.len.decrement();
+                    self.count_out(e.weight);
                     self.stats.evictions.increment();
                     self.notify(&e.key, &e.value, RemovalCause::Evicted);
                 }
@@ -1013,8 +1045,8 @@ where
     /// [`peek`](Self::peek)).
     ///
     /// Weakly consistent, as the iterators of concurrent maps are: the iterator walks the index
-    /// one bucket at a time, pinning only while it copies a bucket's entries (never across calls
-    /// to `next`), so it neither blocks writers nor holds back memory reclamation. It yields
+    /// bucket by bucket, pinning only while it copies the entries of a run of buckets (never
+    /// across calls to `next`), so it neither blocks writers nor holds back memory reclamation. It yields
     /// each key at most once; every pair it yields was in the cache at some moment during the
     /// iteration; an entry that stays in the cache, unchanged, for the whole iteration is
     /// yielded. Entries inserted, replaced or removed meanwhile may or may not be seen. The
@@ -1049,8 +1081,8 @@ where
     /// Weakly consistent, like [`iter`](Self::iter): `keep` sees every entry that stays in the
     /// cache, unchanged, for the whole call, once each, and an entry it rejects is removed unless
     /// a writer replaced or removed it first (a replaced entry's new value is not judged).
-    /// Entries inserted meanwhile may or may not be judged. The cache is pinned only while one
-    /// bucket is judged, so `keep` runs under a pin: it may call into the cache, but should be
+    /// Entries inserted meanwhile may or may not be judged. The cache is pinned only while a run
+    /// of buckets is judged, so `keep` runs under a pin: it may call into the cache, but should be
     /// quick.
     ///
     /// # Examples
@@ -1068,22 +1100,25 @@ where
     /// assert_eq!(cache.get(&5), None);
     /// ```
     pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
-        for i in 0..self.index.buckets() {
+        for chunk in (0..self.index.buckets()).step_by(PIN_BUCKETS) {
             let guard = self.pin();
-            // Allocates only for a bucket with a rejected entry.
+            // Allocates only once an entry is rejected.
             let mut rejected = Vec::new();
-            // Judge the bucket's entries as one load found them, then unlink the rejected ones:
-            // `keep` never runs inside a retry.
-            self.index.visit(i, &guard, |e| {
-                if !keep(&e.key, &e.value) {
-                    rejected.push(e);
-                }
-            });
-            for e in rejected {
-                // Unlinked only if it is still the key's entry: a replacement is not judged here.
-                if self.index.replace(e, None, &guard) {
-                    drop(self.release(e, RemovalCause::Removed));
-                    self.sweep(&guard);
+            for i in chunk..(chunk + PIN_BUCKETS).min(self.index.buckets()) {
+                // Judge the bucket's entries as one load found them, then unlink the rejected
+                // ones: `keep` never runs inside a retry.
+                self.index.visit(i, &guard, |e| {
+                    if !keep(&e.key, &e.value) {
+                        rejected.push(e);
+                    }
+                });
+                for e in rejected.drain(..) {
+                    // Unlinked only if it is still the key's entry: a replacement is not judged
+                    // here.
+                    if self.index.replace(e, None, &guard) {
+                        drop(self.release(e, RemovalCause::Removed));
+                        self.sweep(&guard);
+                    }
                 }
             }
         }
@@ -1212,8 +1247,7 @@ where
             // or, unpublished, by `reclaim` above, after this pass.
             let e = unsafe { &*p };
             // Counted before publication, as in `insert_pinned`.
-            self.weight.add(weight);
-            self.len.increment();
+            self.count_in(weight);
             if self.index.replace(old, Some(p), guard) {
                 self.stats.inserts.increment();
                 // Relaxed: a hint, as in `Entry::touch`.
@@ -1226,8 +1260,7 @@ where
                 self.sweep(guard);
                 return Ok(());
             }
-            self.weight.sub(weight);
-            self.len.decrement();
+            self.count_out(weight);
         }
     }
 
@@ -1426,15 +1459,20 @@ where
             if let Some(pair) = self.batch.pop() {
                 return Some(pair);
             }
-            if self.next_bucket == self.cache.index.buckets() {
+            let buckets = self.cache.index.buckets();
+            if self.next_bucket == buckets {
                 return None;
             }
+            // One pin for a run of buckets, up to the first that holds anything.
             let guard = self.cache.pin();
-            let batch = &mut self.batch;
-            self.cache.index.visit(self.next_bucket, &guard, |e| {
-                batch.push((e.key.clone(), e.value.clone()));
-            });
-            self.next_bucket += 1;
+            let end = (self.next_bucket + PIN_BUCKETS).min(buckets);
+            while self.next_bucket < end && self.batch.is_empty() {
+                let batch = &mut self.batch;
+                self.cache.index.visit(self.next_bucket, &guard, |e| {
+                    batch.push((e.key.clone(), e.value.clone()));
+                });
+                self.next_bucket += 1;
+            }
         }
     }
 }
@@ -1487,7 +1525,7 @@ impl<K, V, S> fmt::Debug for Cache<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("capacity", &self.capacity)
-            .field("len", &self.len.get())
+            .field("len", &self.entries())
             .field("weight", &self.weight.get())
             .field("buckets", &self.index.buckets())
             .finish_non_exhaustive()

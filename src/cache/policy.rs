@@ -17,11 +17,12 @@
 //! the inserting thread, one victim at a time.
 
 use super::index::{Entry, EntryPtr, Index};
+use crate::counter::ShardedCounter;
 use crate::queue::MsQueue;
 use crate::sync::{epoch::Guard, AtomicU64, AtomicUsize, Ordering};
 
 /// How many retirements between two flushes of the retiring thread's epoch garbage.
-const FLUSH_EVERY: usize = 128;
+const FLUSH_EVERY: u64 = 128;
 
 /// An entry pointer held by a FIFO, which owns the entry.
 pub(super) struct Queued<K, V>(EntryPtr<K, V>);
@@ -107,8 +108,9 @@ pub(super) struct Policy<K, V> {
     main: MsQueue<Queued<K, V>>,
     /// Total weight of the entries in the small FIFO (dead ones included until popped).
     small_weight: AtomicU64,
-    /// Entries retired so far, to pace `retire`'s flushes.
-    retired: AtomicUsize,
+    /// Entries retired so far, per thread, to pace `retire`'s flushes: striped, so that the
+    /// count adds no shared read-modify-write to every eviction.
+    retired: ShardedCounter,
     /// The small FIFO's share of the capacity.
     small_target: u64,
     ghost: Ghost,
@@ -124,7 +126,7 @@ impl<K, V> Policy<K, V> {
             small: MsQueue::with_collector(collector.clone()),
             main: MsQueue::with_collector(collector.clone()),
             small_weight: AtomicU64::new(0),
-            retired: AtomicUsize::new(0),
+            retired: ShardedCounter::for_stats(),
             small_target: (capacity / 10).max(1),
             ghost: Ghost::new(entries),
         }
@@ -187,13 +189,12 @@ impl<K, V> Policy<K, V> {
     }
 
     /// Retires an entry this thread popped and will not push again. Every `FLUSH_EVERY`-th
-    /// retirement also flushes the thread's epoch garbage and collects: a caller that holds one
+    /// retirement counted in this thread's cell also flushes the thread's epoch garbage and collects: a caller that holds one
     /// guard across many operations (the `*_with_guard` methods, re-pinned) never pins afresh, and
     /// only a fresh pin collects on its own, so without this its retired entries would pile up
     /// until it dropped the guard.
     fn retire(&self, p: EntryPtr<K, V>, guard: &Guard) {
-        // Relaxed: a pacing count; nothing is published through it.
-        if self.retired.fetch_add(1, Ordering::Relaxed) % FLUSH_EVERY == FLUSH_EVERY - 1 {
+        if self.retired.add_to_cell(1) % FLUSH_EVERY == FLUSH_EVERY - 1 {
             guard.flush();
         }
         // SAFETY: the entry was popped from its FIFO by this thread, so no FIFO holds it any more;

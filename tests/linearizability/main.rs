@@ -815,10 +815,10 @@ fn map_checker_accepts_known_good_histories() {
 }
 
 /// A cache of capacity 64 (far more than `KEYS`: nothing is ever evicted) on a fixed hasher.
-fn test_cache(estimated_entries: Option<usize>) -> Cache<u8, u8, FixedHasher> {
+fn test_cache(index_buckets: Option<usize>) -> Cache<u8, u8, FixedHasher> {
     let builder = Cache::builder(64).hasher(FixedHasher::default());
-    match estimated_entries {
-        Some(n) => builder.estimated_entries(n).build(),
+    match index_buckets {
+        Some(n) => builder.index_buckets(n).build(),
         None => builder.build(),
     }
 }
@@ -832,7 +832,7 @@ fn cache_histories_are_linearizable() {
     let a = map_rounds(&one_bucket, half, 0xCAC4_E001, false, 6);
     a.assert_linearizable("Cache (one bucket)");
     let b = map_rounds(&sized, ROUNDS - half, 0xCAC4_E002, false, 6);
-    b.assert_linearizable("Cache (64 buckets)");
+    b.assert_linearizable("Cache (256 buckets)");
     for cache in [&one_bucket, &sized] {
         let present = (0..KEYS).filter(|k| cache.contains_key(k)).count();
         assert_eq!(
