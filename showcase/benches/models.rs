@@ -7,7 +7,13 @@
 //!   is set-up, not timed).
 //!
 //! Throughput is in tokens (`Throughput::Elements`), so the per-token time at batch 64 over
-//! batch 1 is the batching gain. Everything runs inside a one-thread rayon pool, as in the
+//! batch 1 is the batching gain.
+//!
+//! Group `models/{lstm,transformer}/continuing/{alone,together}/32`: 32 requests continuing
+//! sessions of mixed lengths, as in the showcase's default workload (40-219 tokens seen, a
+//! prompt of 8-48 tokens, 8-24 tokens generated), generated one at a time (`alone`) or all
+//! together (`together`), each with its whole decode loop. Throughput is in requests, so
+//! `together` over `alone` is the raw gain of batching continuing sessions. Everything runs inside a one-thread rayon pool, as in the
 //! showcase (candle's CPU kernels run on the current rayon pool).
 //!
 //! ```text
@@ -16,7 +22,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use latchless_showcase::lstm::{LstmConfig, LstmLm};
-use latchless_showcase::model::LanguageModel;
+use latchless_showcase::model::{generate, Job, LanguageModel};
 use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
 
 const PROMPT: usize = 32;
@@ -57,7 +63,56 @@ fn bench_model<M: LanguageModel>(c: &mut Criterion, model: &M, pool: &rayon::Thr
             )
         });
     }
+    let jobs = pool.install(|| continuing_jobs(model, CONTINUING));
+    group.throughput(Throughput::Elements(CONTINUING as u64));
+    group.bench_function(format!("continuing/alone/{CONTINUING}"), |b| {
+        b.iter(|| {
+            pool.install(|| {
+                for job in &jobs {
+                    generate(model, &mut [job.clone()]).unwrap();
+                }
+            })
+        })
+    });
+    group.bench_function(format!("continuing/together/{CONTINUING}"), |b| {
+        b.iter_batched(
+            || jobs.clone(),
+            |mut all| pool.install(|| generate(model, &mut all).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
+}
+
+/// Requests in the continuing-sessions case.
+const CONTINUING: usize = 32;
+
+/// `n` requests continuing sessions of mixed lengths: each session has seen 40-219 tokens, and
+/// the request brings a prompt of 8-48 tokens and asks for 8-24 more (fixed by a seed).
+fn continuing_jobs<M: LanguageModel>(model: &M, n: usize) -> Vec<Job<M::State>> {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut below = move |n: u64| {
+        // xorshift64: enough to spread lengths and bytes.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    (0..n)
+        .map(|_| {
+            let seen: Vec<u32> = (0..40 + below(180))
+                .map(|_| 32 + below(95) as u32)
+                .collect();
+            let (batch, _) = model
+                .prefill(vec![model.fresh_state()], &[&seen], 0)
+                .unwrap();
+            let state = model.state_of(&batch, 0).unwrap();
+            let prompt: Vec<u32> = (0..8 + below(41)).map(|_| 32 + below(95) as u32).collect();
+            let max_new = 8 + below(17) as usize;
+            let (state, feed) = model.fit(state, &prompt, max_new);
+            Job::new(state, feed, max_new)
+        })
+        .collect()
 }
 
 fn models(c: &mut Criterion) {
