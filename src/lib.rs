@@ -7,7 +7,7 @@
 //! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO, a Michael–Scott list of blocks of slots | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
 //! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
-//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, on one worker or a pool, with admission, priority classes, deadlines, cancellation and histograms | submit never blocks |
+//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, on one worker or a pool, with admission, priority classes, deadlines, cancellation and histograms; and [`StreamBatcher`](batch::StreamBatcher): continuous (iteration-level) batching of a step-wise handler, each request's chunks streamed | submit never blocks |
 //!
 //! # Progress guarantees
 //!
@@ -23,6 +23,8 @@
 //! | `Cache::iter` (each `next`), `retain` | lock-free; weakly consistent, one bucket at a time |
 //! | `Batcher::submit`, `submit_before`, `submit_to`, `submit_to_before` | lock-free: never blocks, refusals return at once |
 //! | `Batcher::call`, `Pending::wait`, `Batcher::shutdown` | blocking (they wait for replies) |
+//! | `StreamBatcher::submit`, `submit_before`, `submit_to` | lock-free: never blocks, refusals return at once |
+//! | `ChunkStream::next` (blocking iterator), `StreamBatcher::shutdown` | blocking; `ChunkStream::try_next` and `Stream::poll_next` never block |
 //!
 //! # Features
 //!

@@ -92,8 +92,8 @@ impl PriorityClass {
 }
 
 /// What the batcher keeps for one class.
-pub(super) struct Class<Req, Resp> {
-    pub(super) queue: MsQueue<Job<Req, Resp>>,
+pub(super) struct Class<Req, S> {
+    pub(super) queue: MsQueue<Job<Req, S>>,
     /// Requests of this class accepted and not yet answered, if the class has a bound.
     pub(super) in_flight: Option<(AtomicCounter, u64)>,
     pub(super) timeout: Option<Duration>,
@@ -101,7 +101,7 @@ pub(super) struct Class<Req, Resp> {
     skipped: AtomicU32,
 }
 
-impl<Req, Resp> Class<Req, Resp> {
+impl<Req, S> Class<Req, S> {
     pub(super) fn new(config: &PriorityClass) -> Self {
         Self {
             queue: MsQueue::new(),
@@ -124,7 +124,7 @@ impl<Req, Resp> Class<Req, Resp> {
 /// The class that leads the next batch (its requests are taken first): the most urgent class
 /// with requests waiting, unless classes have been passed over `aging` batches in a row; then
 /// the one passed over longest (the most urgent of those on a tie).
-pub(super) fn lead<Req, Resp>(classes: &[Class<Req, Resp>], aging: u32) -> usize {
+pub(super) fn lead<Req, S>(classes: &[Class<Req, S>], aging: u32) -> usize {
     let mut lead = None;
     let mut longest = aging;
     for (c, class) in classes.iter().enumerate() {
@@ -141,7 +141,7 @@ pub(super) fn lead<Req, Resp>(classes: &[Class<Req, Resp>], aging: u32) -> usize
 
 /// After a batch formed: a class that gave requests to it starts over; one that had requests
 /// waiting and gave none was passed over once more.
-pub(super) fn account<Req, Resp>(classes: &[Class<Req, Resp>], served: u64) {
+pub(super) fn account<Req, S>(classes: &[Class<Req, S>], served: u64) {
     for (c, class) in classes.iter().enumerate() {
         // Relaxed: as in `lead`.
         if served & (1 << c) != 0 {

@@ -2,6 +2,8 @@
 
 use super::class::{PriorityClass, MAX_CLASSES};
 use super::error::{ConfigError, SpawnError};
+use super::step::{JoinPolicy, StepHandler};
+use super::stream::StreamBatcher;
 use super::Batcher;
 use core::fmt;
 use core::marker::PhantomData;
@@ -131,11 +133,13 @@ pub(super) struct Settings<Req> {
     /// Most urgent first; none means one class with no bound or timeout of its own.
     pub(super) classes: Vec<PriorityClass>,
     pub(super) aging: u32,
+    pub(super) join: JoinPolicy,
 }
 
 impl<Req> Settings<Req> {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.config.validate()?;
+        self.join.validate()?;
         if self.classes.len() > MAX_CLASSES {
             return Err(ConfigError::TooManyClasses);
         }
@@ -153,6 +157,7 @@ impl<Req, Resp> fmt::Debug for BatcherBuilder<Req, Resp> {
             .field("cost", &self.settings.cost.as_ref().map(|_| "custom"))
             .field("classes", &self.settings.classes)
             .field("aging", &self.settings.aging)
+            .field("join", &self.settings.join)
             .finish()
     }
 }
@@ -165,6 +170,7 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
                 cost: None,
                 classes: Vec::new(),
                 aging: 4,
+                join: JoinPolicy::default(),
             },
             _replies: PhantomData,
         }
@@ -331,6 +337,35 @@ impl<Req, Resp> BatcherBuilder<Req, Resp> {
         self.settings.aging = batches;
         self
     }
+
+    /// When waiting items may join the running batch of a [`StreamBatcher`] (default
+    /// [`JoinPolicy::default`]; see there for the rule). Not used by the whole-request
+    /// [`Batcher`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, JoinPolicy, Joined, Step, StepHandler};
+    ///
+    /// struct Done;
+    /// impl StepHandler for Done {
+    ///     type Req = u8;
+    ///     type State = ();
+    ///     type Chunk = ();
+    ///     type Out = u8;
+    ///     fn join(&mut self, xs: Vec<u8>) -> Vec<Joined<(), u8>> {
+    ///         xs.into_iter().map(Joined::Finished).collect()
+    ///     }
+    ///     fn step(&mut self, _: &mut [()]) -> Vec<Step<(), u8>> { Vec::new() }
+    /// }
+    ///
+    /// let b = Batcher::builder().join_policy(JoinPolicy::eager()).spawn_steps(Done).unwrap();
+    /// assert_eq!(b.submit(4).unwrap().count(), 1);
+    /// ```
+    pub fn join_policy(mut self, policy: JoinPolicy) -> Self {
+        self.settings.join = policy;
+        self
+    }
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
@@ -430,5 +465,60 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
             })
             .collect();
         Batcher::start(self.settings, true, makers)
+    }
+
+    /// Starts a continuous batcher: one worker thread runs `handler`, a [`StepHandler`], on a
+    /// batch that waiting requests join (under the [`join_policy`](Self::join_policy), at most
+    /// `max_batch_size` running items, at most `max_batch_cost` total cost of running items)
+    /// and finished ones leave between steps; each request's chunks and final output stream
+    /// to its [`ChunkStream`](super::ChunkStream). See [`StreamBatcher`] for what the settings
+    /// mean there and for the guarantees.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Config`] if a bound is zero or the join policy is invalid,
+    /// [`SpawnError::Thread`] if the worker thread cannot start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, Joined, Step, StepHandler, Streamed};
+    ///
+    /// /// Repeats each request's text `n` times, one copy per step.
+    /// struct Repeat;
+    /// impl StepHandler for Repeat {
+    ///     type Req = (String, u32);
+    ///     type State = (String, u32);
+    ///     type Chunk = String;
+    ///     type Out = ();
+    ///     fn join(&mut self, reqs: Vec<(String, u32)>) -> Vec<Joined<(String, u32), ()>> {
+    ///         reqs.into_iter().map(Joined::Running).collect()
+    ///     }
+    ///     fn step(&mut self, items: &mut [(String, u32)]) -> Vec<Step<String, ()>> {
+    ///         items
+    ///             .iter_mut()
+    ///             .map(|(s, n)| if *n == 0 { Step::Finish(()) } else { *n -= 1; Step::Chunk(s.clone()) })
+    ///             .collect()
+    ///     }
+    /// }
+    ///
+    /// let b = Batcher::builder()
+    ///     .max_batch_size(16) // running items
+    ///     .max_batch_cost(1000) // total cost of running items
+    ///     .cost(|(s, n): &(String, u32)| s.len() as u64 * u64::from(*n))
+    ///     .spawn_steps(Repeat)
+    ///     .unwrap();
+    /// let chunks = b.submit(("ab".into(), 2)).unwrap().filter(|i| !i.is_done()).count();
+    /// assert_eq!(chunks, 2);
+    /// ```
+    pub fn spawn_steps<H>(
+        self,
+        handler: H,
+    ) -> Result<StreamBatcher<Req, H::Chunk, Resp>, SpawnError>
+    where
+        H: StepHandler<Req = Req, Out = Resp> + Send + 'static,
+        H::Chunk: Send + 'static,
+    {
+        StreamBatcher::start(self.settings, handler)
     }
 }

@@ -38,6 +38,8 @@ pub enum ConfigError {
     },
     /// More than 64 priority classes.
     TooManyClasses,
+    /// A [`JoinPolicy`](super::JoinPolicy)'s `waiting_served_ratio` is negative or not finite.
+    BadJoinRatio,
 }
 
 impl fmt::Display for ConfigError {
@@ -51,6 +53,9 @@ impl fmt::Display for ConfigError {
                 write!(f, "priority class {class}: max_queue must be at least 1")
             }
             Self::TooManyClasses => f.write_str("a batcher takes at most 64 priority classes"),
+            Self::BadJoinRatio => {
+                f.write_str("the join policy's waiting_served_ratio must be finite and at least 0")
+            }
         }
     }
 }
@@ -194,7 +199,9 @@ impl<Req> std::error::Error for SubmitError<Req> {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BatchError {
-    /// Its deadline passed before its batch ran; it was not computed.
+    /// Its deadline passed before its batch ran; it was not computed. For a streamed request
+    /// ([`StreamBatcher`](super::StreamBatcher)): its deadline passed before it finished, while it
+    /// waited or while it generated (its stream then held the chunks made until then).
     Expired,
     /// The handler panicked on its batch.
     HandlerPanicked,

@@ -18,6 +18,13 @@
 //! batch's size and compute time, go into per-worker histograms
 //! ([`histograms`](Batcher::histograms)).
 //!
+//! For step-wise work (token generation), [`BatcherBuilder::spawn_steps`] starts a
+//! [`StreamBatcher`]: continuous (iteration-level) batching, where a [`StepHandler`] advances a
+//! running batch one step at a time, finished items leave at once, waiting ones join between
+//! steps under the [`JoinPolicy`], and each request's partial results stream to its
+//! [`ChunkStream`] (a blocking iterator and a `futures_core::Stream`), ending with exactly one
+//! final item.
+//!
 //! Built from the crate's own primitives: requests travel through an [`MsQueue`] per class;
 //! admission (at most `max_queue` requests waiting or running, and a class's own bound) is an
 //! [`AtomicCounter::try_add_below`]; the submitters' statistics are [`ShardedCounter`]s, each
@@ -49,6 +56,8 @@ mod error;
 mod histogram;
 mod slot;
 mod stats;
+mod step;
+mod stream;
 mod worker;
 
 pub use class::PriorityClass;
@@ -57,6 +66,8 @@ pub use error::{BatchError, CallError, ConfigError, SpawnError, SubmitError};
 pub use histogram::{BatchHistograms, ClassHistograms, Histogram};
 pub use slot::Pending;
 pub use stats::BatchStats;
+pub use step::{JoinPolicy, Joined, Step, StepHandler};
+pub use stream::{ChunkStream, StreamBatcher, Streamed};
 
 use crate::counter::AtomicCounter;
 #[cfg(doc)]
@@ -76,12 +87,12 @@ use stats::Counters;
 use std::sync::PoisonError;
 use std::time::Instant;
 
-/// One accepted request.
-struct Job<Req, Resp> {
+/// One accepted request, with its reply slot `S` (a [`Slot`], or a stream's).
+struct Job<Req, S> {
     req: Req,
     /// Its priority class's index.
     class: usize,
-    slot: Arc<Slot<Resp>>,
+    slot: Arc<S>,
     cost: u64,
     submitted: Instant,
     deadline: Option<Instant>,
@@ -95,12 +106,14 @@ struct Sleeper {
     parker: Parker,
 }
 
-/// What the handles and the workers share.
-struct Inner<Req, Resp> {
+/// What the handles and the workers share; `S` is the requests' reply slot.
+struct Inner<Req, S> {
     /// The priority classes, most urgent first, each with its queue: at least one.
-    classes: Box<[Class<Req, Resp>]>,
+    classes: Box<[Class<Req, S>]>,
     /// How many batches in a row a class with requests waiting may be passed over.
     aging: u32,
+    /// When waiting items join a running batch (step-wise workers only).
+    join: JoinPolicy,
     /// Requests accepted and not yet answered (waiting or running): the admission bound.
     in_flight: AtomicCounter,
     shutting_down: AtomicBool,
@@ -117,8 +130,8 @@ struct Inner<Req, Resp> {
 }
 
 /// Owned by the handles: when the last one drops, the batcher shuts down.
-struct Owner<Req, Resp> {
-    inner: Arc<Inner<Req, Resp>>,
+struct Owner<Req, S> {
+    inner: Arc<Inner<Req, S>>,
     /// The worker threads' ids, to tell a `shutdown` from inside a handler.
     workers: Vec<thread::ThreadId>,
     join: Mutex<Vec<thread::JoinHandle<()>>>,
@@ -159,7 +172,7 @@ struct Owner<Req, Resp> {
 /// assert_eq!(batcher.stats().completed, 400);
 /// ```
 pub struct Batcher<Req, Resp> {
-    owner: Arc<Owner<Req, Resp>>,
+    owner: Arc<Owner<Req, Slot<Resp>>>,
 }
 
 impl<Req, Resp> Clone for Batcher<Req, Resp> {
@@ -266,20 +279,41 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         M: FnMut() -> Option<H> + Send + 'static,
         H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
     {
+        let bodies = makers
+            .into_iter()
+            .map(|make| {
+                move |inner: Arc<Inner<Req, Slot<Resp>>>, me: usize| inner.run(me, make, renew)
+            })
+            .collect();
+        Ok(Self {
+            owner: Arc::new(Owner::launch(settings, bodies)?),
+        })
+    }
+}
+
+impl<Req: Send + 'static, S: Send + Sync + 'static> Owner<Req, S> {
+    /// Builds the shared state and starts one worker thread per body, each running its body
+    /// with its index; stops those already started if a thread cannot start.
+    fn launch<F>(settings: Settings<Req>, bodies: Vec<F>) -> Result<Self, SpawnError>
+    where
+        F: FnOnce(Arc<Inner<Req, S>>, usize) + Send + 'static,
+    {
         settings.validate()?;
         let Settings {
             config,
             cost,
             mut classes,
             aging,
+            join,
         } = settings;
         if classes.is_empty() {
             classes.push(PriorityClass::new());
         }
-        let workers = makers.len();
+        let workers = bodies.len();
         let inner = Arc::new(Inner {
             classes: classes.iter().map(Class::new).collect(),
             aging,
+            join,
             in_flight: AtomicCounter::new(0),
             shutting_down: AtomicBool::new(false),
             sleepers: (0..workers).map(|_| CachePadded::default()).collect(),
@@ -292,7 +326,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             counters: Counters::new(),
         });
         let mut joins = Vec::with_capacity(workers);
-        for (me, make) in makers.into_iter().enumerate() {
+        for (me, body) in bodies.into_iter().enumerate() {
             let worker_inner = Arc::clone(&inner);
             let name = if workers == 1 {
                 "latchless-batcher".to_string()
@@ -301,7 +335,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             };
             let spawned = thread::Builder::new().name(name).spawn(move || {
                 worker_inner.sleepers[me].parker.register_current();
-                worker_inner.run(me, make, renew);
+                body(worker_inner, me);
             });
             match spawned {
                 Ok(join) => joins.push(join),
@@ -315,12 +349,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 }
             }
         }
-        Ok(Self {
-            owner: Arc::new(Owner {
-                inner,
-                workers: joins.iter().map(|j| j.thread().id()).collect(),
-                join: Mutex::new(joins),
-            }),
+        Ok(Owner {
+            inner,
+            workers: joins.iter().map(|j| j.thread().id()).collect(),
+            join: Mutex::new(joins),
         })
     }
 }
@@ -440,53 +472,10 @@ impl<Req, Resp> Batcher<Req, Resp> {
         class: usize,
         deadline: Option<Instant>,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
-        let inner = &self.owner.inner;
-        let Some(queue_class) = inner.classes.get(class) else {
-            return Err(SubmitError::NoSuchClass(req));
-        };
-        let cost = (inner.cost)(&req);
-        if cost > inner.config.max_batch_cost {
-            inner.counters.refused_too_costly.increment();
-            return Err(SubmitError::TooCostly(req));
-        }
-        if let Some((count, bound)) = &queue_class.in_flight {
-            if count.try_add_below(1, *bound).is_err() {
-                inner.counters.refused_overloaded.increment();
-                return Err(SubmitError::Overloaded(req));
-            }
-        }
-        let bound = u64::try_from(inner.config.max_queue).unwrap_or(u64::MAX);
-        if inner.in_flight.try_add_below(1, bound).is_err() {
-            queue_class.release(1);
-            inner.counters.refused_overloaded.increment();
-            return Err(SubmitError::Overloaded(req));
-        }
-        // SeqCst fence: pairs with the one in `Inner::may_exit`. Either this load sees the
-        // shutdown flag, or the worker's load of `in_flight` sees our increment (and so waits
-        // for this request): a request is never accepted after the worker decided to exit.
-        fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence above.
-        if inner.shutting_down.load(Ordering::Relaxed) {
-            inner.counters.refused_shutting_down.increment();
-            queue_class.release(1);
-            // Workers may be waiting for `in_flight` to reach zero.
-            inner.release(1);
-            return Err(SubmitError::ShuttingDown(req));
-        }
         let slot = Slot::new();
-        let submitted = now();
-        let deadline =
-            deadline.or_else(|| queue_class.timeout.and_then(|t| submitted.checked_add(t)));
-        queue_class.queue.push(Job {
-            req,
-            class,
-            slot: Arc::clone(&slot),
-            cost,
-            submitted,
-            deadline,
-        });
-        inner.counters.submitted.increment();
-        inner.wake_one();
+        self.owner
+            .inner
+            .enqueue(req, class, deadline, Arc::clone(&slot))?;
         Ok(Pending::new(slot))
     }
 
@@ -594,7 +583,67 @@ impl<Req, Resp> Batcher<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Owner<Req, Resp> {
+impl<Req, S: slot::Reply> Inner<Req, S> {
+    /// Admits a request with its reply slot into class `class`, or hands it back: the
+    /// lock-free submit path of every batcher kind.
+    fn enqueue(
+        &self,
+        req: Req,
+        class: usize,
+        deadline: Option<Instant>,
+        slot: Arc<S>,
+    ) -> Result<(), SubmitError<Req>> {
+        let inner = self;
+        let Some(queue_class) = inner.classes.get(class) else {
+            return Err(SubmitError::NoSuchClass(req));
+        };
+        let cost = (inner.cost)(&req);
+        if cost > inner.config.max_batch_cost {
+            inner.counters.refused_too_costly.increment();
+            return Err(SubmitError::TooCostly(req));
+        }
+        if let Some((count, bound)) = &queue_class.in_flight {
+            if count.try_add_below(1, *bound).is_err() {
+                inner.counters.refused_overloaded.increment();
+                return Err(SubmitError::Overloaded(req));
+            }
+        }
+        let bound = u64::try_from(inner.config.max_queue).unwrap_or(u64::MAX);
+        if inner.in_flight.try_add_below(1, bound).is_err() {
+            queue_class.release(1);
+            inner.counters.refused_overloaded.increment();
+            return Err(SubmitError::Overloaded(req));
+        }
+        // SeqCst fence: pairs with the one in `Inner::may_exit`. Either this load sees the
+        // shutdown flag, or the worker's load of `in_flight` sees our increment (and so waits
+        // for this request): a request is never accepted after the worker decided to exit.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            inner.counters.refused_shutting_down.increment();
+            queue_class.release(1);
+            // Workers may be waiting for `in_flight` to reach zero.
+            inner.release(1);
+            return Err(SubmitError::ShuttingDown(req));
+        }
+        let submitted = now();
+        let deadline =
+            deadline.or_else(|| queue_class.timeout.and_then(|t| submitted.checked_add(t)));
+        queue_class.queue.push(Job {
+            req,
+            class,
+            slot,
+            cost,
+            submitted,
+            deadline,
+        });
+        inner.counters.submitted.increment();
+        inner.wake_one();
+        Ok(())
+    }
+}
+
+impl<Req, S> Owner<Req, S> {
     fn shutdown(&self) {
         self.inner.begin_shutdown();
         if self.workers.contains(&thread::current().id()) {
@@ -610,7 +659,7 @@ impl<Req, Resp> Owner<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Drop for Owner<Req, Resp> {
+impl<Req, S> Drop for Owner<Req, S> {
     fn drop(&mut self) {
         self.shutdown();
     }

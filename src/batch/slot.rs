@@ -28,6 +28,25 @@ struct State<Resp> {
     sleeping: bool,
 }
 
+/// What a worker needs of a request's reply slot, whatever the reply's shape (one value, or a
+/// stream of chunks and a final value): whether its waiter gave up, and a way to fail it.
+pub(super) trait Reply {
+    /// Whether the waiter gave up (a hint: see [`Slot::is_cancelled`]).
+    fn is_cancelled(&self) -> bool;
+    /// Answers the request with `err` (dropped if the waiter gave up).
+    fn fail(&self, err: BatchError);
+}
+
+impl<Resp> Reply for Slot<Resp> {
+    fn is_cancelled(&self) -> bool {
+        Slot::is_cancelled(self)
+    }
+
+    fn fail(&self, err: BatchError) {
+        self.send(Err(err));
+    }
+}
+
 /// One request's reply slot.
 pub(super) struct Slot<Resp> {
     state: Mutex<State<Resp>>,

@@ -14,6 +14,7 @@
 //! going idle wakes the workers filling a batch, which close it at once: while a worker is idle,
 //! nobody holds requests back.
 
+use super::slot::Reply;
 use super::{class, BatchError, Inner, Job, Slot};
 use crate::sync::{fence, now, Arc, Backoff, Ordering, UNDER_MODEL_CHECKER};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,7 +64,7 @@ impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
     }
 }
 
-impl<Req, Resp> Inner<Req, Resp> {
+impl<Req, Resp> Inner<Req, Slot<Resp>> {
     /// Worker `me`: forms batches and runs its handler on them until shutdown has drained every
     /// request.
     pub(super) fn run<H, M>(&self, me: usize, make: M, renew: bool)
@@ -84,7 +85,7 @@ impl<Req, Resp> Inner<Req, Resp> {
         let pool = self.sleepers.len() > 1;
         let prioritised = self.classes.len() > 1;
         // A request popped that would have taken the previous batch past its cost budget.
-        let mut carry: Option<Job<Req, Resp>> = None;
+        let mut carry: Option<Job<Req, Slot<Resp>>> = None;
         loop {
             let lead = if prioritised {
                 class::lead(&self.classes, self.aging)
@@ -147,54 +148,8 @@ impl<Req, Resp> Inner<Req, Resp> {
         }
     }
 
-    /// Pops the next request still worth computing, answering or dropping the others: from
-    /// class `lead` first, then from the others, most urgent first.
-    fn next_live(&self, me: usize, lead: usize) -> Option<Job<Req, Resp>> {
-        loop {
-            let job = self.classes[lead].queue.pop().or_else(|| {
-                self.classes
-                    .iter()
-                    .enumerate()
-                    .filter(|&(c, _)| c != lead)
-                    .find_map(|(_, class)| class.queue.pop())
-            })?;
-            if let Some(job) = self.screen(me, job) {
-                return Some(job);
-            }
-        }
-    }
-
-    /// Whether any class has a request waiting.
-    fn any_waiting(&self) -> bool {
-        self.classes.iter().any(|c| !c.queue.is_empty())
-    }
-
-    /// Passes a live job through; answers an expired one `Expired` and skips a cancelled one,
-    /// releasing their admission.
-    fn screen(&self, me: usize, job: Job<Req, Resp>) -> Option<Job<Req, Resp>> {
-        let cancelled = job.slot.is_cancelled();
-        if !cancelled && job.deadline.is_none_or(|d| now() < d) {
-            return Some(job);
-        }
-        {
-            let counts = &mut self.records[me].lock().counts;
-            if cancelled {
-                counts.cancelled += 1;
-            } else {
-                counts.expired += 1;
-            }
-        }
-        // Released before the reply, as in `process`.
-        self.classes[job.class].release(1);
-        self.release(1);
-        if !cancelled {
-            job.slot.send(Err(BatchError::Expired));
-        }
-        None
-    }
-
     /// Runs the handler on a batch and answers every request in it.
-    fn process<H, M>(&self, batch: Vec<Job<Req, Resp>>, handler: &mut Handler<H, M>)
+    fn process<H, M>(&self, batch: Vec<Job<Req, Slot<Resp>>>, handler: &mut Handler<H, M>)
     where
         H: FnMut(Vec<Req>) -> Vec<Resp>,
         M: FnMut() -> Option<H>,
@@ -279,6 +234,60 @@ impl<Req, Resp> Inner<Req, Resp> {
             }
         }
     }
+}
+
+impl<Req, S> Inner<Req, S> {
+    /// Pops the next request still worth computing, answering or dropping the others: from
+    /// class `lead` first, then from the others, most urgent first.
+    pub(super) fn next_live(&self, me: usize, lead: usize) -> Option<Job<Req, S>>
+    where
+        S: Reply,
+    {
+        loop {
+            let job = self.classes[lead].queue.pop().or_else(|| {
+                self.classes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(c, _)| c != lead)
+                    .find_map(|(_, class)| class.queue.pop())
+            })?;
+            if let Some(job) = self.screen(me, job) {
+                return Some(job);
+            }
+        }
+    }
+
+    /// Whether any class has a request waiting.
+    pub(super) fn any_waiting(&self) -> bool {
+        self.classes.iter().any(|c| !c.queue.is_empty())
+    }
+
+    /// Passes a live job through; answers an expired one `Expired` and skips a cancelled one,
+    /// releasing their admission.
+    pub(super) fn screen(&self, me: usize, job: Job<Req, S>) -> Option<Job<Req, S>>
+    where
+        S: Reply,
+    {
+        let cancelled = job.slot.is_cancelled();
+        if !cancelled && job.deadline.is_none_or(|d| now() < d) {
+            return Some(job);
+        }
+        {
+            let counts = &mut self.records[me].lock().counts;
+            if cancelled {
+                counts.cancelled += 1;
+            } else {
+                counts.expired += 1;
+            }
+        }
+        // Released before the reply, as in `process`.
+        self.classes[job.class].release(1);
+        self.release(1);
+        if !cancelled {
+            job.slot.fail(BatchError::Expired);
+        }
+        None
+    }
 
     /// Gives back `n` places of admission. During shutdown, wakes the sleeping workers: each
     /// waits for `in_flight` to reach zero before it exits.
@@ -303,7 +312,7 @@ impl<Req, Resp> Inner<Req, Resp> {
     }
 
     /// Whether shutdown began and every accepted request has been answered.
-    fn may_exit(&self) -> bool {
+    pub(super) fn may_exit(&self) -> bool {
         // SeqCst: see `begin_shutdown`.
         if !self.shutting_down.load(Ordering::SeqCst) {
             return false;
@@ -344,7 +353,7 @@ impl<Req, Resp> Inner<Req, Resp> {
     /// says whether a batch is waiting for more requests. It first spins a little (crossbeam's
     /// `Backoff`), so that a request arriving right after a batch is picked up without a park
     /// and an unpark; under loom it parks at once, to keep models small.
-    fn sleep(&self, me: usize, timeout: Option<Duration>, filling: bool) {
+    pub(super) fn sleep(&self, me: usize, timeout: Option<Duration>, filling: bool) {
         let pool = self.sleepers.len() > 1;
         if pool && !filling {
             // Relaxed: ordered by the fence below.

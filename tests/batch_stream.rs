@@ -1,0 +1,753 @@
+//! Behaviour tests of continuous batching ([`latchless::batch::StreamBatcher`]), each written to
+//! fail if the batcher breaks its contract (DESIGN.md, "Invariants: Batcher"):
+//!
+//! - streams: every chunk in order, then exactly one final item, then nothing; the blocking
+//!   iterator and the `futures_core::Stream` (driven by a ten-line executor) agree;
+//! - join limits, checked step by step with a scripted handler that the test advances one step at
+//!   a time: at most `max_batch_size` running items; the cost budget of running items, with no
+//!   later item overtaking one that does not fit; the join policy's waiting-served ratio and
+//!   most-waiting-steps bound, to the exact step; a finished item leaves at once and a waiting one
+//!   takes its place at the next boundary;
+//! - faults: a panicking or miscounting `step` fails exactly the items of that step, a panicking
+//!   `join` exactly the joining items, and the worker serves the next ones;
+//! - cancellation: a dropped stream's item leaves at the next step (and a queued one never joins);
+//! - deadlines: in the queue (never joins) and during generation (chunks, then `Expired`);
+//! - shutdown: every accepted item runs to completion, later submits are handed back;
+//! - stress: 4 clients, cancellations and deadlines mixed in, exactly one final item per accepted
+//!   request and exact totals in `stats()`;
+//! - `Send`/`Sync`: checked at compile time.
+//!
+//! Every timeout here is a hang guard ([`GUARD`]), never an assertion about speed.
+//!
+//! ```text
+//! cargo test --release --test batch_stream
+//! ```
+
+use latchless::batch::{
+    BatchError, Batcher, ChunkStream, ConfigError, JoinPolicy, Joined, SpawnError, Step,
+    StepHandler, StreamBatcher, Streamed, SubmitError,
+};
+use std::panic::panic_any;
+use std::pin::Pin;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+// Thread-safety markers, checked at compile time: the handle and a stream are `Send + Sync` when
+// requests, chunks and outputs are `Send`, even when they are not `Sync`.
+const _: () = {
+    fn assert_send_sync<T: Send + Sync>() {}
+    type NotSync = std::cell::Cell<u8>;
+    let _ = assert_send_sync::<StreamBatcher<NotSync, NotSync, NotSync>>;
+    let _ = assert_send_sync::<ChunkStream<NotSync, NotSync>>;
+    let _ = assert_send_sync::<Streamed<u8, u8>>;
+};
+
+/// How long anything may take before the test calls it a hang. Generous: the machine is shared.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// One request to the test handlers.
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    id: u32,
+    /// Steps until it finishes (0: finished at its join).
+    steps: u32,
+    cost: u64,
+    /// Its join panics.
+    panic_join: bool,
+    /// The step after which it would have taken this many steps panics.
+    panic_at: Option<u32>,
+}
+
+fn req(id: u32, steps: u32) -> Req {
+    Req {
+        id,
+        steps,
+        cost: 1,
+        panic_join: false,
+        panic_at: None,
+    }
+}
+
+/// The chunk item `id` makes at its step `k` (0-based).
+fn chunk(id: u32, k: u32) -> u64 {
+    u64::from(id) * 1000 + u64::from(k)
+}
+
+/// What the scripted handler tells the test.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// `join` was called with these ids.
+    Joined(Vec<u32>),
+    /// A step started over these ids (sorted).
+    Step(Vec<u32>),
+}
+
+/// A running item: its request and the steps it took.
+struct Item {
+    req: Req,
+    done: u32,
+}
+
+/// The test handler. Scripted: it reports every join and step start, and waits for a permit
+/// before each step (once the test drops its permit sender, it runs freely). Free: `permits` is
+/// `None` and each step sleeps `pause`.
+struct Handler {
+    events: Option<Sender<Event>>,
+    permits: Option<Receiver<()>>,
+    pause: Duration,
+}
+
+impl StepHandler for Handler {
+    type Req = Req;
+    type State = Item;
+    type Chunk = u64;
+    type Out = u32;
+
+    fn join(&mut self, reqs: Vec<Req>) -> Vec<Joined<Item, u32>> {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(Event::Joined(reqs.iter().map(|r| r.id).collect()));
+        }
+        if reqs.iter().any(|r| r.panic_join) {
+            panic_any("join panics on purpose");
+        }
+        reqs.into_iter()
+            .map(|req| {
+                if req.steps == 0 {
+                    Joined::Finished(req.id)
+                } else {
+                    Joined::Running(Item { req, done: 0 })
+                }
+            })
+            .collect()
+    }
+
+    fn step(&mut self, items: &mut [Item]) -> Vec<Step<u64, u32>> {
+        if let Some(tx) = &self.events {
+            let mut ids: Vec<u32> = items.iter().map(|i| i.req.id).collect();
+            ids.sort_unstable();
+            let _ = tx.send(Event::Step(ids));
+        }
+        if let Some(rx) = &self.permits {
+            // A dropped sender (the test is done scripting) lets the handler run freely.
+            let _ = rx.recv_timeout(GUARD);
+        }
+        if !self.pause.is_zero() {
+            thread::sleep(self.pause);
+        }
+        if items.iter().any(|i| i.req.panic_at == Some(i.done)) {
+            panic_any("step panics on purpose");
+        }
+        items
+            .iter_mut()
+            .map(|i| {
+                if i.done == i.req.steps {
+                    Step::Finish(i.req.id)
+                } else {
+                    i.done += 1;
+                    Step::Chunk(chunk(i.req.id, i.done - 1))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A free-running handler whose steps take `pause`.
+fn free(pause: Duration) -> Handler {
+    Handler {
+        events: None,
+        permits: None,
+        pause,
+    }
+}
+
+/// The test's side of a scripted handler.
+struct Script {
+    events: Receiver<Event>,
+    permits: Option<Sender<()>>,
+}
+
+impl Script {
+    fn expect(&self, want: Event) {
+        match self.events.recv_timeout(GUARD) {
+            Ok(got) => assert_eq!(got, want),
+            Err(e) => panic!("waited for {want:?}: {e:?}"),
+        }
+    }
+
+    /// Lets the step that started run.
+    fn permit(&self) {
+        self.permits.as_ref().unwrap().send(()).unwrap();
+    }
+
+    /// Stops scripting: the step waiting for a permit goes on, and so does every later one.
+    fn release(&mut self) {
+        self.permits = None;
+    }
+
+    /// Asserts that nothing more was reported (after the batcher shut down).
+    fn expect_no_join_of(&self, id: u32) {
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::Joined(ids)) => assert!(!ids.contains(&id), "{id} joined"),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn scripted() -> (Script, Handler) {
+    let (etx, erx) = mpsc::channel();
+    let (ptx, prx) = mpsc::channel();
+    (
+        Script {
+            events: erx,
+            permits: Some(ptx),
+        },
+        Handler {
+            events: Some(etx),
+            permits: Some(prx),
+            pause: Duration::ZERO,
+        },
+    )
+}
+
+type Batch = StreamBatcher<Req, u64, u32>;
+
+/// Reads a stream to its end (each item with a hang guard), checking that exactly one final
+/// item comes, last.
+fn drain(s: ChunkStream<u64, u32>) -> (Vec<u64>, Result<u32, BatchError>) {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let items: Vec<_> = s.collect();
+        let _ = tx.send(items);
+    });
+    let items = rx
+        .recv_timeout(GUARD)
+        .expect("a stream ended within the guard");
+    let mut chunks = Vec::new();
+    let mut done = None;
+    for item in items {
+        assert!(done.is_none(), "an item after the final one");
+        match item {
+            Streamed::Chunk(c) => chunks.push(c),
+            Streamed::Done(r) => done = Some(r),
+        }
+    }
+    (chunks, done.expect("exactly one final item"))
+}
+
+fn ok_chunks(id: u32, steps: u32) -> Vec<u64> {
+    (0..steps).map(|k| chunk(id, k)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn chunks_in_order_then_one_final_item() {
+    let b = Batcher::builder()
+        .max_batch_size(4)
+        .spawn_steps(free(Duration::ZERO))
+        .unwrap();
+    let streams: Vec<_> = (0..12)
+        .map(|id| (id, b.submit(req(id, id % 5)).unwrap()))
+        .collect();
+    for (id, s) in streams {
+        let (chunks, done) = drain(s);
+        assert_eq!(chunks, ok_chunks(id, id % 5));
+        assert_eq!(done, Ok(id));
+    }
+    b.shutdown();
+    let s = b.stats();
+    assert_eq!((s.submitted, s.completed, s.failed), (12, 12, 0));
+    assert!(s.batches > 0);
+}
+
+#[test]
+fn iterator_is_fused_after_the_final_item() {
+    let b = Batcher::builder()
+        .spawn_steps(free(Duration::ZERO))
+        .unwrap();
+    let mut s = b.submit(req(1, 1)).unwrap();
+    assert_eq!(s.next(), Some(Streamed::Chunk(chunk(1, 0))));
+    assert_eq!(s.next(), Some(Streamed::Done(Ok(1))));
+    assert!(s.is_ended());
+    assert_eq!(s.next(), None);
+    assert_eq!(s.try_next(), None);
+}
+
+/// Wakes a thread.
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls a stream to its end on this thread, parking between polls.
+fn collect_async(s: &mut ChunkStream<u64, u32>) -> Vec<Streamed<u64, u32>> {
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let start = Instant::now();
+    let mut items = Vec::new();
+    loop {
+        match futures_core::Stream::poll_next(Pin::new(&mut *s), &mut cx) {
+            Poll::Ready(Some(item)) => items.push(item),
+            Poll::Ready(None) => return items,
+            Poll::Pending => {
+                assert!(start.elapsed() < GUARD, "stream hangs");
+                thread::park_timeout(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn stream_impl_yields_the_same_items() {
+    let b = Batcher::builder()
+        .spawn_steps(free(Duration::from_millis(1)))
+        .unwrap();
+    let mut s = b.submit(req(3, 4)).unwrap();
+    assert!(!futures_core::FusedStream::is_terminated(&s));
+    let items = collect_async(&mut s);
+    let mut want: Vec<_> = ok_chunks(3, 4).into_iter().map(Streamed::Chunk).collect();
+    want.push(Streamed::Done(Ok(3)));
+    assert_eq!(items, want);
+    assert!(futures_core::FusedStream::is_terminated(&s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join limits, step by step
+// ---------------------------------------------------------------------------------------------
+
+fn spawn_scripted(max_active: usize, budget: u64, policy: JoinPolicy, handler: Handler) -> Batch {
+    Batcher::builder()
+        .max_batch_size(max_active)
+        .max_batch_cost(budget)
+        .cost(|r: &Req| r.cost)
+        .join_policy(policy)
+        .spawn_steps(handler)
+        .unwrap()
+}
+
+#[test]
+fn at_most_max_batch_size_items_run_and_a_finished_one_makes_room() {
+    let (mut script, handler) = scripted();
+    let b = spawn_scripted(2, u64::MAX, JoinPolicy::eager(), handler);
+    let a = b.submit(req(1, 1)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    // Submitted while the worker is inside step 1.
+    let rest: Vec<_> = [req(2, 5), req(3, 5)]
+        .into_iter()
+        .map(|r| b.submit(r).unwrap())
+        .collect();
+    script.permit();
+    // One place left: only 2 joins.
+    script.expect(Event::Joined(vec![2]));
+    script.expect(Event::Step(vec![1, 2]));
+    script.permit();
+    // Item 1 finished in that step: it left at once, and 3 takes its place.
+    script.expect(Event::Joined(vec![3]));
+    script.expect(Event::Step(vec![2, 3]));
+    script.release();
+    assert_eq!(drain(a), (ok_chunks(1, 1), Ok(1)));
+    for (s, id) in rest.into_iter().zip([2, 3]) {
+        assert_eq!(drain(s), (ok_chunks(id, 5), Ok(id)));
+    }
+}
+
+#[test]
+fn cost_budget_holds_and_nobody_overtakes_an_item_that_does_not_fit() {
+    let (mut script, handler) = scripted();
+    let b = spawn_scripted(8, 10, JoinPolicy::eager(), handler);
+    let a = b
+        .submit(Req {
+            cost: 6,
+            ..req(1, 2)
+        })
+        .unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    // 6 + 5 > 10: item 2 waits; item 3 (cost 1) would fit but must not overtake it.
+    let s2 = b
+        .submit(Req {
+            cost: 5,
+            ..req(2, 1)
+        })
+        .unwrap();
+    let s3 = b.submit(req(3, 1)).unwrap();
+    script.permit();
+    script.expect(Event::Step(vec![1]));
+    script.permit();
+    // Step 3 of item 1 finishes it; then both join (5 + 1 <= 10).
+    script.expect(Event::Step(vec![1]));
+    script.permit();
+    script.expect(Event::Joined(vec![2, 3]));
+    script.expect(Event::Step(vec![2, 3]));
+    script.release();
+    assert_eq!(drain(a), (ok_chunks(1, 2), Ok(1)));
+    assert_eq!(drain(s2), (ok_chunks(2, 1), Ok(2)));
+    assert_eq!(drain(s3), (ok_chunks(3, 1), Ok(3)));
+    // Costlier than the whole budget: refused at once, handed back.
+    match b.submit(Req {
+        cost: 11,
+        ..req(4, 1)
+    }) {
+        Err(SubmitError::TooCostly(r)) => assert_eq!(r.id, 4),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn waiting_served_ratio_holds_joins_back_until_enough_wait() {
+    let (mut script, handler) = scripted();
+    let mut policy = JoinPolicy::default();
+    policy.waiting_served_ratio = 2.0;
+    policy.max_waiting_steps = 1000;
+    let b = spawn_scripted(8, u64::MAX, policy, handler);
+    let a = b.submit(req(1, 5)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    let s2 = b.submit(req(2, 1)).unwrap();
+    script.permit();
+    // 1 waiting < 2.0 x 1 running: no join.
+    script.expect(Event::Step(vec![1]));
+    let s3 = b.submit(req(3, 1)).unwrap();
+    script.permit();
+    // 2 waiting >= 2.0 x 1 running: both join.
+    script.expect(Event::Joined(vec![2, 3]));
+    script.expect(Event::Step(vec![1, 2, 3]));
+    script.release();
+    assert_eq!(drain(a).1, Ok(1));
+    assert_eq!(drain(s2).1, Ok(2));
+    assert_eq!(drain(s3).1, Ok(3));
+}
+
+#[test]
+fn max_waiting_steps_bounds_how_long_an_item_waits() {
+    let (mut script, handler) = scripted();
+    let mut policy = JoinPolicy::default();
+    policy.waiting_served_ratio = 100.0;
+    policy.max_waiting_steps = 3;
+    let b = spawn_scripted(8, u64::MAX, policy, handler);
+    let a = b.submit(req(1, 10)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    let s2 = b.submit(req(2, 1)).unwrap();
+    // Item 2 waits through exactly 3 steps (the one running now and two more), then joins.
+    for _ in 0..2 {
+        script.permit();
+        script.expect(Event::Step(vec![1]));
+    }
+    script.permit();
+    script.expect(Event::Joined(vec![2]));
+    script.expect(Event::Step(vec![1, 2]));
+    script.release();
+    assert_eq!(drain(a), (ok_chunks(1, 10), Ok(1)));
+    assert_eq!(drain(s2), (ok_chunks(2, 1), Ok(2)));
+}
+
+#[test]
+fn bad_join_ratio_is_a_config_error() {
+    for ratio in [-1.0, f32::NAN, f32::INFINITY] {
+        let mut policy = JoinPolicy::default();
+        policy.waiting_served_ratio = ratio;
+        let err = Batcher::builder()
+            .join_policy(policy)
+            .spawn_steps(free(Duration::ZERO))
+            .unwrap_err();
+        assert!(matches!(err, SpawnError::Config(ConfigError::BadJoinRatio)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_panicking_step_fails_exactly_its_items_and_the_worker_survives() {
+    let (mut script, handler) = scripted();
+    let b = spawn_scripted(8, u64::MAX, JoinPolicy::eager(), handler);
+    let s1 = b.submit(req(1, 5)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    let s2 = b
+        .submit(Req {
+            panic_at: Some(1),
+            ..req(2, 5)
+        })
+        .unwrap();
+    script.permit();
+    script.expect(Event::Joined(vec![2]));
+    script.expect(Event::Step(vec![1, 2]));
+    script.permit();
+    // Step 3 panics (item 2 at its second step): both items of that step fail.
+    script.expect(Event::Step(vec![1, 2]));
+    let s3 = b.submit(req(3, 2)).unwrap();
+    script.permit();
+    script.expect(Event::Joined(vec![3]));
+    script.expect(Event::Step(vec![3]));
+    script.release();
+    assert_eq!(
+        drain(s1),
+        (ok_chunks(1, 2), Err(BatchError::HandlerPanicked))
+    );
+    assert_eq!(
+        drain(s2),
+        (ok_chunks(2, 1), Err(BatchError::HandlerPanicked))
+    );
+    assert_eq!(drain(s3), (ok_chunks(3, 2), Ok(3)));
+    b.shutdown();
+    let s = b.stats();
+    assert_eq!((s.completed, s.failed), (1, 2));
+}
+
+#[test]
+fn a_panicking_join_fails_only_the_joining_items() {
+    let (mut script, handler) = scripted();
+    let b = spawn_scripted(8, u64::MAX, JoinPolicy::eager(), handler);
+    let s1 = b.submit(req(1, 3)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    let s2 = b
+        .submit(Req {
+            panic_join: true,
+            ..req(2, 3)
+        })
+        .unwrap();
+    let s3 = b.submit(req(3, 3)).unwrap();
+    script.permit();
+    script.expect(Event::Joined(vec![2, 3]));
+    script.expect(Event::Step(vec![1]));
+    script.release();
+    assert_eq!(drain(s1), (ok_chunks(1, 3), Ok(1)));
+    assert_eq!(drain(s2), (vec![], Err(BatchError::HandlerPanicked)));
+    assert_eq!(drain(s3), (vec![], Err(BatchError::HandlerPanicked)));
+}
+
+/// Returns one result too few at every step.
+struct Miscounts;
+
+impl StepHandler for Miscounts {
+    type Req = u8;
+    type State = ();
+    type Chunk = ();
+    type Out = ();
+
+    fn join(&mut self, reqs: Vec<u8>) -> Vec<Joined<(), ()>> {
+        reqs.into_iter().map(|_| Joined::Running(())).collect()
+    }
+
+    fn step(&mut self, items: &mut [()]) -> Vec<Step<(), ()>> {
+        vec![Step::Continue; items.len() - 1]
+    }
+}
+
+#[test]
+fn a_miscounting_step_fails_its_items() {
+    let b = Batcher::builder().spawn_steps(Miscounts).unwrap();
+    let items: Vec<_> = b.submit(1).unwrap().collect();
+    assert_eq!(
+        items,
+        [Streamed::Done(Err(BatchError::BadHandlerOutput {
+            expected: 1,
+            got: 0
+        }))]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation and deadlines
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_dropped_stream_leaves_at_the_next_step_and_a_queued_one_never_joins() {
+    let (mut script, handler) = scripted();
+    let mut policy = JoinPolicy::default();
+    policy.waiting_served_ratio = 100.0;
+    policy.max_waiting_steps = 1000;
+    let b = spawn_scripted(8, u64::MAX, policy, handler);
+    let s1 = b.submit(req(1, 100)).unwrap();
+    script.expect(Event::Joined(vec![1]));
+    script.expect(Event::Step(vec![1]));
+    // Queued behind the policy, then cancelled: it must never join.
+    let queued = b.submit(req(9, 1)).unwrap();
+    drop(queued);
+    let s2 = b.submit(req(2, 100)).unwrap();
+    drop(s1);
+    script.permit();
+    // Item 1 left before the next step (its chunk was dropped); with nobody running, 2 joins
+    // at once, and the cancelled 9 is skipped on the way.
+    script.expect(Event::Joined(vec![2]));
+    script.expect(Event::Step(vec![2]));
+    assert_eq!(b.in_flight(), 1);
+    drop(s2);
+    script.release();
+    b.shutdown();
+    script.expect_no_join_of(9);
+    let s = b.stats();
+    assert_eq!((s.submitted, s.cancelled, s.completed), (3, 3, 0));
+    assert_eq!(b.in_flight(), 0);
+}
+
+#[test]
+fn deadlines_apply_in_the_queue_and_during_generation() {
+    let b = Batcher::builder()
+        .max_batch_size(1)
+        .spawn_steps(free(Duration::from_millis(1)))
+        .unwrap();
+    // Runs until its deadline: some chunks, then `Expired`.
+    let deadline = Instant::now() + Duration::from_millis(60);
+    let long = b.submit_before(req(1, u32::MAX), deadline).unwrap();
+    // Waits behind it (one place) past its own deadline: never joins.
+    let queued = b
+        .submit_before(req(2, 1), Instant::now() + Duration::from_millis(20))
+        .unwrap();
+    let (chunks, done) = drain(long);
+    assert_eq!(done, Err(BatchError::Expired));
+    assert!(Instant::now() >= deadline);
+    assert!(!chunks.is_empty());
+    assert_eq!(chunks, ok_chunks(1, chunks.len() as u32));
+    assert_eq!(drain(queued), (vec![], Err(BatchError::Expired)));
+    b.shutdown();
+    assert_eq!(b.stats().expired, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shutdown_runs_every_accepted_item_to_completion() {
+    let b = Batcher::builder()
+        .max_batch_size(3)
+        .spawn_steps(free(Duration::from_micros(200)))
+        .unwrap();
+    let streams: Vec<_> = (0..10)
+        .map(|id| (id, b.submit(req(id, 3 + id)).unwrap()))
+        .collect();
+    let stopper = {
+        let b = b.clone();
+        thread::spawn(move || b.shutdown())
+    };
+    for (id, s) in streams {
+        assert_eq!(drain(s), (ok_chunks(id, 3 + id), Ok(id)));
+    }
+    stopper.join().unwrap();
+    match b.submit(req(99, 1)) {
+        Err(SubmitError::ShuttingDown(r)) => assert_eq!(r.id, 99),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(b.stats().completed, 10);
+}
+
+#[test]
+fn dropping_the_last_handle_drains_too() {
+    let b = Batcher::builder()
+        .spawn_steps(free(Duration::from_micros(100)))
+        .unwrap();
+    let s = b.submit(req(5, 20)).unwrap();
+    drop(b);
+    assert_eq!(drain(s), (ok_chunks(5, 20), Ok(5)));
+}
+
+#[test]
+fn overload_hands_the_request_back() {
+    let (mut script, handler) = scripted();
+    let b: Batch = Batcher::builder()
+        .max_queue(1)
+        .spawn_steps(handler)
+        .unwrap();
+    let s = b.submit(req(1, 1)).unwrap();
+    match b.submit(req(2, 1)) {
+        Err(SubmitError::Overloaded(r)) => assert_eq!(r.id, 2),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    script.release();
+    assert_eq!(drain(s).1, Ok(1));
+    // Admission is back once the final item is out: the client may submit again at once.
+    let s = b.submit(req(3, 0)).unwrap();
+    assert_eq!(drain(s), (vec![], Ok(3)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stress
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clients_with_cancellations_and_deadlines_get_exactly_one_final_item_each() {
+    const PER_CLIENT: u32 = if cfg!(miri) { 10 } else { 300 };
+    let b = Batcher::builder()
+        .max_batch_size(8)
+        .max_queue(64)
+        .spawn_steps(free(Duration::ZERO))
+        .unwrap();
+    let totals: Vec<(u64, u64)> = thread::scope(|s| {
+        let clients: Vec<_> = (0..4u32)
+            .map(|t| {
+                let b = b.clone();
+                s.spawn(move || {
+                    let (mut accepted, mut ok) = (0u64, 0u64);
+                    for i in 0..PER_CLIENT {
+                        let id = t * 100_000 + i;
+                        let r = req(id, i % 7);
+                        let sub = if i % 5 == 0 {
+                            b.submit_before(r, Instant::now() + Duration::from_micros(50))
+                        } else {
+                            b.submit(r)
+                        };
+                        let Ok(mut stream) = sub else { continue };
+                        accepted += 1;
+                        if i % 3 == 0 {
+                            // Read one item at most, then cancel.
+                            let _ = stream.next();
+                            drop(stream);
+                            continue;
+                        }
+                        let (chunks, done) = drain_here(stream);
+                        match done {
+                            Ok(got) => {
+                                assert_eq!(got, id);
+                                assert_eq!(chunks, ok_chunks(id, i % 7));
+                                ok += 1;
+                            }
+                            Err(BatchError::Expired) => assert_eq!(i % 5, 0),
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                    (accepted, ok)
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    b.shutdown();
+    let accepted: u64 = totals.iter().map(|t| t.0).sum();
+    let s = b.stats();
+    assert_eq!(s.submitted, accepted);
+    assert_eq!(s.failed, 0);
+    assert_eq!(s.completed + s.expired + s.cancelled, accepted);
+    assert!(s.completed >= totals.iter().map(|t| t.1).sum());
+    assert_eq!(b.in_flight(), 0);
+}
+
+/// [`drain`] on the calling thread (the stress clients are threads already).
+fn drain_here(s: ChunkStream<u64, u32>) -> (Vec<u64>, Result<u32, BatchError>) {
+    let mut chunks = Vec::new();
+    let mut done = None;
+    for item in s {
+        assert!(done.is_none(), "an item after the final one");
+        match item {
+            Streamed::Chunk(c) => chunks.push(c),
+            Streamed::Done(r) => done = Some(r),
+        }
+    }
+    (chunks, done.expect("exactly one final item"))
+}
