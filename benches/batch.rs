@@ -21,6 +21,10 @@
 //! for the batcher the distribution of its batch sizes and queue times under that load (from
 //! `Batcher::histograms`).
 //!
+//! Group `batch/steps_noop/32_active`: continuous batching's per-step dispatch overhead, one
+//! iteration being one step over 32 running items whose step function does nothing (see
+//! [`steps_noop`]).
+//!
 //! ```text
 //! cargo bench --bench batch
 //! cargo bench --bench batch -- batch/dispatch_noop/2t   # one group
@@ -33,7 +37,8 @@ use common::dispatch::{batcher, clients, ChannelBatcher, Dispatch, Mode};
 use common::workers::run_workers;
 use criterion::{criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, Throughput};
-use std::time::Duration;
+use latchless::batch::{Batcher, JoinPolicy, Joined, Step, StepHandler, StreamBatcher};
+use std::time::{Duration, Instant};
 
 /// Requests per iteration, over all threads.
 const ELEMS: u64 = 1024;
@@ -110,5 +115,81 @@ fn dispatch_noop(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, dispatch_noop);
+/// A no-op step-wise handler: item `n` runs `n` steps, each doing nothing (`Step::Continue`, or
+/// a `Step::Chunk(())` with `CHUNKS`), then finishes.
+struct NoopSteps<const CHUNKS: bool>;
+
+impl<const CHUNKS: bool> StepHandler for NoopSteps<CHUNKS> {
+    type Req = u64;
+    type State = u64;
+    type Chunk = ();
+    type Out = ();
+
+    fn join(&mut self, reqs: Vec<u64>) -> Vec<Joined<u64, ()>> {
+        reqs.into_iter().map(Joined::Running).collect()
+    }
+
+    fn step(&mut self, items: &mut [u64]) -> Vec<Step<(), ()>> {
+        items
+            .iter_mut()
+            .map(|left| match *left {
+                0 => Step::Finish(()),
+                _ => {
+                    *left -= 1;
+                    if CHUNKS {
+                        Step::Chunk(())
+                    } else {
+                        Step::Continue
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Items running at once in the step benches (the issue's target: below 5 us per step at 32).
+const ACTIVE: u64 = 32;
+
+/// `iters` steps over [`ACTIVE`] items through `b`: submits the items, each for `iters` steps,
+/// and waits for every final item. One iteration is one step of the whole batch.
+fn run_steps(b: &StreamBatcher<u64, (), ()>, iters: u64) -> Duration {
+    let start = Instant::now();
+    let streams: Vec<_> = (0..ACTIVE).map(|_| b.submit(iters).unwrap()).collect();
+    for s in streams {
+        assert!(s.last().is_some_and(|i| i.is_done()));
+    }
+    start.elapsed()
+}
+
+/// Per-step dispatch overhead of continuous batching: `batch/steps_noop/32_active/{continue,
+/// chunk}`: one iteration is one step over 32 running items whose step does nothing, streaming
+/// nothing (`continue`) or an empty chunk per item (`chunk`; read by the client after the item
+/// finished). The joins are amortised over the steps.
+fn steps_noop(c: &mut Criterion) {
+    let name = "batch/steps_noop/32_active";
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1))
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let quiet = Batcher::builder()
+        .max_batch_size(ACTIVE as usize)
+        .join_policy(JoinPolicy::eager())
+        .spawn_steps(NoopSteps::<false>)
+        .unwrap();
+    g.bench_function("continue", |b| {
+        b.iter_custom(|iters| run_steps(&quiet, iters))
+    });
+    let chunky = Batcher::builder()
+        .max_batch_size(ACTIVE as usize)
+        .join_policy(JoinPolicy::eager())
+        .spawn_steps(NoopSteps::<true>)
+        .unwrap();
+    g.bench_function("chunk", |b| {
+        b.iter_custom(|iters| run_steps(&chunky, iters))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, dispatch_noop, steps_noop);
 criterion_main!(benches);

@@ -498,9 +498,10 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
     }
 
     /// Submits a request that must finish before `deadline`: otherwise its final item is
-    /// [`BatchError::Expired`], whether the deadline passed while it waited (it never joins) or
-    /// while it generated (it leaves the batch at the next step, its stream holding the chunks
-    /// made until then). Never blocks.
+    /// [`BatchError::Expired`], whether the deadline passed while it waited (it never joins; the
+    /// worker notices when it reaches the item in the queue, at the latest once the item would
+    /// have joined) or while it generated (it leaves the batch before the next step, its stream
+    /// holding the chunks made until then). Never blocks.
     ///
     /// # Errors
     ///
