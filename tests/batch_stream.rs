@@ -29,6 +29,7 @@ use latchless::batch::{
 };
 use std::panic::panic_any;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -675,6 +676,84 @@ fn overload_hands_the_request_back() {
     // Admission is back once the final item is out: the client may submit again at once.
     let s = b.submit(req(3, 0)).unwrap();
     assert_eq!(drain(s), (vec![], Ok(3)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_pool_serves_every_item_and_replaces_a_handler_that_panicked() {
+    let made = Arc::new(AtomicUsize::new(0));
+    let b: Batch = {
+        let made = Arc::clone(&made);
+        Batcher::builder()
+            .max_batch_size(4)
+            .spawn_steps_pool(2, move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                free(Duration::from_micros(50))
+            })
+            .unwrap()
+    };
+    let panicking = |id: u32| id % 10 == 7;
+    let results: Vec<(u32, Vec<u64>, Result<u32, BatchError>)> = thread::scope(|s| {
+        let clients: Vec<_> = (0..3u32)
+            .map(|t| {
+                let b = b.clone();
+                s.spawn(move || {
+                    let streams: Vec<_> = (0..20u32)
+                        .map(|i| {
+                            let id = t * 100 + i;
+                            let r = Req {
+                                panic_at: panicking(id).then_some(1),
+                                ..req(id, 1 + i % 4)
+                            };
+                            (id, b.submit(r).unwrap())
+                        })
+                        .collect();
+                    streams
+                        .into_iter()
+                        .map(|(id, st)| {
+                            let (chunks, done) = drain_here(st);
+                            (id, chunks, done)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let mut failed = 0;
+    for (id, chunks, done) in &results {
+        match done {
+            Ok(got) => {
+                assert_eq!(got, id);
+                assert_eq!(*chunks, ok_chunks(*id, 1 + id % 100 % 4));
+            }
+            Err(BatchError::HandlerPanicked) => failed += 1,
+            Err(e) => panic!("{id}: {e:?}"),
+        }
+        if panicking(*id) {
+            assert_eq!(*done, Err(BatchError::HandlerPanicked), "{id}");
+        }
+    }
+    b.shutdown();
+    let s = b.stats();
+    assert_eq!((s.submitted, s.completed + s.failed), (60, 60));
+    assert_eq!(s.failed, failed);
+    // One handler per worker, and a fresh one after each panic.
+    assert!(made.load(Ordering::SeqCst) > 2, "{made:?}");
+}
+
+#[test]
+fn a_pool_of_zero_workers_is_a_config_error() {
+    let err = Batcher::builder()
+        .spawn_steps_pool(0, || free(Duration::ZERO))
+        .unwrap_err();
+    assert!(matches!(err, SpawnError::Config(ConfigError::ZeroWorkers)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -519,6 +519,70 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
         H: StepHandler<Req = Req, Out = Resp> + Send + 'static,
         H::Chunk: Send + 'static,
     {
-        StreamBatcher::start(self.settings, handler)
+        let mut handler = Some(handler);
+        // One worker, whose maker is called once: its handler is kept after a panic.
+        StreamBatcher::start(self.settings, false, vec![move || handler.take()])
+    }
+
+    /// Starts a continuous batcher with `workers` worker threads, each running its own
+    /// [`StepHandler`] made by `factory` on that worker's thread (so the handler need not be
+    /// `Send`: it may own a model and its KV cache), each with its own running batch. Waiting
+    /// requests go to whichever worker joins them first; a worker that joined items and leaves
+    /// others waiting wakes a sleeping one for them. A handler that panics is dropped with the
+    /// items of that join or step and replaced from the factory; every guarantee of
+    /// [`spawn_steps`](Self::spawn_steps) holds across the pool, and the limits
+    /// (`max_batch_size`, `max_batch_cost`, the join policy) apply to each worker's batch.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Config`] with [`ConfigError::ZeroWorkers`] if `workers` is 0; otherwise as
+    /// [`spawn_steps`](Self::spawn_steps).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, Joined, Step, StepHandler, Streamed};
+    ///
+    /// /// Finishes each item at its first step with its request doubled.
+    /// struct Double;
+    /// impl StepHandler for Double {
+    ///     type Req = u32;
+    ///     type State = u32;
+    ///     type Chunk = ();
+    ///     type Out = u32;
+    ///     fn join(&mut self, xs: Vec<u32>) -> Vec<Joined<u32, u32>> {
+    ///         xs.into_iter().map(Joined::Running).collect()
+    ///     }
+    ///     fn step(&mut self, xs: &mut [u32]) -> Vec<Step<(), u32>> {
+    ///         xs.iter().map(|x| Step::Finish(2 * x)).collect()
+    ///     }
+    /// }
+    ///
+    /// let b = Batcher::builder().spawn_steps_pool(2, || Double).unwrap();
+    /// let streams: Vec<_> = (0..8).map(|x| b.submit(x).unwrap()).collect();
+    /// for (x, s) in streams.into_iter().enumerate() {
+    ///     assert_eq!(s.last(), Some(Streamed::Done(Ok(2 * x as u32))));
+    /// }
+    /// ```
+    pub fn spawn_steps_pool<H>(
+        self,
+        workers: usize,
+        factory: impl Fn() -> H + Send + Sync + 'static,
+    ) -> Result<StreamBatcher<Req, H::Chunk, Resp>, SpawnError>
+    where
+        H: StepHandler<Req = Req, Out = Resp> + 'static,
+        H::Chunk: Send + 'static,
+    {
+        if workers == 0 {
+            return Err(ConfigError::ZeroWorkers.into());
+        }
+        let factory = Arc::new(factory);
+        let makers = (0..workers)
+            .map(|_| {
+                let factory = Arc::clone(&factory);
+                move || Some(factory())
+            })
+            .collect();
+        StreamBatcher::start(self.settings, true, makers)
     }
 }

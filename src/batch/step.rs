@@ -21,6 +21,7 @@
 
 use super::slot::Reply;
 use super::stream::StreamSlot;
+use super::worker::Handler;
 use super::{class, BatchError, Inner, Job};
 use crate::sync::{now, Arc};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -277,11 +278,18 @@ impl<S, C, O> Active<S, C, O> {
 
 impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
     /// Step-wise worker `me`: joins waiting items into its batch and steps it until shutdown has
-    /// drained every accepted item.
-    pub(super) fn run_steps<H>(&self, me: usize, mut handler: H)
+    /// drained every accepted item. Its handler comes from `make`, called on this thread, and
+    /// again after a panic when `renew` is set.
+    pub(super) fn run_steps<H, M>(&self, me: usize, make: M, renew: bool)
     where
         H: StepHandler<Req = Req, Chunk = C, Out = O>,
+        M: FnMut() -> Option<H>,
     {
+        let mut handler = Handler::new(make, renew, me);
+        let handler = &mut handler;
+        // Made before the first request arrives, so that it does not wait for it.
+        let _ = handler.get();
+        let pool = self.sleepers.len() > 1;
         let prioritised = self.classes.len() > 1;
         let mut active = Active {
             states: Vec::new(),
@@ -302,9 +310,14 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
                 let waiting = usize::from(carry.is_some())
                     + self.classes.iter().map(|c| c.queue.len()).sum::<usize>();
                 if self.join.admits(waiting, active.items.len(), waited)
-                    && self.join_waiting(me, &mut handler, &mut active, &mut carry, prioritised)
+                    && self.join_waiting(me, handler, &mut active, &mut carry, prioritised)
                 {
                     waited = 0;
+                    // Items left behind (this batch is full, or its budget is): hand them to a
+                    // sleeping worker rather than let them wait for ours.
+                    if pool && self.any_waiting() {
+                        self.wake_one();
+                    }
                 }
             }
             if active.items.is_empty() {
@@ -318,7 +331,7 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
                 self.sleep(me, None, false);
                 continue;
             }
-            self.step_all(me, &mut handler, &mut active);
+            self.step_all(me, handler, &mut active);
             if carry.is_some() || self.any_waiting() {
                 waited = waited.saturating_add(1);
             }
@@ -368,16 +381,17 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
     }
 
     /// Pops the waiting items that fit and runs their prefill. Returns whether any was popped.
-    fn join_waiting<H>(
+    fn join_waiting<H, M>(
         &self,
         me: usize,
-        handler: &mut H,
+        handler: &mut Handler<H, M>,
         active: &mut Active<H::State, C, O>,
         carry: &mut Option<Job<Req, StreamSlot<C, O>>>,
         prioritised: bool,
     ) -> bool
     where
         H: StepHandler<Req = Req, Chunk = C, Out = O>,
+        M: FnMut() -> Option<H>,
     {
         let lead = if prioritised {
             class::lead(&self.classes, self.aging)
@@ -421,14 +435,21 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
             return false;
         }
         let n = joining.len();
-        let joined = match catch_unwind(AssertUnwindSafe(|| handler.join(reqs))) {
-            Ok(joined) if joined.len() == n => Ok(joined),
-            Ok(joined) => {
-                let got = joined.len();
-                drop_quietly(joined);
-                Err(BatchError::BadHandlerOutput { expected: n, got })
-            }
-            Err(_panic) => Err(BatchError::HandlerPanicked),
+        let joined = match handler.get() {
+            // The maker panicked.
+            None => Err(BatchError::HandlerPanicked),
+            Some(h) => match catch_unwind(AssertUnwindSafe(|| h.join(reqs))) {
+                Ok(joined) if joined.len() == n => Ok(joined),
+                Ok(joined) => {
+                    let got = joined.len();
+                    drop_quietly(joined);
+                    Err(BatchError::BadHandlerOutput { expected: n, got })
+                }
+                Err(_panic) => {
+                    handler.panicked();
+                    Err(BatchError::HandlerPanicked)
+                }
+            },
         };
         match joined {
             Ok(joined) => {
@@ -453,9 +474,14 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
     }
 
     /// Runs one step over every active item and delivers what it made.
-    fn step_all<H>(&self, me: usize, handler: &mut H, active: &mut Active<H::State, C, O>)
-    where
+    fn step_all<H, M>(
+        &self,
+        me: usize,
+        handler: &mut Handler<H, M>,
+        active: &mut Active<H::State, C, O>,
+    ) where
         H: StepHandler<Req = Req, Chunk = C, Out = O>,
+        M: FnMut() -> Option<H>,
     {
         let n = active.items.len();
         {
@@ -463,9 +489,13 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
             counts.batches += 1;
             counts.batch_sizes[super::stats::size_bucket(n)] += 1;
         }
-        let stepped = catch_unwind(AssertUnwindSafe(|| handler.step(&mut active.states)));
+        // `None`: the maker panicked.
+        let stepped = handler
+            .get()
+            .map(|h| catch_unwind(AssertUnwindSafe(|| h.step(&mut active.states))));
         let err = match stepped {
-            Ok(steps) if steps.len() == n => {
+            None => BatchError::HandlerPanicked,
+            Some(Ok(steps)) if steps.len() == n => {
                 // Backwards, so that `remove` (a swap with the last item) only moves items whose
                 // step was already delivered.
                 for (i, step) in steps.into_iter().enumerate().rev() {
@@ -480,12 +510,15 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
                 }
                 return;
             }
-            Ok(steps) => {
+            Some(Ok(steps)) => {
                 let got = steps.len();
                 drop_quietly(steps);
                 BatchError::BadHandlerOutput { expected: n, got }
             }
-            Err(_panic) => BatchError::HandlerPanicked,
+            Some(Err(_panic)) => {
+                handler.panicked();
+                BatchError::HandlerPanicked
+            }
         };
         // Every item of the failed step leaves: its state may be half-updated.
         while !active.items.is_empty() {

@@ -238,7 +238,25 @@ impl<Chunk, Out> ChunkStream<Chunk, Out> {
     ///
     /// # Examples
     ///
-    /// See [`try_next`](Self::try_next).
+    /// ```
+    /// # use latchless::batch::{Batcher, Joined, Step, StepHandler};
+    /// # struct Done;
+    /// # impl StepHandler for Done {
+    /// #     type Req = u8;
+    /// #     type State = ();
+    /// #     type Chunk = ();
+    /// #     type Out = u8;
+    /// #     fn join(&mut self, xs: Vec<u8>) -> Vec<Joined<(), u8>> {
+    /// #         xs.into_iter().map(Joined::Finished).collect()
+    /// #     }
+    /// #     fn step(&mut self, _: &mut [()]) -> Vec<Step<(), u8>> { Vec::new() }
+    /// # }
+    /// let b = Batcher::builder().spawn_steps(Done).unwrap();
+    /// let mut s = b.submit(1).unwrap();
+    /// assert!(!s.is_ended());
+    /// assert!(s.next().is_some_and(|item| item.is_done()));
+    /// assert!(s.is_ended());
+    /// ```
     pub fn is_ended(&self) -> bool {
         self.ended
     }
@@ -353,9 +371,10 @@ impl<Chunk, Out> fmt::Debug for ChunkStream<Chunk, Out> {
 }
 
 /// A continuous batcher: a cheap, cloneable handle (`Send + Sync` when requests, chunks and
-/// outputs are `Send`) to a worker thread that runs a [`StepHandler`] on a batch that new
-/// requests join and finished ones leave between steps, streaming each request's results through
-/// its [`ChunkStream`]. Start one with [`BatcherBuilder::spawn_steps`].
+/// outputs are `Send`) to a worker thread (or a pool of them) that runs a [`StepHandler`] on a
+/// batch that new requests join and finished ones leave between steps, streaming each request's
+/// results through its [`ChunkStream`]. Start one with [`BatcherBuilder::spawn_steps`], or a pool
+/// with [`BatcherBuilder::spawn_steps_pool`].
 ///
 /// The builder's settings mean, here: `max_batch_size` the most items running at once;
 /// `max_batch_cost` the most total [`cost`](BatcherBuilder::cost) of the items running at once
@@ -435,6 +454,7 @@ impl<Req, Chunk, Out> fmt::Debug for StreamBatcher<Req, Chunk, Out> {
         f.debug_struct("StreamBatcher")
             .field("config", &inner.config)
             .field("join", &inner.join)
+            .field("workers", &inner.sleepers.len())
             .field("classes", &inner.classes.len())
             .field("in_flight", &inner.in_flight.get())
             .finish_non_exhaustive()
@@ -444,19 +464,27 @@ impl<Req, Chunk, Out> fmt::Debug for StreamBatcher<Req, Chunk, Out> {
 impl<Req: Send + 'static, Chunk: Send + 'static, Out: Send + 'static>
     StreamBatcher<Req, Chunk, Out>
 {
-    /// Starts one step-wise worker running `handler`.
-    pub(super) fn start<H>(
+    /// Starts one step-wise worker per maker. A worker calls its maker on its own thread for its
+    /// handler, and again after a panic when `renew` is set.
+    pub(super) fn start<H, M>(
         settings: super::config::Settings<Req>,
-        handler: H,
+        renew: bool,
+        makers: Vec<M>,
     ) -> Result<Self, super::SpawnError>
     where
-        H: StepHandler<Req = Req, Chunk = Chunk, Out = Out> + Send + 'static,
+        H: StepHandler<Req = Req, Chunk = Chunk, Out = Out> + 'static,
+        M: FnMut() -> Option<H> + Send + 'static,
     {
-        let body = move |inner: Arc<super::Inner<Req, StreamSlot<Chunk, Out>>>, me: usize| {
-            inner.run_steps(me, handler);
-        };
+        let bodies = makers
+            .into_iter()
+            .map(|make| {
+                move |inner: Arc<super::Inner<Req, StreamSlot<Chunk, Out>>>, me: usize| {
+                    inner.run_steps(me, make, renew);
+                }
+            })
+            .collect();
         Ok(Self {
-            owner: Arc::new(Owner::launch(settings, vec![body])?),
+            owner: Arc::new(Owner::launch(settings, bodies)?),
         })
     }
 }
@@ -607,7 +635,25 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
     ///
     /// # Examples
     ///
-    /// See [`submit`](Self::submit).
+    /// ```
+    /// # use latchless::batch::{Batcher, Joined, Step, StepHandler};
+    /// # struct Done;
+    /// # impl StepHandler for Done {
+    /// #     type Req = u8;
+    /// #     type State = ();
+    /// #     type Chunk = ();
+    /// #     type Out = u8;
+    /// #     fn join(&mut self, xs: Vec<u8>) -> Vec<Joined<(), u8>> {
+    /// #         xs.into_iter().map(Joined::Finished).collect()
+    /// #     }
+    /// #     fn step(&mut self, _: &mut [()]) -> Vec<Step<(), u8>> { Vec::new() }
+    /// # }
+    /// let b = Batcher::builder().spawn_steps(Done).unwrap();
+    /// let mut s = b.submit(1).unwrap();
+    /// b.shutdown();
+    /// assert_eq!(s.try_next().map(|i| i.is_done()), Some(true)); // drained first
+    /// assert!(b.submit(2).is_err());
+    /// ```
     pub fn shutdown(&self) {
         self.owner.shutdown();
     }
@@ -618,7 +664,25 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
     ///
     /// # Examples
     ///
-    /// See [`StreamBatcher`].
+    /// ```
+    /// # use latchless::batch::{Batcher, Joined, Step, StepHandler};
+    /// # struct Done;
+    /// # impl StepHandler for Done {
+    /// #     type Req = u8;
+    /// #     type State = ();
+    /// #     type Chunk = ();
+    /// #     type Out = u8;
+    /// #     fn join(&mut self, xs: Vec<u8>) -> Vec<Joined<(), u8>> {
+    /// #         xs.into_iter().map(Joined::Finished).collect()
+    /// #     }
+    /// #     fn step(&mut self, _: &mut [()]) -> Vec<Step<(), u8>> { Vec::new() }
+    /// # }
+    /// let b = Batcher::builder().spawn_steps(Done).unwrap();
+    /// assert_eq!(b.submit(1).unwrap().count(), 1);
+    /// b.shutdown();
+    /// let s = b.stats();
+    /// assert_eq!((s.submitted, s.completed), (1, 1));
+    /// ```
     pub fn stats(&self) -> BatchStats {
         let inner = &self.owner.inner;
         let c = &inner.counters;

@@ -27,7 +27,7 @@ const IDLE: u8 = 1;
 const FILLING: u8 = 2;
 
 /// A worker's handler, and what makes it.
-struct Handler<H, M> {
+pub(super) struct Handler<H, M> {
     /// `None` until made, and after a panic when `renew` is set (or if the maker panicked).
     current: Option<H>,
     make: M,
@@ -42,8 +42,21 @@ struct Handler<H, M> {
 }
 
 impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
+    /// Worker `me`'s handler, made by `make` when first needed (and again after a panic if
+    /// `renew`).
+    pub(super) fn new(make: M, renew: bool, me: usize) -> Self {
+        Self {
+            current: None,
+            make,
+            renew,
+            me,
+            waits: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
+
     /// The handler, made first if need be; `None` if the maker panicked.
-    fn get(&mut self) -> Option<&mut H> {
+    pub(super) fn get(&mut self) -> Option<&mut H> {
         if self.current.is_none() {
             // A panicking maker is answered like a panicking handler: the batch fails and the
             // worker tries again on the next one.
@@ -55,7 +68,7 @@ impl<H, M: FnMut() -> Option<H>> Handler<H, M> {
     }
 
     /// The handler panicked: drop it if it is to be renewed.
-    fn panicked(&mut self) {
+    pub(super) fn panicked(&mut self) {
         if self.renew {
             let old = self.current.take();
             // A handler whose drop panics too is gone all the same.
@@ -72,14 +85,7 @@ impl<Req, Resp> Inner<Req, Slot<Resp>> {
         H: FnMut(Vec<Req>) -> Vec<Resp>,
         M: FnMut() -> Option<H>,
     {
-        let mut handler = Handler {
-            current: None,
-            make,
-            renew,
-            me,
-            waits: Vec::new(),
-            classes: Vec::new(),
-        };
+        let mut handler = Handler::new(make, renew, me);
         // Made before the first request arrives, so that it does not wait for it.
         let _ = handler.get();
         let pool = self.sleepers.len() > 1;
