@@ -12,15 +12,18 @@
 //! | `cache` | `Cache` with and without eviction | `HashMap` kept exact through the eviction listener; `len`/`weight` within capacity, stats |
 //! | `counter` | `AtomicCounter`, `ShardedCounter` | a `u64` with the documented wrapping and saturation |
 //! | `batch` | `Batcher` with a gated handler | exactly one reply per accepted request, its own; refusals as configured |
+//! | `batch_stream` | `StreamBatcher` (one worker or two) with a step handler | each stream's own chunks in order, then exactly one final item; refusals as configured; join limits; exact stats |
 //!
 //! Every input is bounded (operations, values), so one input runs in well under a second.
 
 pub mod batch;
+pub mod batch_stream;
 pub mod cache;
 pub mod counter;
 pub mod queue;
 
 pub use batch::run as run_batch;
+pub use batch_stream::run as run_batch_stream;
 pub use cache::run as run_cache;
 pub use counter::run as run_counter;
 pub use queue::run as run_queue;

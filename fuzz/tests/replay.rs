@@ -211,6 +211,7 @@ macro_rules! target_tests {
 
 target_tests! {
     batch => latchless_fuzz::run_batch,
+    batch_stream => latchless_fuzz::run_batch_stream,
     cache => latchless_fuzz::run_cache,
     counter => latchless_fuzz::run_counter,
     queue => latchless_fuzz::run_queue,
