@@ -528,7 +528,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     /// [`StepHandler`] made by `factory` on that worker's thread (so the handler need not be
     /// `Send`: it may own a model and its KV cache), each with its own running batch. Waiting
     /// requests go to whichever worker joins them first; a worker that joined items and leaves
-    /// others waiting wakes a sleeping one for them. A handler that panics is dropped with the
+    /// others waiting wakes a sleeping one for them. (An item a worker popped that did not fit
+    /// in its batch's remaining cost budget waits for that worker's running items to finish,
+    /// even if another worker is idle: keep `max_batch_cost` well above one request's cost.) A handler that panics is dropped with the
     /// items of that join or step and replaced from the factory; every guarantee of
     /// [`spawn_steps`](Self::spawn_steps) holds across the pool, and the limits
     /// (`max_batch_size`, `max_batch_cost`, the join policy) apply to each worker's batch.
