@@ -155,7 +155,7 @@ tsan() (
     local cargo=(cargo +nightly test -Zbuild-std --target "$host" -p latchless
         --target-dir target/tsan --lib --test stress --test drops --test cache_stress
         --test cache_drops --test cache_api --test cache_iter --test batch --test batch_pool
-        --test batch_priority --test linearizability)
+        --test batch_priority --test batch_stream --test linearizability)
     mkdir -p target/tsan
     export RUSTFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1"
     part "build (std included)" "${cargo[@]}" --no-run || return 1
