@@ -45,7 +45,7 @@ fn doubler() -> Batcher<u32, u32> {
 
 /// A submit races the idle worker going to sleep: the request is always answered (a lost
 /// wake-up would leave every thread blocked, which loom reports as a deadlock).
-// Measured: 361 executions, 27ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 345 executions, 39ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn submit_races_worker_park() {
     latchless_loom_tests::model(|| {
@@ -58,7 +58,7 @@ fn submit_races_worker_park() {
 
 /// Shutdown races a submit from another thread: the request is either refused with
 /// `ShuttingDown` (handed back) or accepted and answered; shutdown returns either way.
-// Measured: 392 executions, 39ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 388 executions, 58ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn shutdown_races_submit() {
     latchless_loom_tests::model(|| {
@@ -85,7 +85,7 @@ fn shutdown_races_submit() {
 
 /// The reply slot: the waiter drops its `Pending` while the worker may be computing or replying.
 /// Nothing is leaked or answered twice, and the batcher still drains and shuts down.
-// Measured: 414 executions, 30ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 967 executions, 80ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn waiter_drops_while_worker_replies() {
     latchless_loom_tests::model(|| {
@@ -102,7 +102,7 @@ fn waiter_drops_while_worker_replies() {
 /// Shutdown races a worker that waits out a long `max_wait` on a partly filled batch: shutdown
 /// must wake it to close the batch at once (under loom the wait never times out, so a lost
 /// wake-up shows as a deadlock), and the request is answered.
-// Measured: 298 executions, 22ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 298 executions, 38ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn shutdown_wakes_a_filling_batch() {
     latchless_loom_tests::model(|| {
@@ -117,7 +117,7 @@ fn shutdown_wakes_a_filling_batch() {
 /// Two workers, each with its own handler from the factory: a submit wakes one of them (the
 /// other may be anywhere in its own sleep protocol), the request is answered once, and shutdown
 /// wakes both and waits for both (a worker left parked would show as a deadlock).
-// Measured: 64,444 executions, 8.8s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 56,697 executions, 9.7s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn two_workers_hand_off_and_shut_down() {
     latchless_loom_tests::model(|| {
@@ -137,7 +137,7 @@ fn two_workers_hand_off_and_shut_down() {
 /// for an unpark) while the other worker goes idle: either the filling worker sees the idle one
 /// and closes its batch, or the idle one sees it parked and wakes it. A lost wake-up would leave
 /// the request unanswered, which loom reports as a deadlock.
-// Measured: 73,388 executions, 10.6s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 64,969 executions, 10.4s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn an_idle_worker_closes_a_filling_batch() {
     latchless_loom_tests::model(|| {
@@ -154,7 +154,7 @@ fn an_idle_worker_closes_a_filling_batch() {
 /// Shutdown races a client's submit with two workers: the request is refused (handed back) or
 /// answered, and shutdown returns only once both workers have seen `in_flight` reach zero,
 /// whichever of them answered it.
-// Measured: 18,407 executions, 3.2s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 17,513 executions, 3.3s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn two_workers_shutdown_races_submit() {
     latchless_loom_tests::model(|| {
@@ -184,7 +184,7 @@ fn two_workers_shutdown_races_submit() {
 /// the main thread submits to the urgent one. The worker's last look before parking must cover
 /// every class's queue (a look at one queue only would lose the wake-up: a loom deadlock), and
 /// both requests are answered.
-// Measured: 28,182 executions, 5.9s (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
+// Measured: 27,561 executions, 5.2s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn submits_to_two_classes_race_worker_park() {
     latchless_loom_tests::model(|| {
@@ -255,7 +255,7 @@ fn read_whole(stream: ChunkStream<u32, u32>, n: u32) {
 
 /// An item joins while the worker is stepping another one (or just before, or after it left):
 /// both streams get their chunks in order and exactly one final item, and shutdown drains.
-// Measured: 4,788 executions, 0.9s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
+// Measured: 4,788 executions, 0.6s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn stream_item_joins_while_a_step_runs() {
     latchless_loom_tests::model(|| {
@@ -277,7 +277,7 @@ fn stream_item_joins_while_a_step_runs() {
 /// The client drops its stream while the worker runs the step that finishes the item: either
 /// the item finished first (its final item is dropped with the stream) or it leaves as
 /// cancelled; counted once either way, admission is given back, and shutdown drains.
-// Measured: 582 executions, 70ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
+// Measured: 582 executions, 57ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn stream_cancel_races_the_finishing_step() {
     latchless_loom_tests::model(|| {
@@ -294,7 +294,7 @@ fn stream_cancel_races_the_finishing_step() {
 /// The client reads a first chunk, then drops its stream while the worker sends the next
 /// chunk (or the final item): nothing is delivered twice or lost track of, the item leaves,
 /// and shutdown drains.
-// Measured: 707 executions, 101ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
+// Measured: 707 executions, 52ms (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn stream_consumer_drops_while_a_chunk_is_sent() {
     latchless_loom_tests::model(|| {
@@ -311,7 +311,7 @@ fn stream_consumer_drops_while_a_chunk_is_sent() {
 
 /// Two step-wise workers, each with its own handler and batch: a submit wakes one of them (the
 /// other may be anywhere in its own sleep protocol), the item's final item comes once, and shutdown wakes both and waits for both (a worker left parked shows as a deadlock).
-// Measured: 57,912 executions, 9.0s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
+// Measured: 57,912 executions, 7.2s (release, LOOM_MAX_PREEMPTIONS=2, 2-core dev machine).
 #[test]
 fn stream_two_workers_hand_off_and_shut_down() {
     latchless_loom_tests::model(|| {
