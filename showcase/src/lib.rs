@@ -8,10 +8,12 @@
 //!   [`generate`](model::generate).
 //! - [`lstm`] and [`transformer`]: the two models.
 //! - [`serve`]: requests, replies, the session cache and the batch handler.
+//! - [`continuous`]: the step handler of continuous batching, which streams each byte.
 //! - [`workload`]: the three ways of serving the same workload that the example compares.
 
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod continuous;
 pub mod lstm;
 pub mod model;
 pub mod serve;

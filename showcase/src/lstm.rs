@@ -287,6 +287,16 @@ impl LanguageModel for LstmLm {
         Ok(())
     }
 
+    fn append(&self, batch: &mut LstmBatch, other: LstmBatch) -> Result<()> {
+        for (s, o) in batch.layers.iter_mut().zip(other.layers) {
+            *s = LSTMState::new(
+                Tensor::cat(&[&s.h, &o.h], 0)?,
+                Tensor::cat(&[&s.c, &o.c], 0)?,
+            );
+        }
+        Ok(())
+    }
+
     fn state_of(&self, batch: &LstmBatch, row: usize) -> Result<LstmSeqState> {
         Ok(LstmSeqState {
             layers: batch

@@ -58,12 +58,20 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// the model's context.
     fn decode(&self, batch: &mut Self::Batch, tokens: &[u32]) -> Result<Tensor>;
 
-    /// Keeps only the batch's rows `keep` (increasing indices), in that order.
+    /// Keeps only the batch's rows `keep` (distinct indices, in any order), in that order.
+    ///
+    /// # Errors
+    ///
+    /// A candle error, or an index out of the batch.
+    fn retain(&self, batch: &mut Self::Batch, keep: &[usize]) -> Result<()>;
+
+    /// Appends `other`'s rows after `batch`'s, in order: sequences prefilled apart decode
+    /// together from now on (continuous batching joins new sequences into a running batch so).
     ///
     /// # Errors
     ///
     /// A candle error.
-    fn retain(&self, batch: &mut Self::Batch, keep: &[usize]) -> Result<()>;
+    fn append(&self, batch: &mut Self::Batch, other: Self::Batch) -> Result<()>;
 
     /// Row `row`'s state, in storage of its own (a batch's tensors are shared by all its
     /// rows, and must not be kept alive by a cached session).
@@ -171,7 +179,7 @@ pub fn generate<M: LanguageModel + ?Sized>(model: &M, jobs: &mut [Job<M::State>]
     }
 }
 
-fn argmax(row: &[f32]) -> u32 {
+pub(crate) fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {

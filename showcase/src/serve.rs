@@ -326,7 +326,7 @@ impl<M: LanguageModel> Engine<M> {
     }
 
     /// Stores a session's new state if nobody else stored one since `read`.
-    fn store(
+    pub(crate) fn store(
         &self,
         session: u64,
         read: Option<Session<M::State>>,

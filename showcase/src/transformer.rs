@@ -252,10 +252,23 @@ impl LanguageModel for TransformerLm {
         if let Some(&r) = keep.iter().find(|&&r| r >= batch.rows.len()) {
             candle_core::bail!("row {r} of a batch of {}", batch.rows.len());
         }
+        let mut seen = vec![false; batch.rows.len()];
+        if let Some(&r) = keep
+            .iter()
+            .find(|&&r| std::mem::replace(&mut seen[r], true))
+        {
+            candle_core::bail!("row {r} kept twice");
+        }
         batch.rows = keep
             .iter()
             .map(|&r| std::mem::take(&mut batch.rows[r]))
             .collect();
+        Ok(())
+    }
+
+    fn append(&self, batch: &mut TransformerBatch, other: TransformerBatch) -> Result<()> {
+        // Rows are independent: appending moves their states, no key or value is copied.
+        batch.rows.extend(other.rows);
         Ok(())
     }
 

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use cpu_time::ProcessTime;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use latchless::batch::{BatchConfig, BatchStats, Batcher, CallError, SubmitError};
+use latchless::batch::{
+    BatchConfig, BatchStats, Batcher, CallError, JoinPolicy, Streamed, SubmitError,
+};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use crate::continuous::Continuous;
 use crate::model::{generate, Job, LanguageModel};
 use crate::serve::{Answer, Engine, Reply, Request};
 
@@ -29,6 +32,9 @@ pub enum Mode {
     /// latchless's `Batcher`: requests from all clients computed together, by a pool of
     /// batcher workers.
     Batcher,
+    /// latchless's `StreamBatcher` (continuous batching): each worker runs one batch that
+    /// requests join and leave between decode steps, streaming each byte as it is made.
+    Continuous,
 }
 
 impl Mode {
@@ -38,6 +44,7 @@ impl Mode {
             Self::Sequential => "one at a time",
             Self::Pool => "rayon pool",
             Self::Batcher => "batcher",
+            Self::Continuous => "continuous",
         }
     }
 }
@@ -115,6 +122,10 @@ pub struct Outcome {
     pub refusals: u64,
     /// Latency of answered requests, in microseconds, from first submission to reply.
     pub latency: Histogram<u64>,
+    /// Time to the first thing an answered request's client receives, in microseconds, from
+    /// first submission: the first streamed byte in the continuous mode, the whole reply in the
+    /// others.
+    pub first_byte: Histogram<u64>,
     /// Time of each model call (a batch, or a single request), in microseconds.
     pub compute: Histogram<u64>,
     /// The batcher's statistics (batcher only).
@@ -143,6 +154,11 @@ impl Outcome {
     pub fn latency_ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
+
+    /// A quantile of the time to the first byte, in milliseconds.
+    pub fn first_byte_ms(&self, q: f64) -> f64 {
+        self.first_byte.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -158,9 +174,10 @@ fn micros(d: Duration) -> u64 {
 type ClientAnswer = Result<Reply, String>;
 
 /// Serves `work` (one list per client) in `mode` and measures it. `engine` should be fresh, so
-/// that every mode starts with an empty session cache. The batcher runs `workers` workers: one
+/// that every mode starts with an empty session cache. The batchers run `workers` workers: one
 /// computes on `engine`'s own compute pool; several each compute on a rayon pool of their own
-/// with as many threads as `engine`'s, so that no worker queues behind another's kernels.
+/// with as many threads as `engine`'s, so that no worker queues behind another's kernels. The
+/// continuous mode lets waiting requests join a running batch under `join`.
 ///
 /// # Errors
 ///
@@ -170,6 +187,7 @@ pub fn run<M: LanguageModel>(
     engine: Arc<Engine<M>>,
     work: &[Vec<Request>],
     batch: &BatchConfig,
+    join: JoinPolicy,
     workers: usize,
     progress: &ProgressBar,
 ) -> Result<Outcome, String> {
@@ -193,11 +211,14 @@ pub fn run<M: LanguageModel>(
                 .map_err(|e| e.to_string())?;
             let answers = clients(work, progress, |req| {
                 let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-                tx.send((req, reply_tx))
-                    .map_err(|_| "the server stopped".to_string())?;
-                reply_rx
+                if tx.send((req, reply_tx)).is_err() {
+                    return (Err("the server stopped".to_string()), None);
+                }
+                let answer = reply_rx
                     .recv()
-                    .map_err(|_| "the server stopped".to_string())?
+                    .map_err(|_| "the server stopped".to_string())
+                    .and_then(|a| a);
+                (answer, None)
             });
             drop(tx);
             server
@@ -220,9 +241,11 @@ pub fn run<M: LanguageModel>(
                     let out = timed(&compute, || engine.serve_on_current_pool(vec![req]));
                     let _ = reply_tx.send(first(out));
                 });
-                reply_rx
+                let answer = reply_rx
                     .recv()
-                    .map_err(|_| "the pool dropped the task".to_string())?
+                    .map_err(|_| "the pool dropped the task".to_string())
+                    .and_then(|a| a);
+                (answer, None)
             });
             (answers, 0, None)
         }
@@ -255,14 +278,69 @@ pub fn run<M: LanguageModel>(
             let refusals = std::sync::atomic::AtomicU64::new(0);
             let answers = clients(work, progress, |mut req| loop {
                 match batcher.call(req) {
-                    Ok(answer) => return answer.map_err(|e| e.to_string()),
+                    Ok(answer) => return (answer.map_err(|e| e.to_string()), None),
                     Err(CallError::Refused(SubmitError::Overloaded(back))) => {
                         refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         req = back;
                         thread::sleep(Duration::from_millis(1));
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return (Err(e.to_string()), None),
                 }
+            });
+            batcher.shutdown();
+            (answers, refusals.into_inner(), Some(batcher.stats()))
+        }
+        Mode::Continuous => {
+            let handler_engine = Arc::clone(&engine);
+            let builder = Batcher::builder()
+                .config(batch.clone())
+                .cost(Request::cost)
+                .join_policy(join);
+            let batcher = if workers <= 1 {
+                builder.spawn_steps(Continuous::new(Arc::clone(&engine), None))
+            } else {
+                let threads = engine.compute_threads();
+                builder.spawn_steps_pool(workers, move || {
+                    // Made on the worker's thread; a pool that cannot be built panics here, and
+                    // the batcher fails the items of that join and tries again.
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .thread_name(|i| format!("continuous-compute-{i}"))
+                        .build()
+                        .expect("a worker's compute pool");
+                    Continuous::new(Arc::clone(&handler_engine), Some(pool))
+                })
+            }
+            .map_err(|e| e.to_string())?;
+            let refusals = std::sync::atomic::AtomicU64::new(0);
+            let answers = clients(work, progress, |mut req| {
+                let start = Instant::now();
+                let stream = loop {
+                    match batcher.submit(req) {
+                        Ok(stream) => break stream,
+                        Err(SubmitError::Overloaded(back)) => {
+                            refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            req = back;
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => return (Err(e.to_string()), None),
+                    }
+                };
+                let mut first = None;
+                for item in stream {
+                    first.get_or_insert_with(|| start.elapsed());
+                    if let Streamed::Done(done) = item {
+                        let answer = match done {
+                            Ok(answer) => answer.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        return (answer, first);
+                    }
+                }
+                (
+                    Err("the stream ended without a final item".to_string()),
+                    first,
+                )
             });
             batcher.shutdown();
             (answers, refusals.into_inner(), Some(batcher.stats()))
@@ -280,6 +358,7 @@ pub fn run<M: LanguageModel>(
         errors: BTreeMap::new(),
         refusals,
         latency: histogram(),
+        first_byte: histogram(),
         compute: compute
             .lock()
             .map(|h| h.clone())
@@ -287,12 +366,15 @@ pub fn run<M: LanguageModel>(
         batches,
         session_hit_ratio: engine.sessions().stats().hit_ratio(),
     };
-    for (answer, latency) in answers {
+    for (answer, latency, first_byte) in answers {
         match answer {
             Ok(reply) => {
                 outcome.ok += 1;
                 outcome.tokens += reply.text.len() as u64;
                 outcome.latency.saturating_record(micros(latency));
+                outcome
+                    .first_byte
+                    .saturating_record(micros(first_byte.unwrap_or(latency)));
             }
             Err(e) => *outcome.errors.entry(e).or_default() += 1,
         }
@@ -318,12 +400,13 @@ fn first(mut out: Vec<Answer>) -> ClientAnswer {
     }
 }
 
-/// Runs one thread per client; each sends its requests one after another through `send`.
+/// Runs one thread per client; each sends its requests one after another through `send`,
+/// which returns the answer and, for a streamed answer, how long its first item took.
 fn clients(
     work: &[Vec<Request>],
     progress: &ProgressBar,
-    send: impl Fn(Request) -> ClientAnswer + Sync,
-) -> Vec<(ClientAnswer, Duration)> {
+    send: impl Fn(Request) -> (ClientAnswer, Option<Duration>) + Sync,
+) -> Vec<(ClientAnswer, Duration, Option<Duration>)> {
     thread::scope(|s| {
         let handles: Vec<_> = work
             .iter()
@@ -333,9 +416,9 @@ fn clients(
                     reqs.iter()
                         .map(|req| {
                             let start = Instant::now();
-                            let answer = send(req.clone());
+                            let (answer, first) = send(req.clone());
                             progress.inc(1);
-                            (answer, start.elapsed())
+                            (answer, start.elapsed(), first)
                         })
                         .collect::<Vec<_>>()
                 })

@@ -160,3 +160,91 @@ fn many_clients_through_the_batcher_each_get_their_own_replies() {
     // Batching happened: fewer batches than requests.
     assert!(stats.batches < stats.completed, "{stats:?}");
 }
+
+/// A step handler that runs each step only when the test hands it a permit.
+struct Gated<H> {
+    inner: H,
+    permits: std::sync::mpsc::Receiver<()>,
+}
+
+impl<H: latchless::batch::StepHandler> latchless::batch::StepHandler for Gated<H> {
+    type Req = H::Req;
+    type State = H::State;
+    type Chunk = H::Chunk;
+    type Out = H::Out;
+
+    fn join(&mut self, reqs: Vec<H::Req>) -> Vec<latchless::batch::Joined<H::State, H::Out>> {
+        self.inner.join(reqs)
+    }
+
+    fn step(&mut self, items: &mut [H::State]) -> Vec<latchless::batch::Step<H::Chunk, H::Out>> {
+        self.permits.recv().expect("the test hands out permits");
+        self.inner.step(items)
+    }
+}
+
+#[test]
+fn a_cancelled_stream_leaves_the_continuous_batch_and_the_others_are_unchanged() {
+    use latchless::batch::Streamed;
+    use latchless_showcase::continuous::Continuous;
+
+    let reqs: Vec<Request> = (0..4)
+        .map(|s| req(s, format!("prompt {s}").as_bytes(), 20))
+        .collect();
+    // What each request gives alone.
+    let alone: Vec<Vec<u8>> = reqs
+        .iter()
+        .map(|r| {
+            let engine = lstm_engine(1 << 20);
+            engine.serve(vec![r.clone()]).pop().unwrap().unwrap().text
+        })
+        .collect();
+    let engine = Arc::new(lstm_engine(1 << 20));
+    // A rendezvous: a send returns once the worker has started a step, so after the send of
+    // step k + 1 the chunks of step k are in their streams.
+    let (permit, permits) = std::sync::mpsc::sync_channel(0);
+    let batcher = Batcher::builder()
+        .max_batch_size(4)
+        .spawn_steps(Gated {
+            inner: Continuous::new(Arc::clone(&engine), None),
+            permits,
+        })
+        .unwrap();
+    let mut streams: Vec<_> = reqs
+        .iter()
+        .map(|r| batcher.submit(r.clone()).unwrap())
+        .collect();
+    // Step by step until every request has streamed a byte (they may join over several
+    // joins): a few steps.
+    let mut steps = 0;
+    let mut started = [false; 4];
+    while !started.iter().all(|&s| s) {
+        permit.send(()).unwrap();
+        steps += 1;
+        for (s, stream) in started.iter_mut().zip(&mut streams) {
+            if !*s {
+                *s = matches!(stream.try_next(), Some(Streamed::Chunk(_)));
+            }
+        }
+    }
+    assert!(steps <= 8, "{steps} steps to start four requests");
+    // Session 1's client hangs up, well before its twentieth byte: the worker sees it before
+    // the step after the one running now.
+    drop(streams.remove(1));
+    // Steps from now on as fast as the worker asks; the handler's end (at shutdown) ends this.
+    let feeder = std::thread::spawn(move || while permit.send(()).is_ok() {});
+    for (stream, want) in streams.into_iter().zip([&alone[0], &alone[2], &alone[3]]) {
+        let Some(Streamed::Done(Ok(Ok(reply)))) = stream.last() else {
+            panic!("no reply");
+        };
+        assert_eq!(&reply.text, want);
+    }
+    batcher.shutdown();
+    drop(batcher);
+    feeder.join().unwrap();
+    // The cancelled request stored nothing; the others stored their sessions.
+    assert!(!engine.sessions().contains_key(&1));
+    for s in [0, 2, 3] {
+        assert!(engine.sessions().contains_key(&s));
+    }
+}
