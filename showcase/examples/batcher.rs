@@ -20,7 +20,7 @@ use latchless_showcase::lstm::{LstmConfig, LstmLm};
 use latchless_showcase::model::LanguageModel;
 use latchless_showcase::serve::{Engine, Request};
 use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
-use latchless_showcase::workload::{self, Mode, Outcome, Workload};
+use latchless_showcase::workload::{self, Arrivals, Mode, Outcome, Serving, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ModelChoice {
@@ -97,6 +97,18 @@ struct Args {
     /// ones.
     #[arg(long, default_value_t = 1.2)]
     join_ratio: f32,
+    /// Open-loop loads to run after the closed loop, as shares of the capacity (the rayon pool's
+    /// closed-loop requests per second, measured first), e.g. `0.25,0.5,1,1.5`. Needs the pool
+    /// mode.
+    #[arg(long, value_delimiter = ',')]
+    loads: Vec<f64>,
+    /// The share of requests (0 to 1) whose generation is --long-factor times longer: a
+    /// bimodal mix.
+    #[arg(long, default_value_t = 0.0)]
+    long_share: f64,
+    /// How many times longer a long request's generation is.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    long_factor: u64,
     /// Rounds of all modes, in rotating order; the report shows each mode's median round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=15))]
     rounds: u64,
@@ -127,12 +139,31 @@ fn run(args: &Args) -> Result<(), String> {
     if args.modes.is_empty() {
         return Err("--modes names no mode".into());
     }
+    if !(0.0..=1.0).contains(&args.long_share) {
+        return Err(format!(
+            "--long-share {} is not between 0 and 1",
+            args.long_share
+        ));
+    }
+    if let Some(bad) = args.loads.iter().find(|l| !(l.is_finite() && **l > 0.0)) {
+        return Err(format!(
+            "--loads: {bad} is not a positive share of the capacity"
+        ));
+    }
+    if !args.loads.is_empty() && !args.modes.contains(&Mode::Pool) {
+        return Err(
+            "--loads needs the pool mode (--modes ...,pool), whose throughput is the capacity"
+                .into(),
+        );
+    }
     let work = Workload {
         clients: args.clients as usize,
         requests: args.requests as usize,
         sessions_per_client: args.sessions_per_client as usize,
         prompt_len: args.min_prompt..=args.max_prompt,
         max_new: args.min_new..=args.max_new,
+        long_share: args.long_share,
+        long_factor: args.long_factor as usize,
         seed: args.seed,
     };
     let mut batch = BatchConfig::default();
@@ -182,9 +213,121 @@ fn serve_model<M: LanguageModel>(
     join: JoinPolicy,
 ) -> Result<(), String> {
     let requests = work.requests();
-    let total = requests.iter().map(Vec::len).sum::<usize>() as u64;
     let mut modes = args.modes.clone();
     modes.dedup();
+    let mut serving = Serving {
+        batch: batch.clone(),
+        join,
+        workers: workers(args),
+        arrivals: Arrivals::Closed,
+    };
+    let (outcomes, batcher_engine) = measure(&model, args, &requests, &serving, &modes)?;
+    match &batcher_engine {
+        Some(engine) => report(&model, &requests, engine, batch, workers(args), &outcomes)?,
+        None => report(
+            &model,
+            &requests,
+            &Engine::new(Arc::clone(&model), 1).map_err(|e| e.to_string())?,
+            batch,
+            workers(args),
+            &outcomes,
+        )?,
+    }
+    if args.loads.is_empty() {
+        return Ok(());
+    }
+    // The open-loop sweep: loads relative to the pool's closed-loop capacity, measured above.
+    let Some(pool) = outcomes.iter().find(|o| o.mode == Mode::Pool) else {
+        return Err("--loads needs the pool mode, whose throughput is the capacity".into());
+    };
+    let capacity = pool.requests_per_sec();
+    // The unloaded one-at-a-time p50: one client, one request at a time, nothing queued.
+    let unloaded_work: Vec<Vec<Request>> =
+        vec![requests.iter().flatten().take(32).cloned().collect()];
+    let unloaded_serving = Serving {
+        arrivals: Arrivals::Closed,
+        ..serving.clone()
+    };
+    let (unloaded, _) = measure(
+        &model,
+        args,
+        &unloaded_work,
+        &unloaded_serving,
+        &[Mode::Sequential],
+    )?;
+    let unloaded_p50 = unloaded[0].latency_ms(0.5);
+    let good = Duration::from_secs_f64(5.0 * unloaded_p50 / 1000.0);
+    println!(
+        "open loop ({}): Poisson arrivals at a share of the capacity, {capacity:.1} requests/s (the \
+         pool's, closed loop, above); each request a fresh session; goodput counts replies within \
+         5 x the unloaded one-at-a-time p50 ({unloaded_p50:.1} ms)",
+        model.name()
+    );
+    println!(
+        "{:<6} {:<14} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>8} {:>6}",
+        "load",
+        "mode",
+        "offered",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "1st p50 ms",
+        "itl p50",
+        "itl p99",
+        "goodput/s",
+        "refused",
+        "errors"
+    );
+    for (k, &load) in args.loads.iter().enumerate() {
+        let rate = load * capacity;
+        serving.arrivals = Arrivals::Open {
+            rate,
+            seed: args.seed.wrapping_add(k as u64),
+        };
+        let (open, _) = measure(&model, args, &requests, &serving, &modes)?;
+        for o in &open {
+            let streamed = o.mode == Mode::Continuous;
+            let itl = |q| {
+                if streamed {
+                    format!("{:.1}", o.inter_token_ms(q))
+                } else {
+                    "-".into()
+                }
+            };
+            println!(
+                "{:<6} {:<14} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>8} {:>8} {:>10.1} {:>8} {:>6}",
+                format!("{load}x"),
+                o.mode.label(),
+                rate,
+                o.requests_per_sec(),
+                o.latency_ms(0.5),
+                o.latency_ms(0.99),
+                o.first_byte_ms(0.5),
+                itl(0.5),
+                itl(0.99),
+                o.goodput_per_sec(good),
+                o.refusals,
+                o.errors.values().sum::<u64>(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each mode's median outcome, and the whole-request batcher's engine.
+type Measured<M> = (Vec<Outcome>, Option<Arc<Engine<M>>>);
+
+/// Runs `modes` over `requests` for `--rounds` rounds, in rotating order, each on a fresh
+/// engine; returns each mode's median round (by requests per second), and the engine of the
+/// whole-request batcher's last round.
+fn measure<M: LanguageModel>(
+    model: &Arc<M>,
+    args: &Args,
+    requests: &[Vec<Request>],
+    serving: &Serving,
+    modes: &[Mode],
+) -> Result<Measured<M>, String> {
+    let total = requests.iter().map(Vec::len).sum::<usize>() as u64;
     let mut rounds: Vec<Vec<Outcome>> = modes.iter().map(|_| Vec::new()).collect();
     let progress = ProgressBar::new(total * modes.len() as u64 * args.rounds);
     progress.set_style(
@@ -199,7 +342,7 @@ fn serve_model<M: LanguageModel>(
             let m = (k + round) % modes.len();
             progress.set_message(format!("{}: {}", model.name(), modes[m].label()));
             // A fresh engine: every mode starts with an empty session cache.
-            // The batcher's engine gets `--compute-threads`; one request at a time runs on one
+            // The batchers' engines get `--compute-threads`; one request at a time runs on one
             // thread by definition, and the pool mode brings its own workers.
             let threads = if matches!(modes[m], Mode::Batcher | Mode::Continuous) {
                 args.compute_threads as usize
@@ -207,25 +350,19 @@ fn serve_model<M: LanguageModel>(
                 1
             };
             let engine = Arc::new(
-                Engine::with_compute_threads(Arc::clone(&model), args.session_bytes, threads)
+                Engine::with_compute_threads(Arc::clone(model), args.session_bytes, threads)
                     .map_err(|e| e.to_string())?,
             );
             if modes[m] == Mode::Batcher {
                 batcher_engine = Some(Arc::clone(&engine));
             }
             rounds[m].push(workload::run(
-                modes[m],
-                engine,
-                &requests,
-                batch,
-                join,
-                workers(args),
-                &progress,
+                modes[m], engine, requests, serving, &progress,
             )?);
         }
     }
     progress.finish_and_clear();
-    let outcomes: Vec<Outcome> = rounds
+    let outcomes = rounds
         .into_iter()
         .map(|mut r| {
             r.sort_by(|a, b| a.requests_per_sec().total_cmp(&b.requests_per_sec()));
@@ -233,17 +370,7 @@ fn serve_model<M: LanguageModel>(
             r.swap_remove(mid)
         })
         .collect();
-    match &batcher_engine {
-        Some(engine) => report(&model, &requests, engine, batch, workers(args), &outcomes),
-        None => report(
-            &model,
-            &requests,
-            &Engine::new(Arc::clone(&model), 1).map_err(|e| e.to_string())?,
-            batch,
-            workers(args),
-            &outcomes,
-        ),
-    }
+    Ok((outcomes, batcher_engine))
 }
 
 fn report<M: LanguageModel>(

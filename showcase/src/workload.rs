@@ -50,7 +50,7 @@ impl Mode {
 }
 
 /// The requests the clients send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     /// Client threads.
     pub clients: usize,
@@ -62,6 +62,11 @@ pub struct Workload {
     pub prompt_len: RangeInclusive<usize>,
     /// Bytes to generate per request, drawn uniformly.
     pub max_new: RangeInclusive<usize>,
+    /// The share of requests (0 to 1) that generate `long_factor` times as many bytes: a
+    /// bimodal mix of short and long generations. 0 for none.
+    pub long_share: f64,
+    /// How many times longer a long request's generation is.
+    pub long_factor: usize,
     /// Seed of the prompts and lengths.
     pub seed: u64,
 }
@@ -75,7 +80,8 @@ impl Workload {
     /// use latchless_showcase::workload::Workload;
     ///
     /// let w = Workload { clients: 3, requests: 10, sessions_per_client: 2,
-    ///                    prompt_len: 4..=8, max_new: 1..=2, seed: 5 };
+    ///                    prompt_len: 4..=8, max_new: 1..=2, long_share: 0.1, long_factor: 10,
+    ///                    seed: 5 };
     /// let per_client = w.requests();
     /// assert_eq!(per_client.iter().map(Vec::len).sum::<usize>(), 10);
     /// assert_eq!(per_client, w.requests());
@@ -92,7 +98,11 @@ impl Workload {
             let len = rng.random_range(self.prompt_len.clone());
             // Printable ASCII, so a reader can look at prompts if they want.
             let prompt = (0..len).map(|_| rng.random_range(b' '..=b'~')).collect();
-            let max_new = rng.random_range(self.max_new.clone());
+            let mut max_new = rng.random_range(self.max_new.clone());
+            // Drawn only for a bimodal mix, so that other workloads stay as they were.
+            if self.long_share > 0.0 && rng.random_bool(self.long_share.min(1.0)) {
+                max_new = max_new.saturating_mul(self.long_factor);
+            }
             out[client].push(Request {
                 session,
                 prompt,
@@ -101,6 +111,38 @@ impl Workload {
         }
         out
     }
+}
+
+/// How the clients send their requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    /// Closed loop: one thread per client, each sending its next request when the previous one
+    /// is answered (the offered load adapts to the server).
+    Closed,
+    /// Open loop: requests arrive at random (Poisson) times, `rate` per second on average,
+    /// whatever the server's speed, each sent by a thread of its own; a request's latency counts
+    /// from its scheduled arrival. The requests are taken in turn from each client's list, each
+    /// with a session of its own (independent arrivals would otherwise send two turns of one
+    /// session at once).
+    Open {
+        /// Mean arrivals per second.
+        rate: f64,
+        /// Seed of the arrival times.
+        seed: u64,
+    },
+}
+
+/// How the batching modes are set up, and how requests arrive.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The batchers' limits (both batching modes).
+    pub batch: BatchConfig,
+    /// When waiting requests join the continuous batch.
+    pub join: JoinPolicy,
+    /// Workers of each batcher.
+    pub workers: usize,
+    /// How requests arrive.
+    pub arrivals: Arrivals,
 }
 
 /// What one mode measured.
@@ -126,6 +168,9 @@ pub struct Outcome {
     /// first submission: the first streamed byte in the continuous mode, the whole reply in the
     /// others.
     pub first_byte: Histogram<u64>,
+    /// Gaps between consecutive streamed bytes of a request (continuous mode only), in
+    /// microseconds: the inter-token latency.
+    pub inter_token: Histogram<u64>,
     /// Time of each model call (a batch, or a single request), in microseconds.
     pub compute: Histogram<u64>,
     /// The batcher's statistics (batcher only).
@@ -159,6 +204,17 @@ impl Outcome {
     pub fn first_byte_ms(&self, q: f64) -> f64 {
         self.first_byte.value_at_quantile(q) as f64 / 1000.0
     }
+
+    /// A quantile of the inter-token latency in milliseconds (0 for modes that do not stream).
+    pub fn inter_token_ms(&self, q: f64) -> f64 {
+        self.inter_token.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Answered requests whose latency was at most `limit`, per wall-clock second: the goodput.
+    pub fn goodput_per_sec(&self, limit: Duration) -> f64 {
+        let within = self.latency.count_between(0, micros(limit));
+        within as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -186,11 +242,11 @@ pub fn run<M: LanguageModel>(
     mode: Mode,
     engine: Arc<Engine<M>>,
     work: &[Vec<Request>],
-    batch: &BatchConfig,
-    join: JoinPolicy,
-    workers: usize,
+    serving: &Serving,
     progress: &ProgressBar,
 ) -> Result<Outcome, String> {
+    let (batch, join, workers) = (&serving.batch, serving.join, serving.workers);
+    let arrivals = serving.arrivals;
     let compute = Arc::new(Mutex::new(histogram()));
     let cpu_start = ProcessTime::now();
     let start = Instant::now();
@@ -209,16 +265,16 @@ pub fn run<M: LanguageModel>(
                     }
                 })
                 .map_err(|e| e.to_string())?;
-            let answers = clients(work, progress, |req| {
+            let answers = send_all(work, arrivals, progress, |req| {
                 let (reply_tx, reply_rx) = mpsc::sync_channel(1);
                 if tx.send((req, reply_tx)).is_err() {
-                    return (Err("the server stopped".to_string()), None);
+                    return Sent::whole(Err("the server stopped".to_string()));
                 }
                 let answer = reply_rx
                     .recv()
                     .map_err(|_| "the server stopped".to_string())
                     .and_then(|a| a);
-                (answer, None)
+                Sent::whole(answer)
             });
             drop(tx);
             server
@@ -233,7 +289,7 @@ pub fn run<M: LanguageModel>(
                 .thread_name(|i| format!("pool-worker-{i}"))
                 .build()
                 .map_err(|e| e.to_string())?;
-            let answers = clients(work, progress, |req| {
+            let answers = send_all(work, arrivals, progress, |req| {
                 let (reply_tx, reply_rx) = mpsc::sync_channel(1);
                 let engine = Arc::clone(&engine);
                 let compute = Arc::clone(&compute);
@@ -245,7 +301,7 @@ pub fn run<M: LanguageModel>(
                     .recv()
                     .map_err(|_| "the pool dropped the task".to_string())
                     .and_then(|a| a);
-                (answer, None)
+                Sent::whole(answer)
             });
             (answers, 0, None)
         }
@@ -276,15 +332,15 @@ pub fn run<M: LanguageModel>(
             }
             .map_err(|e| e.to_string())?;
             let refusals = std::sync::atomic::AtomicU64::new(0);
-            let answers = clients(work, progress, |mut req| loop {
+            let answers = send_all(work, arrivals, progress, |mut req| loop {
                 match batcher.call(req) {
-                    Ok(answer) => return (answer.map_err(|e| e.to_string()), None),
+                    Ok(answer) => return Sent::whole(answer.map_err(|e| e.to_string())),
                     Err(CallError::Refused(SubmitError::Overloaded(back))) => {
                         refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         req = back;
                         thread::sleep(Duration::from_millis(1));
                     }
-                    Err(e) => return (Err(e.to_string()), None),
+                    Err(e) => return Sent::whole(Err(e.to_string())),
                 }
             });
             batcher.shutdown();
@@ -313,7 +369,7 @@ pub fn run<M: LanguageModel>(
             }
             .map_err(|e| e.to_string())?;
             let refusals = std::sync::atomic::AtomicU64::new(0);
-            let answers = clients(work, progress, |mut req| {
+            let answers = send_all(work, arrivals, progress, |mut req| {
                 let start = Instant::now();
                 let stream = loop {
                     match batcher.submit(req) {
@@ -323,24 +379,26 @@ pub fn run<M: LanguageModel>(
                             req = back;
                             thread::sleep(Duration::from_millis(1));
                         }
-                        Err(e) => return (Err(e.to_string()), None),
+                        Err(e) => return Sent::whole(Err(e.to_string())),
                     }
                 };
-                let mut first = None;
+                let mut sent = Sent::whole(Err("the stream ended without a final item".into()));
+                let mut last = None;
                 for item in stream {
-                    first.get_or_insert_with(|| start.elapsed());
+                    let now = start.elapsed();
+                    sent.first.get_or_insert(now);
+                    if let Some(before) = last.replace(now) {
+                        sent.gaps.push(now - before);
+                    }
                     if let Streamed::Done(done) = item {
-                        let answer = match done {
+                        sent.answer = match done {
                             Ok(answer) => answer.map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
-                        return (answer, first);
+                        break;
                     }
                 }
-                (
-                    Err("the stream ended without a final item".to_string()),
-                    first,
-                )
+                sent
             });
             batcher.shutdown();
             (answers, refusals.into_inner(), Some(batcher.stats()))
@@ -359,6 +417,7 @@ pub fn run<M: LanguageModel>(
         refusals,
         latency: histogram(),
         first_byte: histogram(),
+        inter_token: histogram(),
         compute: compute
             .lock()
             .map(|h| h.clone())
@@ -366,15 +425,20 @@ pub fn run<M: LanguageModel>(
         batches,
         session_hit_ratio: engine.sessions().stats().hit_ratio(),
     };
-    for (answer, latency, first_byte) in answers {
-        match answer {
+    for (sent, latency) in answers {
+        match sent.answer {
             Ok(reply) => {
                 outcome.ok += 1;
                 outcome.tokens += reply.text.len() as u64;
                 outcome.latency.saturating_record(micros(latency));
-                outcome
-                    .first_byte
-                    .saturating_record(micros(first_byte.unwrap_or(latency)));
+                // The first byte, like every latency, counts from the request's start (its
+                // arrival, in the open loop), which may be before `send` began.
+                let lag = latency.saturating_sub(sent.took);
+                let first = sent.first.map_or(latency, |f| f + lag);
+                outcome.first_byte.saturating_record(micros(first));
+                for gap in sent.gaps {
+                    outcome.inter_token.saturating_record(micros(gap));
+                }
             }
             Err(e) => *outcome.errors.entry(e).or_default() += 1,
         }
@@ -400,35 +464,101 @@ fn first(mut out: Vec<Answer>) -> ClientAnswer {
     }
 }
 
-/// Runs one thread per client; each sends its requests one after another through `send`,
-/// which returns the answer and, for a streamed answer, how long its first item took.
-fn clients(
+/// What a client got for one request.
+struct Sent {
+    answer: ClientAnswer,
+    /// When the first streamed item came, from the start of `send` (streamed answers only).
+    first: Option<Duration>,
+    /// Gaps between consecutive streamed items.
+    gaps: Vec<Duration>,
+    /// How long `send` took (set by `send_all`).
+    took: Duration,
+}
+
+impl Sent {
+    /// An answer that came whole, not streamed.
+    fn whole(answer: ClientAnswer) -> Self {
+        Self {
+            answer,
+            first: None,
+            gaps: Vec::new(),
+            took: Duration::ZERO,
+        }
+    }
+}
+
+/// Sends every request of `work` through `send` as `arrivals` says; returns what each got and
+/// its latency (from its start in the closed loop, from its scheduled arrival in the open one).
+fn send_all(
     work: &[Vec<Request>],
+    arrivals: Arrivals,
     progress: &ProgressBar,
-    send: impl Fn(Request) -> (ClientAnswer, Option<Duration>) + Sync,
-) -> Vec<(ClientAnswer, Duration, Option<Duration>)> {
-    thread::scope(|s| {
-        let handles: Vec<_> = work
-            .iter()
-            .map(|reqs| {
-                let send = &send;
-                s.spawn(move || {
-                    reqs.iter()
-                        .map(|req| {
-                            let start = Instant::now();
-                            let (answer, first) = send(req.clone());
-                            progress.inc(1);
-                            (answer, start.elapsed(), first)
-                        })
-                        .collect::<Vec<_>>()
+    send: impl Fn(Request) -> Sent + Sync,
+) -> Vec<(Sent, Duration)> {
+    let timed_send = |req: Request, since: Instant| {
+        let start = Instant::now();
+        let mut sent = send(req);
+        sent.took = start.elapsed();
+        progress.inc(1);
+        let latency = since.elapsed();
+        (sent, latency)
+    };
+    match arrivals {
+        Arrivals::Closed => thread::scope(|s| {
+            let handles: Vec<_> = work
+                .iter()
+                .map(|reqs| {
+                    let timed_send = &timed_send;
+                    s.spawn(move || {
+                        reqs.iter()
+                            .map(|req| timed_send(req.clone(), Instant::now()))
+                            .collect::<Vec<_>>()
+                    })
                 })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a client thread panicked"))
+                .collect()
+        }),
+        Arrivals::Open { rate, seed } => {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let longest = work.iter().map(Vec::len).max().unwrap_or(0);
+            // In turn from each client's list; every request a session of its own.
+            let reqs: Vec<Request> = (0..longest)
+                .flat_map(|turn| work.iter().filter_map(move |w| w.get(turn)))
+                .enumerate()
+                .map(|(i, r)| Request {
+                    session: 1 << 32 | i as u64,
+                    ..r.clone()
+                })
+                .collect();
+            thread::scope(|s| {
+                let start = Instant::now();
+                let mut at = 0.0f64;
+                let mut handles = Vec::with_capacity(reqs.len());
+                for req in reqs {
+                    // Exponential gaps: a Poisson process of `rate` arrivals per second.
+                    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                    at += -u.ln() / rate.max(1e-9);
+                    let arrival = start + Duration::from_secs_f64(at);
+                    if let Some(wait) = arrival.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    let timed_send = &timed_send;
+                    let handle = thread::Builder::new()
+                        .stack_size(256 << 10)
+                        .spawn_scoped(s, move || timed_send(req, arrival))
+                        .expect("a client thread");
+                    handles.push(handle);
+                }
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a client thread panicked"))
+                    .collect()
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a client thread panicked"))
-            .collect()
-    })
+        }
+    }
 }
 
 /// The jobs that serving `reqs` with `engine` would run now: each continues its session's
