@@ -297,6 +297,44 @@ impl LanguageModel for LstmLm {
         Ok(())
     }
 
+    fn batch_of(&self, states: Vec<LstmSeqState>) -> Result<LstmBatch> {
+        if states.is_empty() {
+            candle_core::bail!("a batch needs at least one state");
+        }
+        let layers = (0..self.config.layers)
+            .map(|l| {
+                let h: Vec<&Tensor> = states.iter().map(|s| &s.layers[l].h).collect();
+                let c: Vec<&Tensor> = states.iter().map(|s| &s.layers[l].c).collect();
+                Ok(LSTMState::new(Tensor::cat(&h, 0)?, Tensor::cat(&c, 0)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(LstmBatch { layers })
+    }
+
+    fn feed(&self, batch: &mut LstmBatch, tokens: &[&[u32]]) -> Result<Tensor> {
+        if tokens.iter().all(|t| t.len() == 1) {
+            let next: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+            return self.decode(batch, &next);
+        }
+        // Rows of several tokens: the prefill's stepping, from the rows' current states.
+        let rows = batch.layers[0].h.dim(0)?;
+        if tokens.len() != rows {
+            candle_core::bail!("{} token lists for a batch of {rows}", tokens.len());
+        }
+        let states = (0..rows)
+            .map(|r| self.state_of(batch, r))
+            .collect::<Result<Vec<_>>>()?;
+        let (fed, logits) = self.prefill(states, tokens, 0)?;
+        *batch = fed;
+        Ok(logits)
+    }
+
+    fn prompt_chunk(&self) -> usize {
+        // An LSTM reads one token per step whatever the batch: a prompt fed a token per step
+        // keeps every step as wide as the batch.
+        1
+    }
+
     fn state_of(&self, batch: &LstmBatch, row: usize) -> Result<LstmSeqState> {
         Ok(LstmSeqState {
             layers: batch

@@ -65,13 +65,37 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// A candle error, or an index out of the batch.
     fn retain(&self, batch: &mut Self::Batch, keep: &[usize]) -> Result<()>;
 
-    /// Appends `other`'s rows after `batch`'s, in order: sequences prefilled apart decode
-    /// together from now on (continuous batching joins new sequences into a running batch so).
+    /// Appends `other`'s rows after `batch`'s, in order: continuous batching joins new
+    /// sequences into a running batch so.
     ///
     /// # Errors
     ///
     /// A candle error.
     fn append(&self, batch: &mut Self::Batch, other: Self::Batch) -> Result<()>;
+
+    /// A batch of sequences that start from `states` and have been fed nothing yet (at least
+    /// one state).
+    ///
+    /// # Errors
+    ///
+    /// A candle error, or no state.
+    fn batch_of(&self, states: Vec<Self::State>) -> Result<Self::Batch>;
+
+    /// Feeds `tokens[i]` (non-empty; rows may feed different numbers of tokens) to row `i` of
+    /// the batch; returns the logits after each row's last token, `[rows, VOCAB]`. A
+    /// continuous batch feeds the rows still reading their prompt a part of it and the others
+    /// their last pick, all in one call.
+    ///
+    /// # Errors
+    ///
+    /// A candle error, a token list count other than the batch's rows, an empty list, or a
+    /// sequence running past the model's context.
+    fn feed(&self, batch: &mut Self::Batch, tokens: &[&[u32]]) -> Result<Tensor>;
+
+    /// The most prompt tokens a row feeds in one step of a continuous batch. One for a model
+    /// that reads a token at a time anyway (a step then costs every row the same); more for a
+    /// model whose prompt tokens run side by side in one product.
+    fn prompt_chunk(&self) -> usize;
 
     /// Row `row`'s state, in storage of its own (a batch's tensors are shared by all its
     /// rows, and must not be kept alive by a cached session).

@@ -272,6 +272,30 @@ impl LanguageModel for TransformerLm {
         Ok(())
     }
 
+    fn batch_of(&self, states: Vec<TransformerSeqState>) -> Result<TransformerBatch> {
+        if states.is_empty() {
+            candle_core::bail!("a batch needs at least one state");
+        }
+        Ok(TransformerBatch { rows: states })
+    }
+
+    fn feed(&self, batch: &mut TransformerBatch, tokens: &[&[u32]]) -> Result<Tensor> {
+        if tokens.len() != batch.rows.len() || tokens.iter().any(|t| t.is_empty()) {
+            candle_core::bail!(
+                "{} token lists for a batch of {}, each must be non-empty",
+                tokens.len(),
+                batch.rows.len()
+            );
+        }
+        self.forward(&mut batch.rows, tokens, 0)
+    }
+
+    fn prompt_chunk(&self) -> usize {
+        // Prompt tokens run side by side in the token-wise products, packed with the running
+        // rows' single tokens; a chunk of 64 bounds how long one long prompt holds up a step.
+        64
+    }
+
     fn state_of(&self, batch: &TransformerBatch, row: usize) -> Result<TransformerSeqState> {
         match batch.rows.get(row) {
             Some(state) => Ok(state.clone()),

@@ -170,7 +170,7 @@ fn continuous<M: LanguageModel>(engine: Arc<Engine<M>>) -> Vec<Vec<Vec<u8>>> {
             let Streamed::Done(Ok(Ok(reply))) = last else {
                 panic!("session {s} turn {turn}: {last:?}");
             };
-            // Every byte but the last was streamed, in order, before the reply.
+            // Every byte was streamed, in order, before the reply.
             let streamed: Vec<u8> = chunks
                 .iter()
                 .map(|c| match c {
@@ -178,8 +178,8 @@ fn continuous<M: LanguageModel>(engine: Arc<Engine<M>>) -> Vec<Vec<Vec<u8>>> {
                     Streamed::Done(_) => unreachable!(),
                 })
                 .collect();
-            assert_eq!(streamed.len(), max_new - 1);
-            assert_eq!(streamed[..], reply.text[..max_new - 1]);
+            assert_eq!(streamed.len(), max_new);
+            assert_eq!(streamed, reply.text);
             assert_eq!(reply.resumed, turn > 0);
             out[s as usize].push(reply.text.clone());
         }

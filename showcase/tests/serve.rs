@@ -202,7 +202,7 @@ fn a_cancelled_stream_leaves_the_continuous_batch_and_the_others_are_unchanged()
     let engine = Arc::new(lstm_engine(1 << 20));
     // A rendezvous: a send returns once the worker has started a step, so after the send of
     // step k + 1 the chunks of step k are in their streams.
-    let (permit, permits) = std::sync::mpsc::sync_channel(0);
+    let (permit_tx, permits) = std::sync::mpsc::sync_channel(0);
     let batcher = Batcher::builder()
         .max_batch_size(4)
         .spawn_steps(Gated {
@@ -210,12 +210,15 @@ fn a_cancelled_stream_leaves_the_continuous_batch_and_the_others_are_unchanged()
             permits,
         })
         .unwrap();
+    // Bound after the batcher, so dropped before it if an assertion fails: the gated worker
+    // then fails its step instead of waiting for a permit while the batcher's drop drains it.
+    let permit = permit_tx;
     let mut streams: Vec<_> = reqs
         .iter()
         .map(|r| batcher.submit(r.clone()).unwrap())
         .collect();
-    // Step by step until every request has streamed a byte (they may join over several
-    // joins): a few steps.
+    // Step by step until every request has streamed a byte: the LSTM reads its prompt a token
+    // per step, and the requests may join over a few joins.
     let mut steps = 0;
     let mut started = [false; 4];
     while !started.iter().all(|&s| s) {
@@ -227,7 +230,8 @@ fn a_cancelled_stream_leaves_the_continuous_batch_and_the_others_are_unchanged()
             }
         }
     }
-    assert!(steps <= 8, "{steps} steps to start four requests");
+    let longest = reqs.iter().map(|r| r.prompt.len()).max().unwrap();
+    assert!(steps <= longest + 4, "{steps} steps to start four requests");
     // Session 1's client hangs up, well before its twentieth byte: the worker sees it before
     // the step after the one running now.
     drop(streams.remove(1));
