@@ -17,7 +17,7 @@ use core::fmt;
 /// allocation, and a retirement through the epoch) and a miss reads an entry for nothing (a
 /// cache miss). At four buckets per entry, 12-22%. Measured with callgrind on one
 /// thread, 10,000 entries, keys skewed over 100,000: an insert costs 15% fewer instructions than
-/// at one bucket per entry (9% at two), and a `get` 17% fewer first-level cache misses (10% at
+/// at one bucket per entry (10% at two), and a `get` 17% fewer first-level cache misses (10% at
 /// two). The price is 32 bytes of index per expected entry instead of 8.
 const BUCKETS_PER_ENTRY: usize = 4;
 
