@@ -395,9 +395,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
         self,
         handler: impl FnMut(Vec<Req>) -> Vec<Resp> + Send + 'static,
     ) -> Result<Batcher<Req, Resp>, SpawnError> {
-        let mut handler = Some(handler);
-        // One worker, whose maker is called once: its handler is kept after a panic.
-        Batcher::start(self.settings, false, vec![move || handler.take()])
+        // Its handler is kept after a panic (`renew` false): there is no second one.
+        Batcher::start(self.settings, false, once(handler))
     }
 
     /// Starts the batcher with `workers` worker threads, each running its own handler made by
@@ -454,17 +453,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
     where
         H: FnMut(Vec<Req>) -> Vec<Resp> + 'static,
     {
-        if workers == 0 {
-            return Err(ConfigError::ZeroWorkers.into());
-        }
-        let factory = Arc::new(factory);
-        let makers = (0..workers)
-            .map(|_| {
-                let factory = Arc::clone(&factory);
-                move || Some(factory())
-            })
-            .collect();
-        Batcher::start(self.settings, true, makers)
+        Batcher::start(self.settings, true, from_factory(workers, factory)?)
     }
 
     /// Starts a continuous batcher: one worker thread runs `handler`, a [`StepHandler`], on a
@@ -519,9 +508,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
         H: StepHandler<Req = Req, Out = Resp> + Send + 'static,
         H::Chunk: Send + 'static,
     {
-        let mut handler = Some(handler);
-        // One worker, whose maker is called once: its handler is kept after a panic.
-        StreamBatcher::start(self.settings, false, vec![move || handler.take()])
+        // Its handler is kept after a panic (`renew` false): there is no second one.
+        StreamBatcher::start(self.settings, false, once(handler))
     }
 
     /// Starts a continuous batcher with `workers` worker threads, each running its own
@@ -575,16 +563,34 @@ impl<Req: Send + 'static, Resp: Send + 'static> BatcherBuilder<Req, Resp> {
         H: StepHandler<Req = Req, Out = Resp> + 'static,
         H::Chunk: Send + 'static,
     {
-        if workers == 0 {
-            return Err(ConfigError::ZeroWorkers.into());
-        }
-        let factory = Arc::new(factory);
-        let makers = (0..workers)
-            .map(|_| {
-                let factory = Arc::clone(&factory);
-                move || Some(factory())
-            })
-            .collect();
-        StreamBatcher::start(self.settings, true, makers)
+        StreamBatcher::start(self.settings, true, from_factory(workers, factory)?)
     }
+}
+
+/// The makers of a single worker, for `spawn` and `spawn_steps`: one, which hands over
+/// `handler` the first time it is called and nothing after.
+fn once<H>(handler: H) -> Vec<impl FnMut() -> Option<H> + Send + 'static>
+where
+    H: Send + 'static,
+{
+    let mut handler = Some(handler);
+    vec![move || handler.take()]
+}
+
+/// The makers of a pool, for `spawn_pool` and `spawn_steps_pool`: one per worker, each calling
+/// `factory` (on its worker's thread) whenever that worker needs a fresh handler.
+fn from_factory<H>(
+    workers: usize,
+    factory: impl Fn() -> H + Send + Sync + 'static,
+) -> Result<Vec<impl FnMut() -> Option<H> + Send + 'static>, ConfigError> {
+    if workers == 0 {
+        return Err(ConfigError::ZeroWorkers);
+    }
+    let factory = Arc::new(factory);
+    Ok((0..workers)
+        .map(|_| {
+            let factory = Arc::clone(&factory);
+            move || Some(factory())
+        })
+        .collect())
 }

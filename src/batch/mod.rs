@@ -377,7 +377,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// assert_eq!(replies, (0..10).collect::<Vec<_>>());
     /// ```
     pub fn submit(&self, req: Req) -> Result<Pending<Resp>, SubmitError<Req>> {
-        self.submit_inner(req, self.default_class(), None)
+        self.submit_inner(req, self.owner.inner.default_class(), None)
     }
 
     /// Submits a request that must start computing before `deadline`; otherwise it is answered
@@ -403,7 +403,7 @@ impl<Req, Resp> Batcher<Req, Resp> {
         req: Req,
         deadline: Instant,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
-        self.submit_inner(req, self.default_class(), Some(deadline))
+        self.submit_inner(req, self.owner.inner.default_class(), Some(deadline))
     }
 
     /// Submits a request to priority class `class` (0 the most urgent; see
@@ -459,11 +459,6 @@ impl<Req, Resp> Batcher<Req, Resp> {
         deadline: Instant,
     ) -> Result<Pending<Resp>, SubmitError<Req>> {
         self.submit_inner(req, class, Some(deadline))
-    }
-
-    /// The class `submit` and `call` use: the last, least urgent one.
-    fn default_class(&self) -> usize {
-        self.owner.inner.classes.len() - 1
     }
 
     fn submit_inner(
@@ -580,6 +575,13 @@ impl<Req, Resp> Batcher<Req, Resp> {
     /// ```
     pub fn in_flight(&self) -> u64 {
         self.owner.inner.in_flight.get()
+    }
+}
+
+impl<Req, S> Inner<Req, S> {
+    /// The class `submit` (and `call`) use, in every batcher kind: the last, least urgent one.
+    fn default_class(&self) -> usize {
+        self.classes.len() - 1
     }
 }
 

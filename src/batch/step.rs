@@ -19,7 +19,7 @@
 //! whole-request worker (see `worker.rs`); while items are active it never sleeps, and looks at
 //! the queues once per step (a lock-free pop).
 
-use super::slot::Reply;
+use super::slot::{drop_quietly, Reply};
 use super::stream::StreamSlot;
 use super::worker::Handler;
 use super::{class, BatchError, Inner, Job};
@@ -250,11 +250,6 @@ struct Item<C, O> {
     class: usize,
     cost: u64,
     deadline: Option<Instant>,
-}
-
-/// Drops a user value, keeping a panic in its `Drop` from unwinding through the worker.
-fn drop_quietly<T>(value: T) {
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
 }
 
 /// The worker's active batch: the states (one slice, for [`StepHandler::step`]) and, at the same

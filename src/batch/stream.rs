@@ -2,22 +2,21 @@
 //! what a stream yields, [`Streamed`]; and the stream slot between the worker (one writer) and a
 //! request's stream (one reader).
 //!
-//! The slot is a mutex-guarded state (the chunks not yet read, the final item, a waker) and a
-//! condition variable, like the whole-request reply slot: the worker locks it once per chunk,
-//! uncontended but for the moment the reader takes a chunk, and user code never runs under the
-//! lock (a chunk refused because the stream was dropped is dropped after the lock is released).
+//! The slot is a [`Mailbox`] (see `slot.rs`) holding the chunks not yet read and the final item,
+//! like the whole-request reply slot: the worker locks it once per chunk, uncontended but for the
+//! moment the reader takes a chunk, and user code never runs under the lock (a chunk refused
+//! because the stream was dropped is dropped after the lock is released).
 
-use super::slot::Reply;
+use super::slot::{Mailbox, Reply};
 use super::step::StepHandler;
 use super::{BatchError, BatchStats, Owner, SubmitError};
 #[cfg(doc)]
 use super::{BatcherBuilder, JoinPolicy};
-use crate::sync::{Arc, AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::Arc;
 use core::fmt;
 use core::pin::Pin;
-use core::task::{Context, Poll, Waker};
+use core::task::{Context, Poll};
 use std::collections::VecDeque;
-use std::sync::PoisonError;
 use std::time::Instant;
 
 /// One item of a [`ChunkStream`]: a partial result, or the final item.
@@ -60,87 +59,44 @@ struct State<C, O> {
     chunks: VecDeque<C>,
     /// The final item, until the reader takes it (after every chunk).
     done: Option<Result<O, BatchError>>,
-    /// The task to wake on the next item, for `Stream` readers.
-    waker: Option<Waker>,
-    /// A thread sleeps (or is about to) on `ready`: set under the lock just before it waits, so
-    /// the worker notifies (a system call) only then. Read and written under the lock, so no
-    /// wake-up is lost.
-    sleeping: bool,
 }
 
-/// One streaming request's slot.
+/// One streaming request's slot: its state in a [`Mailbox`], whose cancellation flag says the
+/// stream was dropped before its final item (nobody reads, the item leaves the batch).
 pub(super) struct StreamSlot<C, O> {
-    state: Mutex<State<C, O>>,
-    ready: Condvar,
-    /// The stream was dropped before its final item: nobody reads, the item leaves the batch.
-    /// Written under the lock (by the stream's drop), read under it by `push` and `finish`,
-    /// which the lock orders; read without it, as a hint, by `is_cancelled`.
-    cancelled: AtomicBool,
+    mailbox: Mailbox<State<C, O>>,
 }
 
 impl<C, O> StreamSlot<C, O> {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(State {
+            mailbox: Mailbox::new(State {
                 chunks: VecDeque::new(),
                 done: None,
-                waker: None,
-                sleeping: false,
             }),
-            ready: Condvar::new(),
-            cancelled: AtomicBool::new(false),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State<C, O>> {
-        // No user code runs under the lock, and every write to the state is a single step, so
-        // a poisoned state is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends an item to the reader, or hands it back if the stream was dropped.
-    fn send(&self, item: Streamed<C, O>) -> Option<Streamed<C, O>> {
-        let (waker, sleeping) = {
-            let mut state = self.lock();
-            // Relaxed: written under the lock we hold, which orders it.
-            if self.cancelled.load(Ordering::Relaxed) {
-                return Some(item);
-            }
-            match item {
-                Streamed::Chunk(c) => state.chunks.push_back(c),
-                Streamed::Done(r) => {
-                    debug_assert!(state.done.is_none(), "one final item per request");
-                    state.done = Some(r);
-                }
-            }
-            (state.waker.take(), state.sleeping)
-        };
-        if sleeping {
-            self.ready.notify_one();
-        }
-        if let Some(w) = waker {
-            w.wake();
-        }
-        None
     }
 
     /// Streams a chunk (dropped if the stream was).
     pub(super) fn push(&self, chunk: C) {
-        // A refused chunk is dropped here, after the lock is released.
-        drop(self.send(Streamed::Chunk(chunk)));
+        self.mailbox
+            .send(chunk, |state, chunk| state.chunks.push_back(chunk));
     }
 
     /// Sends the final item (dropped if the stream was).
     pub(super) fn finish(&self, result: Result<O, BatchError>) {
-        drop(self.send(Streamed::Done(result)));
+        self.mailbox.send(result, |state, result| {
+            debug_assert!(state.done.is_none(), "one final item per request");
+            state.done = Some(result);
+        });
     }
 }
 
 impl<C, O> Reply for StreamSlot<C, O> {
     fn is_cancelled(&self) -> bool {
-        // Relaxed: a hint that spares the worker a dropped stream's steps; one it misses costs
-        // a step only, since `send` checks again under the lock.
-        self.cancelled.load(Ordering::Relaxed)
+        // A hint that spares the worker a dropped stream's steps; one it misses costs a step
+        // only, since `send` checks again under the lock.
+        self.mailbox.is_cancelled()
     }
 
     fn fail(&self, err: BatchError) {
@@ -230,7 +186,7 @@ impl<Chunk, Out> ChunkStream<Chunk, Out> {
         if self.ended {
             return None;
         }
-        let item = Self::take(&mut self.slot.lock());
+        let item = Self::take(&mut self.slot.mailbox.lock().data);
         self.note(item)
     }
 
@@ -285,19 +241,14 @@ impl<Chunk, Out> Iterator for ChunkStream<Chunk, Out> {
         if self.ended {
             return None;
         }
+        let mailbox = &self.slot.mailbox;
         let item = {
-            let mut state = self.slot.lock();
+            let mut state = mailbox.lock();
             loop {
-                if let Some(item) = Self::take(&mut state) {
+                if let Some(item) = Self::take(&mut state.data) {
                     break item;
                 }
-                state.sleeping = true;
-                state = self
-                    .slot
-                    .ready
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                state.sleeping = false;
+                state = mailbox.sleep(state);
             }
         };
         self.note(Some(item))
@@ -313,19 +264,7 @@ impl<Chunk, Out> futures_core::Stream for ChunkStream<Chunk, Out> {
         if this.ended {
             return Poll::Ready(None);
         }
-        let item = {
-            let mut state = this.slot.lock();
-            let item = Self::take(&mut state);
-            if item.is_none()
-                && !state
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                state.waker = Some(cx.waker().clone());
-            }
-            item
-        };
+        let item = this.slot.mailbox.poll_take(cx, Self::take);
         match this.note(item) {
             Some(item) => Poll::Ready(Some(item)),
             None => Poll::Pending,
@@ -344,17 +283,16 @@ impl<Chunk, Out> Drop for ChunkStream<Chunk, Out> {
         if self.ended {
             return;
         }
+        let mailbox = &self.slot.mailbox;
         let unread = {
-            let mut state = self.slot.lock();
-            if state.done.is_none() {
-                // Relaxed: under the lock, which orders it for `send`; `is_cancelled` reads it
-                // as a hint.
-                self.slot.cancelled.store(true, Ordering::Relaxed);
+            let mut state = mailbox.lock();
+            if state.data.done.is_none() {
+                mailbox.cancel(&mut state);
             }
             (
-                core::mem::take(&mut state.chunks),
-                state.done.take(),
-                state.waker.take(),
+                core::mem::take(&mut state.data.chunks),
+                state.data.done.take(),
+                Mailbox::take_waker(&mut state),
             )
         };
         // The items nobody will read, dropped outside the lock.
@@ -522,7 +460,7 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
     /// assert!(matches!(b.submit(2), Err(SubmitError::ShuttingDown(2))));
     /// ```
     pub fn submit(&self, req: Req) -> Result<ChunkStream<Chunk, Out>, SubmitError<Req>> {
-        self.submit_inner(req, self.default_class(), None)
+        self.submit_inner(req, self.owner.inner.default_class(), None)
     }
 
     /// Submits a request that must finish before `deadline`: otherwise its final item is
@@ -564,7 +502,7 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
         req: Req,
         deadline: Instant,
     ) -> Result<ChunkStream<Chunk, Out>, SubmitError<Req>> {
-        self.submit_inner(req, self.default_class(), Some(deadline))
+        self.submit_inner(req, self.owner.inner.default_class(), Some(deadline))
     }
 
     /// Submits a request to priority class `class` (0 the most urgent; see
@@ -609,11 +547,6 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
         deadline: Option<Instant>,
     ) -> Result<ChunkStream<Chunk, Out>, SubmitError<Req>> {
         self.submit_inner(req, class, deadline)
-    }
-
-    /// The class `submit` uses: the last, least urgent one.
-    fn default_class(&self) -> usize {
-        self.owner.inner.classes.len() - 1
     }
 
     fn submit_inner(
