@@ -3,7 +3,9 @@
 //!
 //! - configuration: a zero bound is a `ConfigError`, never a panic;
 //! - faults: a panicking handler fails exactly its batch (`HandlerPanicked`) and the worker serves
-//!   the next one; a wrong output count fails every request of the batch (`BadHandlerOutput`);
+//!   the next one; a wrong output count fails every request of the batch (`BadHandlerOutput`); a
+//!   reply whose `Drop` panics, dropped by the worker because its `Pending` left, does not stop
+//!   the worker;
 //! - admission: beyond `max_queue` the very request is handed back (`Overloaded`) at once; a
 //!   request costlier than a whole batch is refused at `submit` (`TooCostly`); a client that has
 //!   its reply is admitted again at once, even with `max_queue = 1`;
@@ -592,6 +594,78 @@ fn a_dropped_pending_is_never_computed() {
     let s = b.stats();
     assert_eq!((s.cancelled, s.completed, s.submitted), (3, 2, 5), "{s:?}");
     assert_eq!(b.in_flight(), 0, "a cancellation must release its place");
+}
+
+/// A reply whose `Drop` panics when `armed`: a user type with a faulty destructor.
+struct Touchy {
+    value: u64,
+    armed: bool,
+}
+
+impl Drop for Touchy {
+    fn drop(&mut self) {
+        if self.armed && !thread::panicking() {
+            panic!("Touchy::drop panics on purpose (expected in this test)");
+        }
+    }
+}
+
+/// The id of the request whose reply is a [`Touchy`] that panics when dropped.
+const ARMED: u64 = 40;
+
+#[test]
+fn a_reply_whose_drop_panics_after_its_pending_left_does_not_stop_the_worker() {
+    let (gate, turnstile) = gate();
+    let b = Batcher::builder()
+        .config(config(8, Duration::ZERO, 64))
+        .spawn(move |xs: Vec<u64>| {
+            if xs.contains(&BLOCK) {
+                turnstile.pass();
+            }
+            xs.into_iter()
+                .map(|x| Touchy {
+                    value: f(x),
+                    armed: x == ARMED,
+                })
+                .collect()
+        })
+        .expect("a valid configuration");
+    let reply = |p: Pending<Touchy>| {
+        p.wait_timeout(GUARD)
+            .unwrap_or_else(|_| panic!("no reply within {GUARD:?}: lost reply or stuck worker"))
+            .map(|t| t.value)
+    };
+    // The worker is held in a first batch while the second one queues: the armed request
+    // first, so that without a guard its reply's drop would unwind the worker before it
+    // answers the others.
+    let first = b.submit(BLOCK).unwrap();
+    gate.wait_entered();
+    let armed = b.submit(ARMED).unwrap();
+    let second: Vec<_> = [41, BLOCK, 42]
+        .into_iter()
+        .map(|x| (x, b.submit(x).unwrap()))
+        .collect();
+    gate.release();
+    // Inside the second batch: its armed request was screened live and is being computed; its
+    // reader leaves now, so the worker drops the reply.
+    gate.wait_entered();
+    drop(armed);
+    gate.release();
+    assert_eq!(reply(first), Ok(f(BLOCK)));
+    for (x, p) in second {
+        assert_eq!(reply(p), Ok(f(x)), "request {x}");
+    }
+    // The worker still serves.
+    for x in 50..60 {
+        assert_eq!(reply(b.submit(x).unwrap()), Ok(f(x)));
+    }
+    within("shutdown", move || {
+        b.shutdown();
+        let s = b.stats();
+        // The armed request was computed (its reply dropped): completed, not cancelled.
+        assert_eq!((s.submitted, s.completed, s.failed), (15, 15, 0), "{s:?}");
+        assert_eq!(b.in_flight(), 0);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

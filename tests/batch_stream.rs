@@ -9,7 +9,8 @@
 //!   most-waiting-steps bound, to the exact step; a finished item leaves at once and a waiting one
 //!   takes its place at the next boundary;
 //! - faults: a panicking or miscounting `step` fails exactly the items of that step, a panicking
-//!   `join` exactly the joining items, and the worker serves the next ones;
+//!   `join` exactly the joining items, and the worker serves the next ones; a chunk whose `Drop`
+//!   panics, dropped by the worker because its stream left, does not stop the worker;
 //! - cancellation: a dropped stream's item leaves at the next step (and a queued one never joins);
 //! - deadlines: in the queue (never joins) and during generation (chunks, then `Expired`);
 //! - shutdown: every accepted item runs to completion, later submits are handed back;
@@ -596,6 +597,117 @@ fn a_dropped_stream_leaves_at_the_next_step_and_a_queued_one_never_joins() {
     let s = b.stats();
     assert_eq!((s.submitted, s.cancelled, s.completed), (3, 3, 0));
     assert_eq!(b.in_flight(), 0);
+}
+
+/// A chunk whose `Drop` panics when `armed`: a user type with a faulty destructor.
+#[derive(Debug)]
+struct Touchy {
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for Touchy {
+    fn drop(&mut self) {
+        if self.armed && !thread::panicking() {
+            panic!("Touchy::drop panics on purpose (expected in this test)");
+        }
+    }
+}
+
+/// Streams `steps` [`Touchy`] chunks per request `(id, steps, armed)`, then its id. Each step
+/// reports its start on `entered` and waits for a permit (none once the permits' sender is gone).
+struct Fragile {
+    entered: Sender<()>,
+    permits: Receiver<()>,
+}
+
+impl StepHandler for Fragile {
+    type Req = (u32, u32, bool);
+    type State = (u32, u32, bool);
+    type Chunk = Touchy;
+    type Out = u32;
+
+    fn join(&mut self, reqs: Vec<(u32, u32, bool)>) -> Vec<Joined<(u32, u32, bool), u32>> {
+        reqs.into_iter().map(Joined::Running).collect()
+    }
+
+    fn step(&mut self, items: &mut [(u32, u32, bool)]) -> Vec<Step<Touchy, u32>> {
+        let _ = self.entered.send(());
+        let _ = self.permits.recv_timeout(GUARD);
+        items
+            .iter_mut()
+            .map(|(id, left, armed)| {
+                if *left == 0 {
+                    Step::Finish(*id)
+                } else {
+                    *left -= 1;
+                    Step::Chunk(Touchy {
+                        id: *id,
+                        armed: *armed,
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+/// Reads a stream of [`Touchy`] chunks to its end within the guard: the chunks' ids, and the
+/// final item, checked to come exactly once, last.
+fn drain_touchy(s: ChunkStream<Touchy, u32>) -> (Vec<u32>, Result<u32, BatchError>) {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let items: Vec<_> = s.collect();
+        let _ = tx.send(items);
+    });
+    let items = rx
+        .recv_timeout(GUARD)
+        .expect("a stream ended within the guard: a stuck or dead worker otherwise");
+    let mut ids = Vec::new();
+    let mut done = None;
+    for item in items {
+        assert!(done.is_none(), "an item after the final one");
+        match item {
+            Streamed::Chunk(t) => ids.push(t.id),
+            Streamed::Done(r) => done = Some(r),
+        }
+    }
+    (ids, done.expect("exactly one final item"))
+}
+
+#[test]
+fn a_chunk_whose_drop_panics_after_its_stream_left_does_not_stop_the_worker() {
+    let (entered_tx, entered) = mpsc::channel();
+    let (permits, permits_rx) = mpsc::channel::<()>();
+    let b = Batcher::builder()
+        .join_policy(JoinPolicy::eager())
+        .spawn_steps(Fragile {
+            entered: entered_tx,
+            permits: permits_rx,
+        })
+        .unwrap();
+    // The armed item joins first, so it runs in the first step.
+    let armed = b.submit((1, 3, true)).unwrap();
+    let other = b.submit((2, 3, false)).unwrap();
+    entered
+        .recv_timeout(GUARD)
+        .expect("the worker never stepped");
+    // Its reader leaves during the step: the worker drops the chunk the step makes for it.
+    drop(armed);
+    // Every later step runs freely.
+    drop(permits);
+    assert_eq!(drain_touchy(other), (vec![2, 2, 2], Ok(2)));
+    // The worker still serves.
+    assert_eq!(
+        drain_touchy(b.submit((3, 2, false)).unwrap()),
+        (vec![3, 3], Ok(3))
+    );
+    let (done_tx, done) = mpsc::channel();
+    thread::spawn(move || {
+        b.shutdown();
+        let _ = done_tx.send(b.stats());
+    });
+    let s = done.recv_timeout(GUARD).expect("shutdown returned");
+    assert_eq!((s.submitted, s.completed, s.cancelled), (3, 2, 1), "{s:?}");
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! at most two threads, so a lock costs nothing measurable here and keeps the three ways of
 //! waiting (blocking, blocking with a timeout, and `Future::poll` or `Stream::poll_next`) simple
 //! and obviously right. No user code runs under the lock: a value refused because its reader left
-//! is dropped after the lock is released.
+//! is dropped after the lock is released, and a panic in its `Drop` is caught, so that it never
+//! unwinds the worker.
 
 use super::BatchError;
 use crate::sync::{
@@ -99,14 +100,15 @@ impl<T> Mailbox<T> {
 
     /// The send path of both slots: puts `value` into the state with `put`, under the lock, and
     /// wakes the reader after the lock is released. If the reader gave up, drops `value`
-    /// instead, after the lock is released.
+    /// instead, after the lock is released and catching a panic in its `Drop` (a user type's: it
+    /// must not unwind the worker).
     pub(super) fn send<V>(&self, value: V, put: impl FnOnce(&mut T, V)) {
         let (waker, sleeping) = {
             let mut state = self.lock();
             // Relaxed: written under the lock we hold, which orders it.
             if self.cancelled.load(Ordering::Relaxed) {
                 drop(state);
-                drop(value);
+                drop_quietly(value);
                 return;
             }
             put(&mut state.data, value);
@@ -387,10 +389,16 @@ impl<Resp> Drop for Pending<Resp> {
             return;
         }
         let mailbox = &self.slot.mailbox;
-        let mut state = mailbox.lock();
-        if state.data.is_none() {
-            mailbox.cancel(&mut state);
-        }
+        let unread = {
+            let mut state = mailbox.lock();
+            if state.data.is_none() {
+                mailbox.cancel(&mut state);
+            }
+            // A reply that came and was never read is dropped here, on the reader's thread,
+            // not by whichever of the worker and us lets go of the slot last; so is the waker.
+            (state.data.take(), Mailbox::take_waker(&mut state))
+        };
+        drop(unread);
     }
 }
 

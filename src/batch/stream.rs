@@ -5,7 +5,8 @@
 //! The slot is a [`Mailbox`] (see `slot.rs`) holding the chunks not yet read and the final item,
 //! like the whole-request reply slot: the worker locks it once per chunk, uncontended but for the
 //! moment the reader takes a chunk, and user code never runs under the lock (a chunk refused
-//! because the stream was dropped is dropped after the lock is released).
+//! because the stream was dropped is dropped after the lock is released, a panic in its `Drop`
+//! caught).
 
 use super::slot::{Mailbox, Reply};
 use super::step::StepHandler;
@@ -77,13 +78,13 @@ impl<C, O> StreamSlot<C, O> {
         })
     }
 
-    /// Streams a chunk (dropped if the stream was).
+    /// Streams a chunk (dropped, a panic in its `Drop` caught, if the stream was).
     pub(super) fn push(&self, chunk: C) {
         self.mailbox
             .send(chunk, |state, chunk| state.chunks.push_back(chunk));
     }
 
-    /// Sends the final item (dropped if the stream was).
+    /// Sends the final item (dropped, a panic in its `Drop` caught, if the stream was).
     pub(super) fn finish(&self, result: Result<O, BatchError>) {
         self.mailbox.send(result, |state, result| {
             debug_assert!(state.done.is_none(), "one final item per request");

@@ -14,7 +14,7 @@
 //! going idle wakes the workers filling a batch, which close it at once: while a worker is idle,
 //! nobody holds requests back.
 
-use super::slot::Reply;
+use super::slot::{drop_quietly, Reply};
 use super::{class, BatchError, Inner, Job, Slot};
 use crate::sync::{fence, now, Arc, Backoff, Ordering, UNDER_MODEL_CHECKER};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -191,10 +191,12 @@ impl<Req, Resp> Inner<Req, Slot<Resp>> {
             None => Err(BatchError::HandlerPanicked),
             Some(h) => match catch_unwind(AssertUnwindSafe(|| h(reqs))) {
                 Ok(resps) if resps.len() == n => Ok(resps),
-                Ok(resps) => Err(BatchError::BadHandlerOutput {
-                    expected: n,
-                    got: resps.len(),
-                }),
+                Ok(resps) => {
+                    let got = resps.len();
+                    // User values: a panic in their `Drop` must not unwind the worker.
+                    drop_quietly(resps);
+                    Err(BatchError::BadHandlerOutput { expected: n, got })
+                }
                 Err(_panic) => {
                     handler.panicked();
                     Err(BatchError::HandlerPanicked)
