@@ -14,6 +14,8 @@
 //! - cancellation: a dropped stream's item leaves at the next step (and a queued one never joins);
 //! - deadlines: in the queue (never joins) and during generation (chunks, then `Expired`);
 //! - shutdown: every accepted item runs to completion, later submits are handed back;
+//! - statistics: one queue time and one latency per item (per class too), one batch size and one
+//!   compute time per step; queue time, step time and latency measured, not left at zero;
 //! - stress: 4 clients, cancellations and deadlines mixed in, exactly one final item per accepted
 //!   request and exact totals in `stats()`;
 //! - `Send`/`Sync`: checked at compile time.
@@ -25,8 +27,8 @@
 //! ```
 
 use latchless::batch::{
-    BatchError, Batcher, ChunkStream, ConfigError, JoinPolicy, Joined, SpawnError, Step,
-    StepHandler, StreamBatcher, Streamed, SubmitError,
+    BatchError, Batcher, ChunkStream, ConfigError, JoinPolicy, Joined, PriorityClass, SpawnError,
+    Step, StepHandler, StreamBatcher, Streamed, SubmitError,
 };
 use std::panic::panic_any;
 use std::pin::Pin;
@@ -562,6 +564,84 @@ fn a_miscounting_step_fails_its_items() {
             expected: 1,
             got: 0
         }))]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn histograms_record_each_item_once_and_each_step_once() {
+    let b = Batcher::builder()
+        .max_batch_size(3)
+        .class(PriorityClass::new())
+        .class(PriorityClass::new())
+        .spawn_steps(free(Duration::ZERO))
+        .unwrap();
+    // 10 items in class 0, 14 in class 1; some finish at their join (0 steps).
+    let streams: Vec<_> = (0..24)
+        .map(|id| {
+            let class = usize::from(id >= 10);
+            (id, b.submit_to(req(id, id % 4), class, None).unwrap())
+        })
+        .collect();
+    for (id, s) in streams {
+        assert_eq!(drain(s), (ok_chunks(id, id % 4), Ok(id)));
+    }
+    b.shutdown();
+    let (h, s) = (b.histograms(), b.stats());
+    assert_eq!(s.completed, 24);
+    // One queue time and one latency per item, by class too.
+    assert_eq!((h.queue_time.len(), h.latency.len()), (24, 24));
+    assert_eq!(h.classes.len(), 2);
+    assert_eq!(
+        (h.classes[0].latency.len(), h.classes[1].latency.len()),
+        (10, 14)
+    );
+    assert_eq!(
+        (h.classes[0].queue_time.len(), h.classes[1].queue_time.len()),
+        (10, 14)
+    );
+    // One batch size and one compute time per step, never more items than may run.
+    assert!(s.batches > 0);
+    assert_eq!(
+        (h.batch_size.len(), h.compute_time.len()),
+        (s.batches, s.batches)
+    );
+    assert!(h.batch_size.max() <= 3 && h.batch_size.min() >= 1);
+    assert_eq!(s.batch_sizes.iter().sum::<u64>(), s.batches);
+}
+
+#[test]
+fn queue_time_and_compute_time_are_measured() {
+    // One item at a time, each step 2 ms: 3 items of 3 steps each (2 chunks, then the final
+    // output), so the second waits at least 6 ms to join and the third at least 12 ms.
+    let pause = Duration::from_millis(2);
+    let b = Batcher::builder()
+        .max_batch_size(1)
+        .spawn_steps(free(pause))
+        .unwrap();
+    let streams: Vec<_> = (1..=3).map(|id| b.submit(req(id, 2)).unwrap()).collect();
+    for s in streams {
+        assert_eq!(drain(s).1.map(|_| ()), Ok(()));
+    }
+    b.shutdown();
+    let (h, s) = (b.histograms(), b.stats());
+    assert!(
+        s.queue_wait >= 9 * pause, // 0 + 6 + 12 ms
+        "queue_wait {:?} for items that waited 0, >= 6 and >= 12 ms",
+        s.queue_wait
+    );
+    // Histograms are exact to 1%.
+    assert!(h.queue_time.max() >= 11_800, "{:?}", h.queue_time);
+    assert_eq!(s.batches, 9);
+    assert!(h.compute_time.min() >= 1_980, "{:?}", h.compute_time);
+    assert!(h.latency.min() >= 5_900, "{:?}", h.latency);
+    assert!(
+        h.latency.max() >= h.queue_time.max() + 5_900,
+        "{:?}",
+        h.latency
     );
 }
 

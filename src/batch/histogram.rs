@@ -160,8 +160,10 @@ impl fmt::Debug for Histogram {
 }
 
 /// What a batcher's requests and batches looked like, as distributions, from
-/// [`Batcher::histograms`](super::Batcher::histograms). Only computed requests are recorded:
-/// expired and cancelled ones are counted in [`BatchStats`](super::BatchStats) instead.
+/// [`Batcher::histograms`](super::Batcher::histograms) (or
+/// [`StreamBatcher::histograms`](super::StreamBatcher::histograms), where a batch is a step:
+/// see there). Only computed requests are recorded: expired and cancelled ones are counted in
+/// [`BatchStats`](super::BatchStats) instead.
 ///
 /// # Examples
 ///
@@ -260,6 +262,31 @@ impl BatchHistograms {
                 class.queue_time.record(queued);
                 class.latency.record(latency);
             }
+        }
+    }
+
+    /// Records one step of a continuous batcher: the items in it, and how long it ran, in
+    /// nanoseconds (kept in microseconds).
+    pub(super) fn record_step(&mut self, items: usize, compute_nanos: u64) {
+        self.batch_size.record(items as u64);
+        self.compute_time.record(compute_nanos / 1000);
+    }
+
+    /// Records how long an item of class `class` waited before its join, in nanoseconds.
+    pub(super) fn record_queued(&mut self, class: usize, waited_nanos: u64) {
+        let queued = waited_nanos / 1000;
+        self.queue_time.record(queued);
+        if let Some(class) = self.classes.get_mut(class) {
+            class.queue_time.record(queued);
+        }
+    }
+
+    /// Records an item of class `class` that got its final item `latency_nanos` after submit.
+    pub(super) fn record_latency(&mut self, class: usize, latency_nanos: u64) {
+        let latency = latency_nanos / 1000;
+        self.latency.record(latency);
+        if let Some(class) = self.classes.get_mut(class) {
+            class.latency.record(latency);
         }
     }
 

@@ -249,7 +249,14 @@ struct Item<C, O> {
     slot: Arc<StreamSlot<C, O>>,
     class: usize,
     cost: u64,
+    /// When it was submitted: its latency runs from here to its final item.
+    submitted: Instant,
     deadline: Option<Instant>,
+}
+
+/// Nanoseconds from `earlier` to `later` (0 if `later` is earlier), saturating.
+fn nanos_between(later: Instant, earlier: Instant) -> u64 {
+    u64::try_from(later.saturating_duration_since(earlier).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The worker's active batch: the states (one slice, for [`StepHandler::step`]) and, at the same
@@ -361,10 +368,14 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
         self.release(1);
     }
 
-    /// Ends an item that left the batch with `result` as its final item.
+    /// Ends an item that left the batch with `result` as its final item (its output, or a
+    /// handler fault), recording its latency before the final item goes out.
     fn finish(&self, me: usize, item: &Item<C, O>, result: Result<O, BatchError>) {
         {
-            let counts = &mut self.records[me].lock().counts;
+            let latency = nanos_between(now(), item.submitted);
+            let mut record = self.records[me].lock();
+            record.histograms.record_latency(item.class, latency);
+            let counts = &mut record.counts;
             if result.is_ok() {
                 counts.completed += 1;
             } else {
@@ -420,6 +431,7 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
                 slot: job.slot,
                 class: job.class,
                 cost: job.cost,
+                submitted: job.submitted,
                 deadline: job.deadline,
             });
         }
@@ -430,6 +442,19 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
             return false;
         }
         let n = joining.len();
+        {
+            // Queue time: from submit to this join (the start of the item's prefill).
+            let start = now();
+            let mut record = self.records[me].lock();
+            let mut waited_total = 0u64;
+            for item in &joining {
+                let waited = nanos_between(start, item.submitted);
+                waited_total = waited_total.saturating_add(waited);
+                record.histograms.record_queued(item.class, waited);
+            }
+            let counts = &mut record.counts;
+            counts.queue_wait_nanos = counts.queue_wait_nanos.saturating_add(waited_total);
+        }
         let joined = match handler.get() {
             // The maker panicked.
             None => Err(BatchError::HandlerPanicked),
@@ -479,15 +504,21 @@ impl<Req, C, O> Inner<Req, StreamSlot<C, O>> {
         M: FnMut() -> Option<H>,
     {
         let n = active.items.len();
-        {
-            let counts = &mut self.records[me].lock().counts;
-            counts.batches += 1;
-            counts.batch_sizes[super::stats::size_bucket(n)] += 1;
-        }
+        let start = now();
         // `None`: the maker panicked.
         let stepped = handler
             .get()
             .map(|h| catch_unwind(AssertUnwindSafe(|| h.step(&mut active.states))));
+        {
+            // Recorded before the step's items go out, so that a client holding its final item
+            // finds its step in the statistics.
+            let ran = nanos_between(now(), start);
+            let mut record = self.records[me].lock();
+            record.histograms.record_step(n, ran);
+            let counts = &mut record.counts;
+            counts.batches += 1;
+            counts.batch_sizes[super::stats::size_bucket(n)] += 1;
+        }
         let err = match stepped {
             None => BatchError::HandlerPanicked,
             Some(Ok(steps)) if steps.len() == n => {

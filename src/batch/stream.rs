@@ -10,7 +10,7 @@
 
 use super::slot::{Mailbox, Reply};
 use super::step::StepHandler;
-use super::{BatchError, BatchStats, Owner, SubmitError};
+use super::{BatchError, BatchHistograms, BatchStats, Owner, SubmitError};
 #[cfg(doc)]
 use super::{BatcherBuilder, JoinPolicy};
 use crate::sync::Arc;
@@ -594,7 +594,8 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
 
     /// What the batcher has done so far. Here `batches` counts steps and `batch_sizes` the
     /// number of items in each step; `completed`, `failed`, `expired` and `cancelled` count
-    /// items, each accepted item once when it leaves.
+    /// items, each accepted item once when it leaves; `queue_wait` is the total time items
+    /// waited between `submit` and their join.
     ///
     /// # Examples
     ///
@@ -631,6 +632,66 @@ impl<Req, Chunk, Out> StreamBatcher<Req, Chunk, Out> {
             record.lock().counts.add_to(&mut stats);
         }
         stats
+    }
+
+    /// Distributions so far, every worker's merged, in the same [`BatchHistograms`] as
+    /// [`Batcher::histograms`](super::Batcher::histograms), where a batch is one step:
+    ///
+    /// - `batch_size`: per step, the items running in it (one value per step, as
+    ///   [`stats`](Self::stats)`().batches` counts them);
+    /// - `compute_time`: per step, microseconds [`StepHandler::step`] ran (a join's prefill is not
+    ///   a step: its time shows in the joining items' latency and in the running items' gaps
+    ///   between chunks);
+    /// - `queue_time`: per item that joined, microseconds from `submit` to the start of its
+    ///   join (items that expired or were cancelled in the queue never join, and are not
+    ///   recorded);
+    /// - `latency`: per item that got its final item from the handler (its output, or a
+    ///   handler fault), microseconds from `submit` to that final item (items that expired or
+    ///   were cancelled are counted in [`stats`](Self::stats) instead);
+    /// - `classes`: queue time and latency by priority class, as above.
+    ///
+    /// Each worker records into its own histograms, once per join, per step and per finished
+    /// item; reading locks each in turn (briefly: a worker waits for it at most the time of
+    /// one merge).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, Joined, Step, StepHandler};
+    ///
+    /// /// Each item runs `n` steps, streaming nothing.
+    /// struct Steps;
+    /// impl StepHandler for Steps {
+    ///     type Req = u32;
+    ///     type State = u32;
+    ///     type Chunk = ();
+    ///     type Out = ();
+    ///     fn join(&mut self, ns: Vec<u32>) -> Vec<Joined<u32, ()>> {
+    ///         ns.into_iter().map(Joined::Running).collect()
+    ///     }
+    ///     fn step(&mut self, items: &mut [u32]) -> Vec<Step<(), ()>> {
+    ///         items
+    ///             .iter_mut()
+    ///             .map(|n| if *n <= 1 { Step::Finish(()) } else { *n -= 1; Step::Continue })
+    ///             .collect()
+    ///     }
+    /// }
+    ///
+    /// let b = Batcher::builder().max_batch_size(4).spawn_steps(Steps).unwrap();
+    /// let streams: Vec<_> = (1..=10).map(|n| b.submit(n).unwrap()).collect();
+    /// for s in streams {
+    ///     assert_eq!(s.count(), 1); // the final item only
+    /// }
+    /// b.shutdown();
+    /// let h = b.histograms();
+    /// assert_eq!((h.queue_time.len(), h.latency.len()), (10, 10)); // one value per item
+    /// assert_eq!(h.batch_size.len(), b.stats().batches); // one value per step
+    /// assert!(h.batch_size.max() <= 4);
+    /// println!("p99 latency {} us, mean step {:.1} items", h.latency.quantile(0.99), h.batch_size.mean());
+    /// ```
+    pub fn histograms(&self) -> BatchHistograms {
+        let inner = &self.owner.inner;
+        super::histogram::merged(inner.records.iter().map(|r| &**r), inner.classes.len())
     }
 
     /// Items accepted and not yet finished, waiting or running (a snapshot).
