@@ -7,7 +7,7 @@
 //! | [`queue`] | [`MsQueue`](queue::MsQueue): unbounded MPMC FIFO, a Michael–Scott list of blocks of slots | lock-free push and pop |
 //! | [`counter`] | [`AtomicCounter`](counter::AtomicCounter), [`ShardedCounter`](counter::ShardedCounter) | wait-free add, lock-free bounded add |
 //! | [`cache`] | [`Cache`](cache::Cache): bounded key-value cache, CAS buckets, S3-FIFO eviction | lock-free get, insert, remove |
-//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, on one worker or a pool, with admission, priority classes, deadlines, cancellation and histograms; and [`StreamBatcher`](batch::StreamBatcher): continuous (iteration-level) batching of a step-wise handler, each request's chunks streamed | submit never blocks |
+//! | [`batch`] | [`Batcher`](batch::Batcher): dynamic batching in front of a handler, on one worker or a pool, with admission, priority classes, deadlines, cancellation and histograms; and [`StreamBatcher`](batch::StreamBatcher): continuous (iteration-level) batching of a step-wise handler, each request's chunks streamed, with the same histograms | submit never blocks |
 //!
 //! # Progress guarantees
 //!
