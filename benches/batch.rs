@@ -25,9 +25,15 @@
 //! iteration being one step over 32 running items whose step function does nothing (see
 //! [`steps_noop`]).
 //!
+//! Group `batch/joins_noop/8_running`: continuous batching's joins per second, one iteration
+//! being one request that joins a batch of 8 running items and finishes at its first step, all
+//! no-ops: one at a time (`1_by_1`, a join's round trip) or 32 in flight (`window32`); see
+//! [`joins_noop`].
+//!
 //! ```text
 //! cargo bench --bench batch
 //! cargo bench --bench batch -- batch/dispatch_noop/2t   # one group
+//! cargo bench --bench batch -- joins                     # joins per second only
 //! ```
 
 #[allow(dead_code)]
@@ -191,5 +197,57 @@ fn steps_noop(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dispatch_noop, steps_noop);
+/// Items kept running through the join benches, so that every join is into a running batch.
+const RUNNING: u64 = 8;
+
+/// Requests in flight at once in the windowed join bench.
+const WINDOW: u64 = 32;
+
+/// `iters` joins through `b`, each of a request that finishes at its first step, `window` in
+/// flight at a time: submits `window` requests, waits for their final items, and so on.
+fn run_joins(b: &StreamBatcher<u64, (), ()>, iters: u64, window: u64) -> Duration {
+    let start = Instant::now();
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(window);
+        let streams: Vec<_> = (0..n).map(|_| b.submit(0).unwrap()).collect();
+        for s in streams {
+            assert!(s.last().is_some_and(|i| i.is_done()));
+        }
+        left -= n;
+    }
+    start.elapsed()
+}
+
+/// Joins per second into a running batch: `batch/joins_noop/8_running/{1_by_1, window32}`. The
+/// batch holds [`RUNNING`] items that never finish (no-op steps), and each iteration is one
+/// request that joins it and finishes at its first step (its no-op join, then one no-op step),
+/// under the eager join policy: submitted one at a time, each waiting for the previous one's
+/// final item (`1_by_1`: a join's round trip, submit to final item), or [`WINDOW`] at a time
+/// (`window32`: joins of several items at once, as under load).
+fn joins_noop(c: &mut Criterion) {
+    let name = "batch/joins_noop/8_running";
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1))
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let b = Batcher::builder()
+        .max_batch_size((RUNNING + WINDOW) as usize)
+        .join_policy(JoinPolicy::eager())
+        .spawn_steps(NoopSteps::<false>)
+        .unwrap();
+    // Never finish within a run; dropped (cancelled) at the end.
+    let running: Vec<_> = (0..RUNNING).map(|_| b.submit(u64::MAX).unwrap()).collect();
+    for (id, window) in [("1_by_1", 1), ("window32", WINDOW)] {
+        g.bench_function(id, |bench| {
+            bench.iter_custom(|iters| run_joins(&b, iters, window))
+        });
+    }
+    g.finish();
+    drop(running);
+    b.shutdown();
+}
+
+criterion_group!(benches, dispatch_noop, steps_noop, joins_noop);
 criterion_main!(benches);
