@@ -7,8 +7,8 @@
 #    ~8 s warm);
 # 2. when `cargo +nightly` and cargo-fuzz are available (cargo-fuzz is installed with
 #    `cargo install cargo-fuzz --locked` if missing, within 600 s): every target under libFuzzer
-#    with AddressSanitizer (and LeakSanitizer) for a fixed number of runs, sized so the four
-#    together take 3-5 minutes on the shared 2-core machine after the first build (~2 min).
+#    with AddressSanitizer (and LeakSanitizer) for a fixed number of runs, sized so the five
+#    together take 3.5-6 minutes on the shared 2-core machine after the first build (~2 min).
 #    Otherwise it prints `skipped: <reason>` and that part passes.
 #
 # The fuzzer starts from the committed corpus and writes what it finds to a temporary directory:
@@ -25,14 +25,17 @@ cd "$(dirname "$0")/.."
 # Runs per target: each 30-60 s on the shared 2-core machine, from the exec/s measured with the
 # seed corpus loaded (first figure at load ~4, second at load ~2): queue 105-280/s (thousands of
 # values per input), cache 600-1,000/s, counter 1,500-3,200/s (it spawns threads), batch
-# 130-235/s (a worker thread and its wake-ups per input).
+# 130-235/s (a worker thread and its wake-ups per input), batch_stream (a step-wise worker per
+# input) at most 60 s: 3,000 runs took 57 s at load ~13, niced, beside a build (52/s overall,
+# 65-87/s once the corpus was loaded), so less on a quieter machine.
 declare -A RUNS=(
     [queue]=15000
     [cache]=36000
     [counter]=90000
     [batch]=8000
+    [batch_stream]=3000
 )
-TARGETS=(queue cache counter batch)
+TARGETS=(queue cache counter batch batch_stream)
 SCALE=${LATCHLESS_FUZZ_SCALE:-100}
 TOOLCHAIN=${LATCHLESS_FUZZ_TOOLCHAIN:-nightly}
 
