@@ -89,9 +89,10 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::Sequential, Mode::Pool, Mode::Batcher, Mode::Continuous])]
     modes: Vec<Mode>,
     /// Continuous batching: waiting requests join the running batch once they have waited this
-    /// many decode steps (or at once when nothing runs, or when they outnumber the running ones
-    /// by --join-ratio). 0 joins at every step.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32))]
+    /// many steps (or at once when nothing runs, or when they outnumber the running ones by
+    /// --join-ratio). 0, the default, joins at every step: a join adds rows and computes nothing
+    /// of its own (the prompt is read inside the shared steps), so waiting would only delay it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32))]
     join_steps: u32,
     /// Continuous batching: waiting requests join when they number this many times the running
     /// ones.
@@ -433,10 +434,13 @@ fn report<M: LanguageModel>(
         );
     }
     if let Some(c) = outcomes.iter().find(|o| o.mode == Mode::Continuous) {
-        if let Some(s) = &c.batches {
+        if let (Some(s), Some(h)) = (&c.batches, &c.histograms) {
             println!(
-                "continuous: {} decode steps; session cache hits {:.1}%; refusals {}; expired {}",
+                "continuous: {} steps, {:.1} requests running per step on average, a step taking \
+                 {:.2} ms at p50; session cache hits {:.1}%; refusals {}; expired {}",
                 s.batches,
+                h.batch_size.mean(),
+                h.compute_time.quantile(0.5) as f64 / 1e3,
                 c.session_hit_ratio * 100.0,
                 c.refusals,
                 s.expired,

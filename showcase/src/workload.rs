@@ -13,7 +13,7 @@ use cpu_time::ProcessTime;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use latchless::batch::{
-    BatchConfig, BatchStats, Batcher, CallError, JoinPolicy, Streamed, SubmitError,
+    BatchConfig, BatchHistograms, BatchStats, Batcher, CallError, JoinPolicy, Streamed, SubmitError,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -175,6 +175,9 @@ pub struct Outcome {
     pub compute: Histogram<u64>,
     /// The batcher's statistics (batcher only).
     pub batches: Option<BatchStats>,
+    /// The batcher's histograms (batcher only): for the continuous batcher a "batch" is a step,
+    /// its size the requests running in it.
+    pub histograms: Option<BatchHistograms>,
     /// Session-cache hits over lookups.
     pub session_hit_ratio: f64,
 }
@@ -250,7 +253,7 @@ pub fn run<M: LanguageModel>(
     let compute = Arc::new(Mutex::new(histogram()));
     let cpu_start = ProcessTime::now();
     let start = Instant::now();
-    let (answers, refusals, batches) = match mode {
+    let (answers, refusals, batches, histograms) = match mode {
         Mode::Sequential => {
             let (tx, rx) = mpsc::channel::<(Request, mpsc::SyncSender<ClientAnswer>)>();
             let server_engine = Arc::clone(&engine);
@@ -280,7 +283,7 @@ pub fn run<M: LanguageModel>(
             server
                 .join()
                 .map_err(|_| "the server panicked".to_string())?;
-            (answers, 0, None)
+            (answers, 0, None, None)
         }
         Mode::Pool => {
             let workers = thread::available_parallelism().map_or(2, |n| n.get());
@@ -303,7 +306,7 @@ pub fn run<M: LanguageModel>(
                     .and_then(|a| a);
                 Sent::whole(answer)
             });
-            (answers, 0, None)
+            (answers, 0, None, None)
         }
         Mode::Batcher => {
             let handler_engine = Arc::clone(&engine);
@@ -344,7 +347,13 @@ pub fn run<M: LanguageModel>(
                 }
             });
             batcher.shutdown();
-            (answers, refusals.into_inner(), Some(batcher.stats()))
+            let histograms = Some(batcher.histograms());
+            (
+                answers,
+                refusals.into_inner(),
+                Some(batcher.stats()),
+                histograms,
+            )
         }
         Mode::Continuous => {
             let handler_engine = Arc::clone(&engine);
@@ -401,7 +410,13 @@ pub fn run<M: LanguageModel>(
                 sent
             });
             batcher.shutdown();
-            (answers, refusals.into_inner(), Some(batcher.stats()))
+            let histograms = Some(batcher.histograms());
+            (
+                answers,
+                refusals.into_inner(),
+                Some(batcher.stats()),
+                histograms,
+            )
         }
     };
     let wall = start.elapsed();
@@ -423,6 +438,7 @@ pub fn run<M: LanguageModel>(
             .map(|h| h.clone())
             .unwrap_or_else(|_| histogram()),
         batches,
+        histograms,
         session_hit_ratio: engine.sessions().stats().hit_ratio(),
     };
     for (sent, latency) in answers {
