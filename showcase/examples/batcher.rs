@@ -107,6 +107,10 @@ struct Args {
     /// bimodal mix.
     #[arg(long, default_value_t = 0.0)]
     long_share: f64,
+    /// In the open loop, the share of requests (0 to 1) sent at high priority: the batchers
+    /// then run two priority classes, and the open-loop table gives the high class's p99.
+    #[arg(long, default_value_t = 0.0)]
+    high_share: f64,
     /// How many times longer a long request's generation is.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     long_factor: u64,
@@ -139,6 +143,12 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if args.modes.is_empty() {
         return Err("--modes names no mode".into());
+    }
+    if !(0.0..=1.0).contains(&args.high_share) {
+        return Err(format!(
+            "--high-share {} is not between 0 and 1",
+            args.high_share
+        ));
     }
     if !(0.0..=1.0).contains(&args.long_share) {
         return Err(format!(
@@ -221,6 +231,7 @@ fn serve_model<M: LanguageModel>(
         join,
         workers: workers(args),
         arrivals: Arrivals::Closed,
+        high_share: args.high_share,
     };
     let (outcomes, batcher_engine) = measure(&model, args, &requests, &serving, &modes)?;
     match &batcher_engine {
@@ -265,13 +276,14 @@ fn serve_model<M: LanguageModel>(
         model.name()
     );
     println!(
-        "{:<6} {:<14} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>10} {:>8} {:>6}",
+        "{:<6} {:<14} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>10} {:>8} {:>6}",
         "load",
         "mode",
         "offered",
         "req/s",
         "p50 ms",
         "p99 ms",
+        "high p99",
         "1st p50 ms",
         "itl p50",
         "itl p99",
@@ -296,13 +308,18 @@ fn serve_model<M: LanguageModel>(
                 }
             };
             println!(
-                "{:<6} {:<14} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>8} {:>8} {:>10.1} {:>8} {:>6}",
+                "{:<6} {:<14} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>10.1} {:>8} {:>8} {:>10.1} {:>8} {:>6}",
                 format!("{load}x"),
                 o.mode.label(),
                 rate,
                 o.requests_per_sec(),
                 o.latency_ms(0.5),
                 o.latency_ms(0.99),
+                if o.latency_high.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", o.latency_high_ms(0.99))
+                },
                 o.first_byte_ms(0.5),
                 itl(0.5),
                 itl(0.99),

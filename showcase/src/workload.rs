@@ -13,7 +13,8 @@ use cpu_time::ProcessTime;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use latchless::batch::{
-    BatchConfig, BatchHistograms, BatchStats, Batcher, CallError, JoinPolicy, Streamed, SubmitError,
+    BatchConfig, BatchHistograms, BatchStats, Batcher, CallError, JoinPolicy, PriorityClass,
+    Streamed, SubmitError,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -143,6 +144,10 @@ pub struct Serving {
     pub workers: usize,
     /// How requests arrive.
     pub arrivals: Arrivals,
+    /// In the open loop, the share of requests (0 to 1) sent at high priority: the batchers then
+    /// run two priority classes (the high one first, with aging), the other modes serve in
+    /// arrival order. 0 for one class.
+    pub high_share: f64,
 }
 
 /// What one mode measured.
@@ -164,6 +169,9 @@ pub struct Outcome {
     pub refusals: u64,
     /// Latency of answered requests, in microseconds, from first submission to reply.
     pub latency: Histogram<u64>,
+    /// Latency of answered high-priority requests (open loop with `high_share`), in
+    /// microseconds.
+    pub latency_high: Histogram<u64>,
     /// Time to the first thing an answered request's client receives, in microseconds, from
     /// first submission: the first streamed byte in the continuous mode, the whole reply in the
     /// others.
@@ -201,6 +209,11 @@ impl Outcome {
     /// A latency quantile in milliseconds.
     pub fn latency_ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// A latency quantile of the high-priority requests in milliseconds (0 if none).
+    pub fn latency_high_ms(&self, q: f64) -> f64 {
+        self.latency_high.value_at_quantile(q) as f64 / 1000.0
     }
 
     /// A quantile of the time to the first byte, in milliseconds.
@@ -250,6 +263,15 @@ pub fn run<M: LanguageModel>(
 ) -> Result<Outcome, String> {
     let (batch, join, workers) = (&serving.batch, serving.join, serving.workers);
     let arrivals = serving.arrivals;
+    let classes = serving.high_share > 0.0;
+    // With two classes, class 0 is the high one; `submit` and `call` use the last class.
+    let with_classes = |b: latchless::batch::BatcherBuilder<Request, Answer>| {
+        if classes {
+            b.class(PriorityClass::new()).class(PriorityClass::new())
+        } else {
+            b
+        }
+    };
     let compute = Arc::new(Mutex::new(histogram()));
     let cpu_start = ProcessTime::now();
     let start = Instant::now();
@@ -268,17 +290,23 @@ pub fn run<M: LanguageModel>(
                     }
                 })
                 .map_err(|e| e.to_string())?;
-            let answers = send_all(work, arrivals, progress, |req| {
-                let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-                if tx.send((req, reply_tx)).is_err() {
-                    return Sent::whole(Err("the server stopped".to_string()));
-                }
-                let answer = reply_rx
-                    .recv()
-                    .map_err(|_| "the server stopped".to_string())
-                    .and_then(|a| a);
-                Sent::whole(answer)
-            });
+            let answers = send_all(
+                work,
+                arrivals,
+                serving.high_share,
+                progress,
+                |req, _high| {
+                    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+                    if tx.send((req, reply_tx)).is_err() {
+                        return Sent::whole(Err("the server stopped".to_string()));
+                    }
+                    let answer = reply_rx
+                        .recv()
+                        .map_err(|_| "the server stopped".to_string())
+                        .and_then(|a| a);
+                    Sent::whole(answer)
+                },
+            );
             drop(tx);
             server
                 .join()
@@ -292,26 +320,33 @@ pub fn run<M: LanguageModel>(
                 .thread_name(|i| format!("pool-worker-{i}"))
                 .build()
                 .map_err(|e| e.to_string())?;
-            let answers = send_all(work, arrivals, progress, |req| {
-                let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-                let engine = Arc::clone(&engine);
-                let compute = Arc::clone(&compute);
-                pool.spawn(move || {
-                    let out = timed(&compute, || engine.serve_on_current_pool(vec![req]));
-                    let _ = reply_tx.send(first(out));
-                });
-                let answer = reply_rx
-                    .recv()
-                    .map_err(|_| "the pool dropped the task".to_string())
-                    .and_then(|a| a);
-                Sent::whole(answer)
-            });
+            let answers = send_all(
+                work,
+                arrivals,
+                serving.high_share,
+                progress,
+                |req, _high| {
+                    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+                    let engine = Arc::clone(&engine);
+                    let compute = Arc::clone(&compute);
+                    pool.spawn(move || {
+                        let out = timed(&compute, || engine.serve_on_current_pool(vec![req]));
+                        let _ = reply_tx.send(first(out));
+                    });
+                    let answer = reply_rx
+                        .recv()
+                        .map_err(|_| "the pool dropped the task".to_string())
+                        .and_then(|a| a);
+                    Sent::whole(answer)
+                },
+            );
             (answers, 0, None, None)
         }
         Mode::Batcher => {
             let handler_engine = Arc::clone(&engine);
             let handler_compute = Arc::clone(&compute);
-            let builder = Batcher::builder().config(batch.clone()).cost(Request::cost);
+            let builder =
+                with_classes(Batcher::builder().config(batch.clone()).cost(Request::cost));
             let batcher = if workers <= 1 {
                 builder.spawn(move |reqs| timed(&handler_compute, || handler_engine.serve(reqs)))
             } else {
@@ -335,17 +370,31 @@ pub fn run<M: LanguageModel>(
             }
             .map_err(|e| e.to_string())?;
             let refusals = std::sync::atomic::AtomicU64::new(0);
-            let answers = send_all(work, arrivals, progress, |mut req| loop {
-                match batcher.call(req) {
-                    Ok(answer) => return Sent::whole(answer.map_err(|e| e.to_string())),
-                    Err(CallError::Refused(SubmitError::Overloaded(back))) => {
-                        refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        req = back;
-                        thread::sleep(Duration::from_millis(1));
+            let answers = send_all(
+                work,
+                arrivals,
+                serving.high_share,
+                progress,
+                |mut req, high| loop {
+                    let sent = if high {
+                        batcher
+                            .submit_to(req, 0)
+                            .map_err(CallError::Refused)
+                            .and_then(|p| p.wait().map_err(CallError::Failed))
+                    } else {
+                        batcher.call(req)
+                    };
+                    match sent {
+                        Ok(answer) => return Sent::whole(answer.map_err(|e| e.to_string())),
+                        Err(CallError::Refused(SubmitError::Overloaded(back))) => {
+                            refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            req = back;
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => return Sent::whole(Err(e.to_string())),
                     }
-                    Err(e) => return Sent::whole(Err(e.to_string())),
-                }
-            });
+                },
+            );
             batcher.shutdown();
             let histograms = Some(batcher.histograms());
             (
@@ -357,10 +406,12 @@ pub fn run<M: LanguageModel>(
         }
         Mode::Continuous => {
             let handler_engine = Arc::clone(&engine);
-            let builder = Batcher::builder()
-                .config(batch.clone())
-                .cost(Request::cost)
-                .join_policy(join);
+            let builder = with_classes(
+                Batcher::builder()
+                    .config(batch.clone())
+                    .cost(Request::cost)
+                    .join_policy(join),
+            );
             let batcher = if workers <= 1 {
                 builder.spawn_steps(Continuous::new(Arc::clone(&engine), None))
             } else {
@@ -378,37 +429,48 @@ pub fn run<M: LanguageModel>(
             }
             .map_err(|e| e.to_string())?;
             let refusals = std::sync::atomic::AtomicU64::new(0);
-            let answers = send_all(work, arrivals, progress, |mut req| {
-                let start = Instant::now();
-                let stream = loop {
-                    match batcher.submit(req) {
-                        Ok(stream) => break stream,
-                        Err(SubmitError::Overloaded(back)) => {
-                            refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            req = back;
-                            thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(e) => return Sent::whole(Err(e.to_string())),
-                    }
-                };
-                let mut sent = Sent::whole(Err("the stream ended without a final item".into()));
-                let mut last = None;
-                for item in stream {
-                    let now = start.elapsed();
-                    sent.first.get_or_insert(now);
-                    if let Some(before) = last.replace(now) {
-                        sent.gaps.push(now - before);
-                    }
-                    if let Streamed::Done(done) = item {
-                        sent.answer = match done {
-                            Ok(answer) => answer.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
+            let answers = send_all(
+                work,
+                arrivals,
+                serving.high_share,
+                progress,
+                |mut req, high| {
+                    let start = Instant::now();
+                    let stream = loop {
+                        let submitted = if high {
+                            batcher.submit_to(req, 0, None)
+                        } else {
+                            batcher.submit(req)
                         };
-                        break;
+                        match submitted {
+                            Ok(stream) => break stream,
+                            Err(SubmitError::Overloaded(back)) => {
+                                refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                req = back;
+                                thread::sleep(Duration::from_millis(1));
+                            }
+                            Err(e) => return Sent::whole(Err(e.to_string())),
+                        }
+                    };
+                    let mut sent = Sent::whole(Err("the stream ended without a final item".into()));
+                    let mut last = None;
+                    for item in stream {
+                        let now = start.elapsed();
+                        sent.first.get_or_insert(now);
+                        if let Some(before) = last.replace(now) {
+                            sent.gaps.push(now - before);
+                        }
+                        if let Streamed::Done(done) = item {
+                            sent.answer = match done {
+                                Ok(answer) => answer.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            break;
+                        }
                     }
-                }
-                sent
-            });
+                    sent
+                },
+            );
             batcher.shutdown();
             let histograms = Some(batcher.histograms());
             (
@@ -431,6 +493,7 @@ pub fn run<M: LanguageModel>(
         errors: BTreeMap::new(),
         refusals,
         latency: histogram(),
+        latency_high: histogram(),
         first_byte: histogram(),
         inter_token: histogram(),
         compute: compute
@@ -447,6 +510,9 @@ pub fn run<M: LanguageModel>(
                 outcome.ok += 1;
                 outcome.tokens += reply.text.len() as u64;
                 outcome.latency.saturating_record(micros(latency));
+                if sent.high {
+                    outcome.latency_high.saturating_record(micros(latency));
+                }
                 // The first byte, like every latency, counts from the request's start (its
                 // arrival, in the open loop), which may be before `send` began.
                 let lag = latency.saturating_sub(sent.took);
@@ -489,6 +555,8 @@ struct Sent {
     gaps: Vec<Duration>,
     /// How long `send` took (set by `send_all`).
     took: Duration,
+    /// Whether it was sent at high priority (set by `send_all`).
+    high: bool,
 }
 
 impl Sent {
@@ -499,6 +567,7 @@ impl Sent {
             first: None,
             gaps: Vec::new(),
             took: Duration::ZERO,
+            high: false,
         }
     }
 }
@@ -508,13 +577,15 @@ impl Sent {
 fn send_all(
     work: &[Vec<Request>],
     arrivals: Arrivals,
+    high_share: f64,
     progress: &ProgressBar,
-    send: impl Fn(Request) -> Sent + Sync,
+    send: impl Fn(Request, bool) -> Sent + Sync,
 ) -> Vec<(Sent, Duration)> {
-    let timed_send = |req: Request, since: Instant| {
+    let timed_send = |req: Request, high: bool, since: Instant| {
         let start = Instant::now();
-        let mut sent = send(req);
+        let mut sent = send(req, high);
         sent.took = start.elapsed();
+        sent.high = high;
         progress.inc(1);
         let latency = since.elapsed();
         (sent, latency)
@@ -527,7 +598,7 @@ fn send_all(
                     let timed_send = &timed_send;
                     s.spawn(move || {
                         reqs.iter()
-                            .map(|req| timed_send(req.clone(), Instant::now()))
+                            .map(|req| timed_send(req.clone(), false, Instant::now()))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -558,13 +629,14 @@ fn send_all(
                     let u: f64 = rng.random_range(f64::EPSILON..1.0);
                     at += -u.ln() / rate.max(1e-9);
                     let arrival = start + Duration::from_secs_f64(at);
+                    let high = high_share > 0.0 && rng.random_bool(high_share.min(1.0));
                     if let Some(wait) = arrival.checked_duration_since(Instant::now()) {
                         thread::sleep(wait);
                     }
                     let timed_send = &timed_send;
                     let handle = thread::Builder::new()
                         .stack_size(256 << 10)
-                        .spawn_scoped(s, move || timed_send(req, arrival))
+                        .spawn_scoped(s, move || timed_send(req, high, arrival))
                         .expect("a client thread");
                     handles.push(handle);
                 }
