@@ -1,0 +1,126 @@
+//! What the server runs and its limits: [`ServerConfig`].
+
+use std::time::Duration;
+
+/// Which of the showcase's models the server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// The byte-level LSTM (`latchless_showcase::lstm`).
+    Lstm,
+    /// The small transformer (`latchless_showcase::transformer`).
+    Transformer,
+}
+
+/// How big a model: the showcase's, or the tiny one the tests use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelSize {
+    /// The showcase's sizes (`LstmConfig::showcase`, `TransformerConfig::showcase`).
+    Showcase,
+    /// The tiny sizes, for tests and smoke runs (`LstmConfig::tiny`, `TransformerConfig::tiny`).
+    Tiny,
+}
+
+/// The server's model, batcher and limits. Start from [`ServerConfig::default`] and change
+/// fields.
+///
+/// # Examples
+///
+/// ```
+/// use latchless_server::{ModelKind, ServerConfig};
+/// use std::time::Duration;
+///
+/// let config = ServerConfig {
+///     model: ModelKind::Transformer,
+///     timeout: Duration::from_secs(5),
+///     ..ServerConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The model served. Default: the LSTM.
+    pub model: ModelKind,
+    /// Its size. Default: the showcase's.
+    pub size: ModelSize,
+    /// The seed of the model's random weights. Default: 1.
+    pub seed: u64,
+    /// Batcher workers, each with its own running batch and compute thread. Default: 1.
+    pub workers: usize,
+    /// The most requests running in one worker's batch at once. Default: 16.
+    pub max_batch_size: usize,
+    /// The most requests admitted (waiting or running); beyond it a request is refused with
+    /// 429. Default: 256.
+    pub max_queue: usize,
+    /// Priority classes: a request's `priority` is 0 (most urgent) to `priority_classes - 1`,
+    /// the default. Default: 2.
+    pub priority_classes: usize,
+    /// How long a request may take from its arrival to its last byte; past it the request
+    /// leaves the batch and is answered 504. Default: 30 s.
+    pub timeout: Duration,
+    /// The most `max_tokens` a request may ask for. Default: 512.
+    pub max_tokens_cap: usize,
+    /// The largest request body, in bytes; a larger one is refused with 413. Default: 64 KiB.
+    pub max_body_bytes: usize,
+    /// The bytes of model state the session cache keeps. Default: 64 MiB.
+    pub session_bytes: u64,
+    /// A pause before each decode step, to make a small model as slow as a large one (tests
+    /// use it to keep requests in flight). Default: none.
+    pub step_delay: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelKind::Lstm,
+            size: ModelSize::Showcase,
+            seed: 1,
+            workers: 1,
+            max_batch_size: 16,
+            max_queue: 256,
+            priority_classes: 2,
+            timeout: Duration::from_secs(30),
+            max_tokens_cap: 512,
+            max_body_bytes: 64 * 1024,
+            session_bytes: 64 << 20,
+            step_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the first setting out of its range: zero where it must not be, or more
+    /// than 64 priority classes (the batcher's bound).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_server::ServerConfig;
+    ///
+    /// let bad = ServerConfig { workers: 0, ..ServerConfig::default() };
+    /// assert!(bad.validate().unwrap_err().contains("workers"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        let nonzero = [
+            ("workers", self.workers),
+            ("max_batch_size", self.max_batch_size),
+            ("max_queue", self.max_queue),
+            ("priority_classes", self.priority_classes),
+            ("max_tokens_cap", self.max_tokens_cap),
+            ("max_body_bytes", self.max_body_bytes),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.priority_classes > 64 {
+            return Err("priority_classes must be at most 64".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}

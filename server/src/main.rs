@@ -1,0 +1,114 @@
+//! `latchless-server`: the showcase's models behind HTTP. See the library's docs for the routes
+//! and limits.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use latchless_server::{ModelKind, ModelSize, Server, ServerConfig};
+
+/// Serves OpenAI-style completions from the latchless showcase's models.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The address to listen on (no TLS, CORS or auth: put a reverse proxy in front).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model served.
+    #[arg(long, value_enum, default_value = "lstm")]
+    model: ModelKind,
+    /// The model's size.
+    #[arg(long, value_enum, default_value = "showcase")]
+    size: ModelSize,
+    /// Batcher workers, each with its own running batch.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// The most requests running in one worker's batch.
+    #[arg(long, default_value_t = 16)]
+    max_batch_size: usize,
+    /// The most requests admitted at once; beyond it, 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// A request's timeout, from its arrival to its last byte; past it, 504.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// The most `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 512)]
+    max_tokens_cap: usize,
+    /// The largest request body, in bytes; beyond it, 413.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// The seed of the model's random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = ServerConfig {
+        model: args.model,
+        size: args.size,
+        seed: args.seed,
+        workers: args.workers,
+        max_batch_size: args.max_batch_size,
+        max_queue: args.max_queue,
+        timeout: Duration::from_millis(args.timeout_ms),
+        max_tokens_cap: args.max_tokens_cap,
+        max_body_bytes: args.max_body_bytes,
+        ..ServerConfig::default()
+    };
+    let server = match Server::bind((args.host, args.port), config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("latchless-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => println!("listening on http://{addr}"),
+        Err(e) => eprintln!("latchless-server: listening, address unknown: {e}"),
+    }
+    // Scripts read the address from stdout: do not leave it in a buffer.
+    let _ = std::io::stdout().flush();
+    match server.run(stop_signal()).await {
+        Ok(()) => {
+            eprintln!("latchless-server: drained, exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("latchless-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                eprintln!("latchless-server: no SIGTERM handler ({e}); stop with SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("latchless-server: stopping: no new connections, draining admitted requests");
+}

@@ -1,0 +1,135 @@
+//! Starting, running and stopping the server: [`Server`].
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+
+use crate::app::{router, App};
+use crate::config::ServerConfig;
+use crate::engine;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A setting is out of range; the message names it.
+    Config(String),
+    /// The model or its batcher could not be started; the message says why.
+    Model(String),
+    /// The address could not be bound.
+    Bind(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(msg) => write!(f, "bad configuration: {msg}"),
+            Self::Model(msg) => f.write_str(msg),
+            Self::Bind(e) => write!(f, "cannot bind the address: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bind(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP server for the showcase's models, bound and ready to [`run`](Self::run).
+///
+/// Routes: `POST /v1/completions` (OpenAI's completions API, whole or streamed as Server-Sent
+/// Events), `GET /health` and `GET /metrics` (Prometheus text). See the crate docs for the
+/// request, the limits and the status codes.
+///
+/// # Examples
+///
+/// ```no_run
+/// use latchless_server::{Server, ServerConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::bind("127.0.0.1:0", ServerConfig::default()).await?;
+/// println!("listening on http://{}", server.local_addr()?);
+/// server.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("model", &self.app.backend.model_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Builds the model `config` names, starts its batcher and binds `addr` (port 0: a free
+    /// one, see [`local_addr`](Self::local_addr)).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`]: a bad setting, a model or batcher that cannot start, an address that
+    /// cannot be bound.
+    pub async fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let listener = TcpListener::bind(addr).await.map_err(StartError::Bind)?;
+        // Making the weights takes a while: off the runtime's threads.
+        let model_config = config.clone();
+        let backend = tokio::task::spawn_blocking(move || engine::start(&model_config))
+            .await
+            .map_err(|e| StartError::Model(format!("starting the model panicked: {e}")))?
+            .map_err(StartError::Model)?;
+        Ok(Self {
+            listener,
+            app: Arc::new(App::new(backend, config)),
+        })
+    }
+
+    /// The address the server listens on.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpListener::local_addr`].
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections, lets every request
+    /// in flight finish (each within its timeout), stops the batcher and returns.
+    ///
+    /// # Errors
+    ///
+    /// If the listener fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let Self { listener, app } = self;
+        let batcher = app.backend.batcher.clone();
+        let stop_admission = async move {
+            shutdown.await;
+            // A request that reaches the batcher from now on is answered 503; admitted ones
+            // run on. `shutdown` blocks until they finished: on a blocking thread, not awaited
+            // here (the connections' own draining is what the server waits for).
+            tokio::task::spawn_blocking(move || batcher.shutdown());
+        };
+        let served = axum::serve(listener, router(Arc::clone(&app)))
+            .with_graceful_shutdown(stop_admission)
+            .await;
+        // Every connection is closed: whatever was admitted has been answered or cancelled.
+        let batcher = app.backend.batcher.clone();
+        tokio::task::spawn_blocking(move || batcher.shutdown())
+            .await
+            .map_err(io::Error::other)?;
+        served
+    }
+}
