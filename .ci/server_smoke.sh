@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The HTTP server's binary, end to end: start it on a free port, wait for /health, one whole and
+# one streamed completion and a refused one with curl, then SIGTERM: it must exit 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v curl >/dev/null; then
+    echo "skipped: curl is not installed"
+    exit 0
+fi
+
+# Built as `cargo test` builds it, with the dev-dependencies' features unified in: after the
+# tests (CI's `server` step) nothing is compiled again, where `cargo build` would rebuild much of
+# the graph with other features.
+cargo test --release -p latchless-server --no-run
+bin="${CARGO_TARGET_DIR:-target}/release/latchless-server"
+out=$(mktemp)
+err=$(mktemp)
+"$bin" --port 0 >"$out" 2>"$err" &
+pid=$!
+cleanup() {
+    kill "$pid" 2>/dev/null || true
+    rm -f "$out" "$err"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "server smoke: $*"
+    echo "--- server stderr:"
+    cat "$err"
+    exit 1
+}
+
+# The binary prints "listening on http://ADDR" once bound and its model is built.
+addr=""
+for _ in $(seq 1 300); do
+    addr=$(grep -o 'http://[0-9.:]*' "$out" | head -n 1 || true)
+    [ -n "$addr" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "the server exited before listening"
+    sleep 0.1
+done
+[ -n "$addr" ] || fail "no address printed within 30 s"
+echo "server at $addr"
+
+healthy=""
+for _ in $(seq 1 100); do
+    if [ "$(curl -fsS "$addr/health" 2>/dev/null || true)" = ok ]; then
+        healthy=yes
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$healthy" ] || fail "/health never answered ok"
+
+whole=$(curl -fsS "$addr/v1/completions" -H 'content-type: application/json' \
+    -d '{"prompt": "smoke test", "max_tokens": 16}') || fail "the completion failed"
+echo "whole: $whole"
+for want in '"object":"text_completion"' '"finish_reason":"length"' '"completion_tokens":16'; do
+    grep -qF "$want" <<<"$whole" || fail "the completion lacks $want"
+done
+
+streamed=$(curl -fsSN "$addr/v1/completions" -H 'content-type: application/json' \
+    -d '{"prompt": "smoke test", "max_tokens": 16, "stream": true}') || fail "the stream failed"
+events=$(grep -c '^data: ' <<<"$streamed" || true)
+last=$(grep '^data: ' <<<"$streamed" | tail -n 1)
+echo "streamed: $events events, the last: $last"
+[ "$last" = "data: [DONE]" ] || fail "the stream does not end with [DONE]"
+[ "$events" -ge 2 ] || fail "the stream has no chunk before [DONE]"
+
+code=$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/completions" \
+    -d '{"prompt": "x", "temperature": 1}')
+[ "$code" = 400 ] || fail "an unsupported parameter got $code, not 400"
+
+curl -fsS "$addr/metrics" | grep -q '^latchless_batch_completed_total 2$' ||
+    fail "/metrics does not count the two completions"
+
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+[ "$status" -eq 0 ] || fail "exit status $status after SIGTERM, not 0"
+echo "server smoke: ok (SIGTERM, exit 0)"
