@@ -3,6 +3,14 @@
 use std::time::Duration;
 
 /// Which of the showcase's models the server runs.
+///
+/// # Examples
+///
+/// ```
+/// use latchless_server::{ModelKind, ServerConfig};
+///
+/// assert_eq!(ServerConfig::default().model, ModelKind::Lstm);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {
     /// The byte-level LSTM (`latchless_showcase::lstm`).
@@ -12,6 +20,15 @@ pub enum ModelKind {
 }
 
 /// How big a model: the showcase's, or the tiny one the tests use.
+///
+/// # Examples
+///
+/// ```
+/// use latchless_server::{ModelSize, ServerConfig};
+///
+/// let for_tests = ServerConfig { size: ModelSize::Tiny, ..ServerConfig::default() };
+/// assert!(for_tests.validate().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelSize {
     /// The showcase's sizes (`LstmConfig::showcase`, `TransformerConfig::showcase`).

@@ -13,6 +13,18 @@ use crate::config::ServerConfig;
 use crate::engine;
 
 /// Why the server could not start.
+///
+/// # Examples
+///
+/// ```
+/// use latchless_server::{Server, ServerConfig, StartError};
+///
+/// let runtime = tokio::runtime::Runtime::new().unwrap();
+/// let bad = ServerConfig { max_queue: 0, ..ServerConfig::default() };
+/// let err = runtime.block_on(Server::bind("127.0.0.1:0", bad)).unwrap_err();
+/// assert!(matches!(err, StartError::Config(_)));
+/// assert!(err.to_string().contains("max_queue"));
+/// ```
 #[derive(Debug)]
 pub enum StartError {
     /// A setting is out of range; the message names it.
@@ -50,15 +62,17 @@ impl std::error::Error for StartError {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// use latchless_server::{Server, ServerConfig};
+/// ```
+/// use latchless_server::{ModelSize, Server, ServerConfig};
 ///
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let server = Server::bind("127.0.0.1:0", ServerConfig::default()).await?;
-/// println!("listening on http://{}", server.local_addr()?);
-/// server.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
-/// # Ok(())
-/// # }
+/// let runtime = tokio::runtime::Runtime::new().unwrap();
+/// runtime.block_on(async {
+///     let config = ServerConfig { size: ModelSize::Tiny, ..ServerConfig::default() };
+///     let server = Server::bind("127.0.0.1:0", config).await.unwrap();
+///     assert!(server.local_addr().unwrap().ip().is_loopback());
+///     // The binary passes SIGINT or SIGTERM; this stops at once, with nothing in flight.
+///     server.run(async {}).await.unwrap();
+/// });
 /// ```
 pub struct Server {
     listener: TcpListener,
@@ -76,7 +90,7 @@ impl fmt::Debug for Server {
 
 impl Server {
     /// Builds the model `config` names, starts its batcher and binds `addr` (port 0: a free
-    /// one, see [`local_addr`](Self::local_addr)).
+    /// one, see [`local_addr`](Self::local_addr)). The example on [`Server`] shows it.
     ///
     /// # Errors
     ///
@@ -97,7 +111,7 @@ impl Server {
         })
     }
 
-    /// The address the server listens on.
+    /// The address the server listens on (see the example on [`Server`]).
     ///
     /// # Errors
     ///
@@ -107,7 +121,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections, lets every request
-    /// in flight finish (each within its timeout), stops the batcher and returns.
+    /// in flight finish (each within its timeout), stops the batcher and returns. The example
+    /// on [`Server`] shows it.
     ///
     /// # Errors
     ///
