@@ -192,18 +192,19 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
         body["usage"],
         json!({"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13})
     );
-    // `model` may be given, if it is the served one.
+    // `model` may be given, if it is the served one; `priority` picks a class.
     let (status, _) = server
-        .post(json!({"prompt": "hi", "max_tokens": 2, "model": "lstm"}))
+        .post(json!({"prompt": "hi", "max_tokens": 2, "model": "lstm", "priority": 0}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    server
-        .wait_for("latchless_server_requests_total{outcome=\"ok\"}", |v| {
-            v == 2.0
-        })
-        .await;
-    assert_eq!(server.metric("latchless_batch_submitted_total").await, 2.0);
-    assert_eq!(server.metric("latchless_batch_completed_total").await, 2.0);
+    // Without `max_tokens`, 16 (OpenAI's default).
+    let (status, body) = server.post(json!({"prompt": "hi"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["usage"]["completion_tokens"], 16);
+    let ok = "latchless_server_requests_total{outcome=\"ok\"}";
+    server.wait_for(ok, |v| v == 3.0).await;
+    assert_eq!(server.metric("latchless_batch_submitted_total").await, 3.0);
+    assert_eq!(server.metric("latchless_batch_completed_total").await, 3.0);
     assert!(server.metric("latchless_batch_steps_total").await >= 8.0);
     assert_eq!(server.metric("latchless_server_in_flight").await, 0.0);
     server.stop().await;
@@ -215,7 +216,7 @@ async fn streamed_chunks_concatenate_to_the_whole_completion() {
         let server = start(ServerConfig {
             model,
             // Slow enough that bytes go out as several events.
-            step_delay: Duration::from_millis(5),
+            step_delay: Duration::from_millis(10),
             ..tiny()
         })
         .await;
