@@ -51,6 +51,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let stop = stop_signal();
     let config = ServerConfig {
         model: args.model,
         size: args.size,
@@ -76,7 +77,7 @@ async fn main() -> ExitCode {
     }
     // Scripts read the address from stdout: do not leave it in a buffer.
     let _ = std::io::stdout().flush();
-    match server.run(stop_signal()).await {
+    match server.run(stop).await {
         Ok(()) => {
             eprintln!("latchless-server: drained, exiting");
             ExitCode::SUCCESS
@@ -88,27 +89,35 @@ async fn main() -> ExitCode {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed here, before the address is
+/// printed, so that a signal sent as soon as the server is up is never the default (fatal) one.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let handlers = signal(SignalKind::interrupt())
+            .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
+        async move {
+            match handlers {
+                Ok((mut int, mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    eprintln!("latchless-server: no signal handlers ({e}); stop with SIGINT");
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(e) => {
-                eprintln!("latchless-server: no SIGTERM handler ({e}); stop with SIGINT");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            eprintln!("latchless-server: stopping: no new connections, draining admitted requests");
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("latchless-server: stopping: no new connections, draining admitted requests");
+        }
     }
-    eprintln!("latchless-server: stopping: no new connections, draining admitted requests");
 }

@@ -212,9 +212,11 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_chunks_concatenate_to_the_whole_completion() {
-    for model in [ModelKind::Lstm, ModelKind::Transformer] {
+    // The transformer with two batcher workers, each computing on a pool of its own.
+    for (model, workers) in [(ModelKind::Lstm, 1), (ModelKind::Transformer, 2)] {
         let server = start(ServerConfig {
             model,
+            workers,
             // Slow enough that bytes go out as several events.
             step_delay: Duration::from_millis(10),
             ..tiny()
