@@ -75,9 +75,12 @@ async fn health() -> &'static str {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let batcher = &app.backend.batcher;
-    let text = app
-        .metrics
-        .render(app.limits.model_name, &batcher.stats(), batcher.in_flight());
+    let text = app.metrics.render(
+        app.limits.model_name,
+        &batcher.stats(),
+        batcher.in_flight(),
+        app.backend.sessions.len(),
+    );
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -115,8 +118,17 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
         session,
         priority,
     } = req;
+    // A request without a session gets one of its own, forgotten once it is answered, so that
+    // its state does not take a named session's place in the cache.
     // Relaxed: both only have to be unique, which fetch_add gives in any ordering.
-    let session = session.unwrap_or_else(|| app.next_anonymous.fetch_add(1, Ordering::Relaxed));
+    let (session, forget) = match session {
+        Some(session) => (session, None),
+        None => {
+            let session = app.next_anonymous.fetch_add(1, Ordering::Relaxed);
+            let app = Arc::clone(&app);
+            (session, Some(Forget { app, session }))
+        }
+    };
     let meta = Meta {
         id: format!("cmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed)),
         created: SystemTime::now()
@@ -144,7 +156,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
     if !stream {
         while let Some(item) = next_item(&mut chunks).await {
             if let Streamed::Done(done) = item {
-                return whole(done, &meta, timeout_ms, guard);
+                return whole(done, &meta, timeout_ms, guard, forget);
             }
         }
         return ApiError::internal("the request's stream ended without an answer").finish(guard);
@@ -159,6 +171,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
         meta,
         timeout_ms,
         guard: Some(guard),
+        forget,
         decoder: Utf8Stream::default(),
         streamed: 0,
         text: String::new(),
@@ -196,15 +209,32 @@ fn whole(
     meta: &Meta,
     timeout_ms: u128,
     guard: InFlight,
+    forget: Option<Forget>,
 ) -> Response {
     match done {
         Ok(Ok(reply)) => {
             guard.finish(Outcome::Ok);
+            if let Some(forget) = forget {
+                forget.now();
+            }
             // The model's bytes need not be UTF-8: invalid sequences become U+FFFD.
             let text = String::from_utf8_lossy(&reply.text);
             Json(meta.body(&text, Some(reply.text.len()))).into_response()
         }
         done => ApiError::failed(done, timeout_ms).finish(guard),
+    }
+}
+
+/// A session the server made up for a request, to drop from the cache once it is answered
+/// (only an answered request stores its session's state).
+struct Forget {
+    app: Arc<App>,
+    session: u64,
+}
+
+impl Forget {
+    fn now(self) {
+        self.app.backend.sessions.forget(self.session);
     }
 }
 
@@ -215,6 +245,8 @@ struct Events {
     timeout_ms: u128,
     /// Until the final event is made.
     guard: Option<InFlight>,
+    /// The session to forget once answered, if the request named none.
+    forget: Option<Forget>,
     decoder: Utf8Stream,
     /// Bytes taken from chunks so far (the final reply holds them all again).
     streamed: usize,
@@ -248,6 +280,9 @@ impl Events {
                     .push_back(Event::default().data(body.to_string()));
                 self.queue.push_back(Event::default().data("[DONE]"));
                 self.end(Outcome::Ok);
+                if let Some(forget) = self.forget.take() {
+                    forget.now();
+                }
             }
             Some(Streamed::Done(done)) => {
                 // The status is sent already: the error goes out as the last event, without

@@ -12,7 +12,8 @@
 //! - `POST /v1/completions`, in the shape of OpenAI's completions API. The body takes
 //!   `prompt` (a string; the vocabulary is bytes, so a token is a byte), `max_tokens` (default
 //!   16), `stream` (default false), `session` (a number below 2^63: a session continues from
-//!   the model state its last request left; without one, the request starts fresh), `priority`
+//!   the model state its last request left; without one, the request starts fresh and its
+//!   state is not kept), `priority`
 //!   (0, the most urgent, to [`ServerConfig::priority_classes`]` - 1`, the default) and `model`
 //!   (if given, the served model's name). Any other parameter (`temperature`, `stop`, `n`, ...)
 //!   is refused with 400 naming it. The reply has `id`, `object` (`text_completion`),
@@ -25,8 +26,8 @@
 //!   chunks' texts concatenate to the whole completion's. An error after the first byte (the
 //!   timeout) comes as a last `data: {"error": ...}` event, without `[DONE]`.
 //! - `GET /health`: 200 `ok`.
-//! - `GET /metrics`: Prometheus text: requests by outcome, in flight, the batcher's refusals by
-//!   reason, and its counters (submitted, completed, failed, expired, cancelled, steps, steps
+//! - `GET /metrics`: Prometheus text: requests by outcome, in flight, sessions held, the
+//!   batcher's refusals by reason, and its counters (submitted, completed, failed, expired, cancelled, steps, steps
 //!   by occupancy, queue wait).
 //!
 //! # Limits and status codes

@@ -87,8 +87,15 @@ impl Metrics {
         }
     }
 
-    /// The counters, with the batcher's `stats` and `in_flight`, in Prometheus' text format.
-    pub(crate) fn render(&self, model: &str, stats: &BatchStats, batch_in_flight: u64) -> String {
+    /// The counters, with the batcher's `stats` and `in_flight` and the sessions held, in
+    /// Prometheus' text format.
+    pub(crate) fn render(
+        &self,
+        model: &str,
+        stats: &BatchStats,
+        batch_in_flight: u64,
+        sessions: usize,
+    ) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -124,6 +131,12 @@ impl Metrics {
             "gauge",
             "Completion requests being answered.",
             &plain(self.in_flight.get()),
+        );
+        family(
+            "latchless_server_sessions",
+            "gauge",
+            "Sessions whose model state the cache holds.",
+            &plain(sessions as u64),
         );
         family(
             "latchless_batch_refused_total",

@@ -207,6 +207,8 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
     assert_eq!(server.metric("latchless_batch_completed_total").await, 3.0);
     assert!(server.metric("latchless_batch_steps_total").await >= 8.0);
     assert_eq!(server.metric("latchless_server_in_flight").await, 0.0);
+    // Session 1 is kept; the sessions made up for the other two are forgotten.
+    assert_eq!(server.metric("latchless_server_sessions").await, 1.0);
     server.stop().await;
 }
 
@@ -255,6 +257,8 @@ async fn streamed_chunks_concatenate_to_the_whole_completion() {
         assert_eq!(last["usage"], whole["usage"]);
         let streamed: String = chunks.iter().map(text_of).collect();
         assert_eq!(streamed, text_of(&whole), "{model:?}");
+        // Both named sessions are kept, streamed or not.
+        assert_eq!(server.metric("latchless_server_sessions").await, 2.0);
         server.stop().await;
     }
 }
