@@ -270,7 +270,8 @@ impl Events {
                 self.text.push_str(&text);
             }
             Some(Streamed::Done(Ok(Ok(reply)))) => {
-                // The reply's text holds every byte; the last ones were not streamed.
+                // The reply's text holds every byte; any not streamed as chunks come out here
+                // (the showcase's handler streams each one, so this is usually empty).
                 let tail = reply.text.get(self.streamed..).unwrap_or_default();
                 let mut text = std::mem::take(&mut self.text);
                 text.push_str(&self.decoder.push(tail));
