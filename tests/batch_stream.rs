@@ -223,7 +223,7 @@ type Batch = StreamBatcher<Req, u64, u32>;
 
 /// Reads a stream to its end (each item with a hang guard), checking that exactly one final
 /// item comes, last.
-fn drain(s: ChunkStream<u64, u32>) -> (Vec<u64>, Result<u32, BatchError>) {
+fn drain<C: Send + 'static>(s: ChunkStream<C, u32>) -> (Vec<C>, Result<u32, BatchError>) {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let items: Vec<_> = s.collect();
@@ -731,27 +731,11 @@ impl StepHandler for Fragile {
     }
 }
 
-/// Reads a stream of [`Touchy`] chunks to its end within the guard: the chunks' ids, and the
-/// final item, checked to come exactly once, last.
+/// Reads a stream of [`Touchy`] chunks to its end within the guard ([`drain`]): the chunks'
+/// ids, and the final item.
 fn drain_touchy(s: ChunkStream<Touchy, u32>) -> (Vec<u32>, Result<u32, BatchError>) {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let items: Vec<_> = s.collect();
-        let _ = tx.send(items);
-    });
-    let items = rx
-        .recv_timeout(GUARD)
-        .expect("a stream ended within the guard: a stuck or dead worker otherwise");
-    let mut ids = Vec::new();
-    let mut done = None;
-    for item in items {
-        assert!(done.is_none(), "an item after the final one");
-        match item {
-            Streamed::Chunk(t) => ids.push(t.id),
-            Streamed::Done(r) => done = Some(r),
-        }
-    }
-    (ids, done.expect("exactly one final item"))
+    let (chunks, done) = drain(s);
+    (chunks.iter().map(|t| t.id).collect(), done)
 }
 
 #[test]

@@ -354,11 +354,7 @@ pub fn run<M: LanguageModel>(
                 builder.spawn_pool(workers, move || {
                     // Made on the worker's thread. A pool that cannot be built panics here, and
                     // the batcher answers the batch `HandlerPanicked` and tries again.
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .thread_name(|i| format!("batcher-compute-{i}"))
-                        .build()
-                        .expect("a worker's compute pool");
+                    let pool = compute_pool(threads, "batcher");
                     let (engine, compute) =
                         (Arc::clone(&handler_engine), Arc::clone(&handler_compute));
                     move |reqs| {
@@ -419,11 +415,7 @@ pub fn run<M: LanguageModel>(
                 builder.spawn_steps_pool(workers, move || {
                     // Made on the worker's thread; a pool that cannot be built panics here, and
                     // the batcher fails the items of that join and tries again.
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .thread_name(|i| format!("continuous-compute-{i}"))
-                        .build()
-                        .expect("a worker's compute pool");
+                    let pool = compute_pool(threads, "continuous");
                     Continuous::new(Arc::clone(&handler_engine), Some(pool))
                 })
             }
@@ -526,6 +518,17 @@ pub fn run<M: LanguageModel>(
         }
     }
     Ok(outcome)
+}
+
+/// A batcher worker's own compute pool of `threads` threads, named `<mode>-compute-<i>`.
+/// Panics if the pool cannot be built (called from a handler factory, where the batcher turns a
+/// panic into failed requests and tries again).
+fn compute_pool(threads: usize, mode: &'static str) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{mode}-compute-{i}"))
+        .build()
+        .expect("a worker's compute pool")
 }
 
 /// Runs `f`, recording how long it took in `compute`.
