@@ -9,11 +9,16 @@ if ! command -v curl >/dev/null; then
     exit 0
 fi
 
-# Built as `cargo test` builds it, with the dev-dependencies' features unified in: after the
-# tests (CI's `server` step) nothing is compiled again, where `cargo build` would rebuild much of
-# the graph with other features.
-cargo test --release -p latchless-server --no-run
-bin="${CARGO_TARGET_DIR:-target}/release/latchless-server"
+# CI's release build hands over the binary it made (LATCHLESS_SERVER_BIN). Run alone, the script
+# builds it as `cargo test` does, with the dev-dependencies' features unified in, so that after
+# the server's tests nothing is compiled again (`cargo build` would rebuild much of the graph with
+# other features).
+if [ -n "${LATCHLESS_SERVER_BIN:-}" ]; then
+    bin=$LATCHLESS_SERVER_BIN
+else
+    cargo test --release -p latchless-server --no-run
+    bin="${CARGO_TARGET_DIR:-target}/release/latchless-server"
+fi
 out=$(mktemp)
 err=$(mktemp)
 "$bin" --port 0 >"$out" 2>"$err" &
