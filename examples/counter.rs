@@ -1,4 +1,4 @@
-//! Admission control: `AtomicCounter::try_add_below` caps the number of requests in flight and
+//! Admission control: `AtomicCounter::try_add_within` caps the number of requests in flight and
 //! the number of KV-cache tokens reserved, without a lock. Eight clients send requests at once;
 //! a request over either limit is refused (the client retries later) instead of queueing.
 //!
@@ -28,14 +28,14 @@ impl Server {
     /// Admits a request of `tokens` KV-cache tokens if both limits allow it, runs it, and releases
     /// its slot and tokens. Returns `false` if it was refused.
     fn try_serve(&self, tokens: u64) -> bool {
-        let Ok(prev) = self.in_flight.try_add_below(1, MAX_IN_FLIGHT) else {
+        let Ok(prev) = self.in_flight.try_add_within(1, MAX_IN_FLIGHT) else {
             return false;
         };
         // Relaxed: a statistic; nothing is published through it.
         self.peak_in_flight.fetch_max(prev + 1, Ordering::Relaxed);
         if self
             .tokens_reserved
-            .try_add_below(tokens, TOKEN_BUDGET)
+            .try_add_within(tokens, TOKEN_BUDGET)
             .is_err()
         {
             // Give the slot back: the request did not fit in the token budget.

@@ -2,7 +2,7 @@
 //! striped for statistics written by many threads.
 //!
 //! `AtomicCounter` is a `fetch_add` word plus compare-and-swap loops for the operations that must
-//! not cross a bound (`try_add_below`, the saturating `sub`). `ShardedCounter` follows the
+//! not cross a bound (`try_add_within`, the saturating `sub`). `ShardedCounter` follows the
 //! striping of Java's `LongAdder` (Doug Lea, JSR 166): each thread adds to its own cache-padded
 //! cell and `sum` adds the cells up. Unlike `LongAdder`, the stripes are allocated once at
 //! construction and a thread's stripe is fixed for its life (threads are numbered round-robin),
@@ -20,7 +20,7 @@ use core::fmt;
 /// | method | progress |
 /// |---|---|
 /// | [`get`](Self::get), [`add`](Self::add), [`increment`](Self::increment) | wait-free |
-/// | [`sub`](Self::sub), [`decrement`](Self::decrement), [`try_sub`](Self::try_sub), [`try_add_below`](Self::try_add_below) | lock-free (CAS loop) |
+/// | [`sub`](Self::sub), [`decrement`](Self::decrement), [`try_sub`](Self::try_sub), [`try_add_within`](Self::try_add_within) | lock-free (CAS loop) |
 ///
 /// Read-modify-writes use `AcqRel` and reads use `Acquire`, so a thread that sees a count also
 /// sees what the threads that moved it there wrote before (on x86 this costs nothing over
@@ -31,7 +31,7 @@ use core::fmt;
 /// [`add`](Self::add) wraps past `u64::MAX` like [`AtomicU64::fetch_add`](core::sync::atomic::AtomicU64::fetch_add).
 /// Counting events cannot get there in practice: at one increment per nanosecond, reaching
 /// 2<sup>64</sup> takes 584 years. For arbitrary amounts use
-/// [`try_add_below`](Self::try_add_below)`(n, u64::MAX)`, which refuses instead of wrapping.
+/// [`try_add_within`](Self::try_add_within)`(n, u64::MAX)`, which refuses instead of wrapping.
 ///
 /// The value never goes below zero: [`sub`](Self::sub) and [`decrement`](Self::decrement)
 /// saturate at zero and return the previous value, so the caller can tell (`prev < n`), and
@@ -44,9 +44,9 @@ use core::fmt;
 ///
 /// // At most 2 requests in flight.
 /// let in_flight = AtomicCounter::new(0);
-/// assert_eq!(in_flight.try_add_below(1, 2), Ok(0));
-/// assert_eq!(in_flight.try_add_below(1, 2), Ok(1));
-/// assert_eq!(in_flight.try_add_below(1, 2), Err(2)); // full: refused, value unchanged
+/// assert_eq!(in_flight.try_add_within(1, 2), Ok(0));
+/// assert_eq!(in_flight.try_add_within(1, 2), Ok(1));
+/// assert_eq!(in_flight.try_add_within(1, 2), Err(2)); // full: refused, value unchanged
 /// in_flight.decrement();
 /// assert_eq!(in_flight.get(), 1);
 /// ```
@@ -198,12 +198,12 @@ impl AtomicCounter {
     /// use latchless::counter::AtomicCounter;
     ///
     /// let tokens = AtomicCounter::new(0);
-    /// assert_eq!(tokens.try_add_below(60, 100), Ok(0));
-    /// assert_eq!(tokens.try_add_below(60, 100), Err(60)); // 120 > 100
-    /// assert_eq!(tokens.try_add_below(40, 100), Ok(60)); // exactly the limit is allowed
+    /// assert_eq!(tokens.try_add_within(60, 100), Ok(0));
+    /// assert_eq!(tokens.try_add_within(60, 100), Err(60)); // 120 > 100
+    /// assert_eq!(tokens.try_add_within(40, 100), Ok(60)); // exactly the limit is allowed
     /// ```
     #[inline]
-    pub fn try_add_below(&self, n: u64, limit: u64) -> Result<u64, u64> {
+    pub fn try_add_within(&self, n: u64, limit: u64) -> Result<u64, u64> {
         self.update(|cur| cur.checked_add(n).filter(|&next| next <= limit))
     }
 
@@ -460,10 +460,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn try_add_below_refuses_overflow_and_limit() {
+    fn try_add_within_refuses_overflow_and_limit() {
         let c = AtomicCounter::new(u64::MAX - 1);
-        assert_eq!(c.try_add_below(2, u64::MAX), Err(u64::MAX - 1));
-        assert_eq!(c.try_add_below(1, u64::MAX), Ok(u64::MAX - 1));
+        assert_eq!(c.try_add_within(2, u64::MAX), Err(u64::MAX - 1));
+        assert_eq!(c.try_add_within(1, u64::MAX), Ok(u64::MAX - 1));
         assert_eq!(c.get(), u64::MAX);
     }
 
@@ -504,7 +504,7 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..10_000 {
-                        if c.try_add_below(3, 100).is_ok() {
+                        if c.try_add_within(3, 100).is_ok() {
                             admitted.increment();
                             assert!(c.get() <= 100);
                         }

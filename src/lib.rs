@@ -16,7 +16,7 @@
 //! | `MsQueue::push`, `pop`, `len` | lock-free |
 //! | `MsQueue::is_empty` | wait-free |
 //! | `AtomicCounter::get`, `add`, `increment` | wait-free |
-//! | `AtomicCounter::sub`, `decrement`, `try_sub`, `try_add_below` | lock-free |
+//! | `AtomicCounter::sub`, `decrement`, `try_sub`, `try_add_within` | lock-free |
 //! | `ShardedCounter::add`, `increment`, `sum` | wait-free |
 //! | `Cache::get`, `peek`, `contains_key`, `insert`, `insert_if_absent`, `remove`, `compare_exchange`, `clear` | lock-free |
 //! | `Cache::get_or_insert_with`, `get_or_try_insert_with` | lock-free on a hit; on a miss, waits for the caller computing the same key |

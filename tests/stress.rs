@@ -5,7 +5,7 @@
 //!   crossbeam-epoch's global collector, once with a local collector (retired blocks freed
 //!   through it).
 //! - `AtomicCounter` and `ShardedCounter`: no increment is lost across 4 threads.
-//! - `AtomicCounter::try_add_below`: 4 threads admitting and releasing never push the value past
+//! - `AtomicCounter::try_add_within`: 4 threads admitting and releasing never push the value past
 //!   the limit.
 //!
 //! The queue's total is `LATCHLESS_STRESS_N` values (default 1,000,000; 2,000 under Miri).
@@ -209,7 +209,7 @@ fn sharded_counter_loses_no_update() {
 }
 
 #[test]
-fn try_add_below_never_passes_the_limit() {
+fn try_add_within_never_passes_the_limit() {
     const LIMIT: u64 = 10;
     let in_flight = AtomicCounter::new(0);
     // Incremented only after an admission and decremented before its release, so it never
@@ -225,7 +225,7 @@ fn try_add_below_never_passes_the_limit() {
                 for i in 0..COUNTER_OPS {
                     // Requests of 1 to 4 units, varying by thread and iteration.
                     let n = (t + i) % 4 + 1;
-                    match in_flight.try_add_below(n, LIMIT) {
+                    match in_flight.try_add_within(n, LIMIT) {
                         Ok(prev) => {
                             assert!(prev + n <= LIMIT, "admitted {n} on top of {prev}");
                             assert!(in_flight.get() <= LIMIT, "value passed the limit");
@@ -262,7 +262,7 @@ fn try_add_below_never_passes_the_limit() {
         for _ in 0..COUNTER_THREADS {
             s.spawn(|| {
                 for _ in 0..COUNTER_OPS / 100 + 10 {
-                    if filled.try_add_below(3, 100).is_ok() {
+                    if filled.try_add_within(3, 100).is_ok() {
                         assert!(filled.get() <= 100, "value passed the limit");
                     }
                 }

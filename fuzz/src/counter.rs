@@ -5,7 +5,7 @@
 //! - `sub`/`decrement` return the previous value and saturate at zero;
 //! - `try_sub(n)` is `Ok(previous)` and subtracts when the value is at least `n`, else
 //!   `Err(current)` with the value unchanged;
-//! - `try_add_below(n, limit)` is `Ok(previous)` and adds when `value + n <= limit` without
+//! - `try_add_within(n, limit)` is `Ok(previous)` and adds when `value + n <= limit` without
 //!   overflow, else `Err(current)` with the value unchanged;
 //! - `ShardedCounter::with_shards(s)` has `s` clamped to `1..=256` and rounded up to a power of
 //!   two cells; `sum` is the wrapping sum of every `add`, including adds from other threads once
@@ -127,7 +127,7 @@ pub fn run(data: &[u8]) -> usize {
                 let next = m.checked_add(n).filter(|&next| next <= limit);
                 let want = if next.is_some() { Ok(m) } else { Err(m) };
                 assert_eq!(
-                    counter.try_add_below(n, limit),
+                    counter.try_add_within(n, limit),
                     want,
                     "step {step}: {op:?} (n = {n}, limit {limit}, value {m})"
                 );

@@ -11,10 +11,10 @@ use loom::thread;
 /// passes the limit, and a refusal reports a value that leaves no room.
 // Measured: 253 executions, 23.7ms (release, LOOM_MAX_PREEMPTIONS=2, CI machine).
 #[test]
-fn try_add_below_never_passes_limit() {
+fn try_add_within_never_passes_limit() {
     latchless_loom_tests::model(|| {
         let c = Arc::new(AtomicCounter::new(0));
-        let attempt = |c: &AtomicCounter| match c.try_add_below(2, 5) {
+        let attempt = |c: &AtomicCounter| match c.try_add_within(2, 5) {
             Ok(prev) => {
                 assert!(prev + 2 <= 5, "admitted past the limit from {prev}");
                 assert!(c.get() <= 5);

@@ -1,4 +1,4 @@
-//! shuttle tests of the counters: `AtomicCounter::try_add_below` as admission control from five
+//! shuttle tests of the counters: `AtomicCounter::try_add_within` as admission control from five
 //! threads that take and give back places in a loop (the value never passes the bound, and the
 //! places held never exceed it), and `ShardedCounter` from five threads on two shards, so threads
 //! share cells (the sum is exact after join, and the sums one thread reads never decrease).
@@ -40,7 +40,7 @@ fn bounded_admission() {
                 thread::spawn(move || {
                     for round in 0..ROUNDS {
                         let n = 1 + (t + round) % 2;
-                        match inflight.try_add_below(n, BOUND) {
+                        match inflight.try_add_within(n, BOUND) {
                             Ok(prev) => {
                                 assert!(prev + n <= BOUND, "admitted past the bound: {prev} + {n}");
                                 let now = held.fetch_add(n, SeqCst) + n;

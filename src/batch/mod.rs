@@ -27,7 +27,7 @@
 //!
 //! Built from the crate's own primitives: requests travel through an [`MsQueue`] per class;
 //! admission (at most `max_queue` requests waiting or running, and a class's own bound) is an
-//! [`AtomicCounter::try_add_below`]; the submitters' statistics are [`ShardedCounter`]s, each
+//! [`AtomicCounter::try_add_within`]; the submitters' statistics are [`ShardedCounter`]s, each
 //! worker's its own. Producers never block: a refused request is handed back at once
 //! ([`SubmitError`]), and waking a worker is an `unpark` only when one sleeps.
 //!
@@ -605,13 +605,13 @@ impl<Req, S: slot::Reply> Inner<Req, S> {
             return Err(SubmitError::TooCostly(req));
         }
         if let Some((count, bound)) = &queue_class.in_flight {
-            if count.try_add_below(1, *bound).is_err() {
+            if count.try_add_within(1, *bound).is_err() {
                 inner.counters.refused_overloaded.increment();
                 return Err(SubmitError::Overloaded(req));
             }
         }
         let bound = u64::try_from(inner.config.max_queue).unwrap_or(u64::MAX);
-        if inner.in_flight.try_add_below(1, bound).is_err() {
+        if inner.in_flight.try_add_within(1, bound).is_err() {
             queue_class.release(1);
             inner.counters.refused_overloaded.increment();
             return Err(SubmitError::Overloaded(req));
