@@ -127,8 +127,9 @@ impl<S> Session<S> {
     }
 }
 
-/// A request of a batch that is computed: where its reply goes, and the session state it read.
-struct Owner<S> {
+/// One row of a batch being computed: the request it answers (its index in the batch, where the
+/// reply goes), its session, and the session state it read.
+struct BatchRow<S> {
     index: usize,
     session: u64,
     stored: Option<Session<S>>,
@@ -275,13 +276,13 @@ impl<M: LanguageModel> Engine<M> {
     pub fn serve_on_current_pool(&self, reqs: Vec<Request>) -> Vec<Answer> {
         let mut replies: Vec<Option<Answer>> = vec![None; reqs.len()];
         let mut jobs = Vec::new();
-        let mut owners: Vec<Owner<M::State>> = Vec::new();
+        let mut rows: Vec<BatchRow<M::State>> = Vec::new();
         for (i, req) in reqs.iter().enumerate() {
             if let Err(e) = self.validate(req) {
                 replies[i] = Some(Err(e));
                 continue;
             }
-            if owners.iter().any(|o| o.session == req.session) {
+            if rows.iter().any(|row| row.session == req.session) {
                 replies[i] = Some(Err(ServeError::SessionBusy {
                     session: req.session,
                 }));
@@ -295,7 +296,7 @@ impl<M: LanguageModel> Engine<M> {
             let prompt: Vec<u32> = req.prompt.iter().map(|&b| u32::from(b)).collect();
             let (state, feed) = self.model.fit(start, &prompt, req.max_new);
             jobs.push(Job::new(state, feed, req.max_new));
-            owners.push(Owner {
+            rows.push(BatchRow {
                 index: i,
                 session: req.session,
                 stored,
@@ -303,12 +304,12 @@ impl<M: LanguageModel> Engine<M> {
         }
         let batch_size = jobs.len();
         if let Err(e) = generate(&*self.model, &mut jobs) {
-            for o in owners {
-                replies[o.index] = Some(Err(ServeError::Model(e.to_string())));
+            for row in rows {
+                replies[row.index] = Some(Err(ServeError::Model(e.to_string())));
             }
         } else {
-            for (job, o) in jobs.into_iter().zip(owners) {
-                let (i, session, stored) = (o.index, o.session, o.stored);
+            for (job, row) in jobs.into_iter().zip(rows) {
+                let (i, session, stored) = (row.index, row.session, row.stored);
                 let resumed = stored.is_some();
                 let reply = self.store(session, stored, job.state).map(|()| Reply {
                     // Tokens are bytes: the vocabulary has 256 entries.
