@@ -310,7 +310,7 @@ fn workloads(zipf_requests: usize, max: usize, filter: &str) -> (Vec<Workload>, 
     }
     if !dir.is_dir() {
         notes.push(format!(
-            "traces skipped: {} is not a directory (it comes with the project's shared/ folder)",
+            "traces skipped: {} is not a directory (scripts/fetch_traces.sh fetches them)",
             dir.display()
         ));
         return (out, notes);

@@ -163,7 +163,7 @@ fn oltp_at_1000() {
     }
     if !dir.is_dir() {
         println!(
-            "skipped: {} is not a directory (it comes with the project's shared/ folder)",
+            "skipped: {} is not a directory (scripts/fetch_traces.sh fetches the traces)",
             dir.display()
         );
         return;
