@@ -13,7 +13,7 @@
 //! stream (generated once, outside every measurement). One iteration is [`ELEMS`] ops shared by
 //! the threads (`Throughput::Elements`); threads are spawned once per sample, released by a
 //! barrier, and timed from the first worker's start to the last one's end. These are wall-clock
-//! numbers for development; the README's ratios come from the interleaving harness in
+//! numbers for development; BENCHMARKS.md's ratios come from the interleaving harness in
 //! `benches/cache_compare.rs`. The contenders and the worker runner are in `benches/common/`,
 //! shared with it.
 //!

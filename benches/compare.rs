@@ -1,4 +1,4 @@
-//! Interleaving comparison harness: the source of the README's ratio tables.
+//! Interleaving comparison harness: the source of BENCHMARKS.md's ratio tables.
 //!
 //! criterion runs one contender after another and measures wall time, so on a shared, noisy
 //! machine a burst of load from a neighbour lands on whichever contender happens to be running.

@@ -5,7 +5,7 @@
 //! oversubscribe a 2-core machine on purpose). One iteration is [`ELEMS`] increments split
 //! between the threads (`Throughput::Elements`). Threads are spawned once per sample, released by
 //! a barrier, and timed from the first worker's start to the last one's end. These are
-//! wall-clock numbers for development; the README's ratios come from the interleaving harness in
+//! wall-clock numbers for development; BENCHMARKS.md's ratios come from the interleaving harness in
 //! `benches/compare.rs`. The contenders and the run are in `benches/common/`, shared with it.
 //!
 //! ```text

@@ -11,7 +11,7 @@
 //!
 //! One iteration moves [`ELEMS`] values through the queue (`Throughput::Elements`). Threads are
 //! spawned once per sample, released by a barrier, and timed from the first worker's start to the
-//! last one's end. These are wall-clock numbers for development; the README's ratios come from
+//! last one's end. These are wall-clock numbers for development; BENCHMARKS.md's ratios come from
 //! the interleaving harness in `benches/compare.rs`. The contenders and their workers are in
 //! `benches/common/`, shared with it.
 //!

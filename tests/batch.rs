@@ -1,5 +1,5 @@
 //! Behaviour tests of [`latchless::batch`], each written to fail if the batcher breaks its
-//! contract (DESIGN.md, "Invariants: Batcher"):
+//! contract (DESIGN.md, "Invariants every test suite holds the code to", Batcher):
 //!
 //! - configuration: a zero bound is a `ConfigError`, never a panic;
 //! - faults: a panicking handler fails exactly its batch (`HandlerPanicked`) and the worker serves

@@ -1,5 +1,6 @@
 //! Behaviour tests of continuous batching ([`latchless::batch::StreamBatcher`]), each written to
-//! fail if the batcher breaks its contract (DESIGN.md, "Invariants: Batcher"):
+//! fail if the batcher breaks its contract (DESIGN.md, "Invariants every test suite holds the
+//! code to", Batcher):
 //!
 //! - streams: every chunk in order, then exactly one final item, then nothing; the blocking
 //!   iterator and the `futures_core::Stream` (driven by a ten-line executor) agree;
