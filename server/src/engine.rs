@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use latchless::batch::{Batcher, Joined, PriorityClass, Step, StepHandler, StreamBatcher};
 use latchless_showcase::continuous::Continuous;
@@ -15,8 +15,16 @@ use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
 use crate::config::{ModelKind, ModelSize, ServerConfig};
 
 /// The batcher the handlers submit to: whatever the model, requests are [`Request`]s, chunks
-/// bytes and outputs [`Answer`]s.
-pub(crate) type Generator = StreamBatcher<Request, u8, Answer>;
+/// bytes and outputs [`Answer`]s, each with the time the step handler produced it.
+pub(crate) type Generator = StreamBatcher<Request, u8, Finished>;
+
+/// A request's answer, and when the step (or join) that produced it returned: the start of the
+/// server's finishing overhead ([`Phase::FinishWhole`](crate::metrics::Phase)).
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) answer: Answer,
+    pub(crate) at: Instant,
+}
 
 /// The engine's session cache, whatever the model.
 pub(crate) trait Sessions: Send + Sync {
@@ -120,27 +128,45 @@ fn launch<M: LanguageModel>(model: M, config: &ServerConfig) -> Result<Backend, 
     })
 }
 
-/// A step handler that pauses before each step ([`ServerConfig::step_delay`]).
+/// A step handler that pauses before each step ([`ServerConfig::step_delay`]) and stamps each
+/// answer with the time it was produced ([`Finished`]).
 struct Paced<H> {
     inner: H,
     delay: Duration,
 }
 
-impl<H: StepHandler> StepHandler for Paced<H> {
+impl<H: StepHandler<Out = Answer>> StepHandler for Paced<H> {
     type Req = H::Req;
     type State = H::State;
     type Chunk = H::Chunk;
-    type Out = H::Out;
+    type Out = Finished;
 
-    fn join(&mut self, reqs: Vec<H::Req>) -> Vec<Joined<H::State, H::Out>> {
-        self.inner.join(reqs)
+    fn join(&mut self, reqs: Vec<H::Req>) -> Vec<Joined<H::State, Finished>> {
+        let joined = self.inner.join(reqs);
+        let at = Instant::now();
+        joined
+            .into_iter()
+            .map(|j| match j {
+                Joined::Running(state) => Joined::Running(state),
+                Joined::Finished(answer) => Joined::Finished(Finished { answer, at }),
+            })
+            .collect()
     }
 
-    fn step(&mut self, items: &mut [H::State]) -> Vec<Step<H::Chunk, H::Out>> {
+    fn step(&mut self, items: &mut [H::State]) -> Vec<Step<H::Chunk, Finished>> {
         if !self.delay.is_zero() {
             // On the batcher's worker thread, never on the server's runtime.
             thread::sleep(self.delay);
         }
-        self.inner.step(items)
+        let steps = self.inner.step(items);
+        let at = Instant::now();
+        steps
+            .into_iter()
+            .map(|s| match s {
+                Step::Chunk(chunk) => Step::Chunk(chunk),
+                Step::Finish(answer) => Step::Finish(Finished { answer, at }),
+                Step::Continue => Step::Continue,
+            })
+            .collect()
     }
 }

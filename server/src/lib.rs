@@ -26,9 +26,14 @@
 //!   chunks' texts concatenate to the whole completion's. An error after the first byte (the
 //!   timeout) comes as a last `data: {"error": ...}` event, without `[DONE]`.
 //! - `GET /health`: 200 `ok`.
-//! - `GET /metrics`: Prometheus text: requests by outcome, in flight, sessions held, the
-//!   batcher's refusals by reason, and its counters (submitted, completed, failed, expired, cancelled, steps, steps
-//!   by occupancy, queue wait).
+//! - `GET /metrics`: Prometheus text: requests by outcome, in flight (in all and by priority
+//!   class), sessions held, the batcher's refusals by reason, its counters (submitted, completed,
+//!   failed, expired, cancelled, steps, steps by occupancy, queue wait), its distributions as
+//!   summaries (p50, p90, p99, sum, count: queue time and latency, in all and by class, step
+//!   time and step size), and the server's own overhead, `latchless_server_overhead_seconds`:
+//!   `phase="admit"` from a request's arrival (its head routed, before its body is read) to its
+//!   submission to the batcher, `phase="finish_whole"` and `"finish_stream"` from the step that
+//!   produced its last token to the last bytes of its reply handed to the connection.
 //!
 //! # Limits and status codes
 //!
@@ -54,6 +59,7 @@ mod api;
 mod app;
 mod config;
 mod engine;
+mod histogram;
 mod metrics;
 mod server;
 mod utf8;

@@ -209,6 +209,56 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
     assert_eq!(server.metric("latchless_server_in_flight").await, 0.0);
     // Session 1 is kept; the sessions made up for the other two are forgotten.
     assert_eq!(server.metric("latchless_server_sessions").await, 1.0);
+    // The batcher's distributions, as summaries: one latency per request, by class too (one
+    // request at priority 0, two at the default, 1), one step size per step.
+    let latency = "latchless_batch_latency_seconds";
+    assert_eq!(server.metric(&format!("{latency}_count")).await, 3.0);
+    let p50 = server
+        .metric(&format!("{latency}{{quantile=\"0.5\"}}"))
+        .await;
+    let p99 = server
+        .metric(&format!("{latency}{{quantile=\"0.99\"}}"))
+        .await;
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50}, p99 {p99}");
+    let sum = server.metric(&format!("{latency}_sum")).await;
+    assert!(sum >= p50 && sum <= 3.0 * p99 * 1.02, "sum {sum}");
+    let by_class = "latchless_batch_class_latency_seconds_count";
+    assert_eq!(
+        server.metric(&format!("{by_class}{{class=\"0\"}}")).await,
+        1.0
+    );
+    assert_eq!(
+        server.metric(&format!("{by_class}{{class=\"1\"}}")).await,
+        2.0
+    );
+    assert_eq!(
+        server
+            .metric("latchless_batch_class_queue_seconds_count{class=\"1\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        server.metric("latchless_batch_step_size_count").await,
+        server.metric("latchless_batch_steps_total").await
+    );
+    for class in ["0", "1"] {
+        let depth = format!("latchless_server_class_in_flight{{class=\"{class}\"}}");
+        assert_eq!(server.metric(&depth).await, 0.0);
+    }
+    // The server's own overhead: each request admitted and finished whole, none streamed.
+    let overhead = "latchless_server_overhead_seconds";
+    for (phase, n) in [
+        ("admit", 3.0),
+        ("finish_whole", 3.0),
+        ("finish_stream", 0.0),
+    ] {
+        let count = format!("{overhead}_count{{phase=\"{phase}\"}}");
+        assert_eq!(server.metric(&count).await, n, "{phase}");
+    }
+    let admit = server
+        .metric(&format!("{overhead}{{phase=\"admit\",quantile=\"0.5\"}}"))
+        .await;
+    assert!(admit > 0.0 && admit < 1.0, "admit median {admit} s");
     server.stop().await;
 }
 
@@ -259,6 +309,11 @@ async fn streamed_chunks_concatenate_to_the_whole_completion() {
         assert_eq!(streamed, text_of(&whole), "{model:?}");
         // Both named sessions are kept, streamed or not.
         assert_eq!(server.metric("latchless_server_sessions").await, 2.0);
+        // One finish timed each way.
+        for phase in ["finish_whole", "finish_stream"] {
+            let count = format!("latchless_server_overhead_seconds_count{{phase=\"{phase}\"}}");
+            assert_eq!(server.metric(&count).await, 1.0, "{model:?} {phase}");
+        }
         server.stop().await;
     }
 }
