@@ -230,7 +230,8 @@ impl ApiError {
             SubmitError::Overloaded(_) => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded_error",
-                "the server is at capacity; retry shortly".into(),
+                "the server is at capacity, in all or for this priority class; retry shortly"
+                    .into(),
                 Outcome::Overloaded,
             ),
             SubmitError::ShuttingDown(_) => Self::new(
@@ -243,8 +244,8 @@ impl ApiError {
         }
     }
 
-    /// An admitted request that ended without a reply; `timeout` is the server's, for the
-    /// message.
+    /// An admitted request that ended without a reply; `timeout_ms` is its class's timeout,
+    /// for the message.
     pub(crate) fn failed(done: Result<Answer, BatchError>, timeout_ms: u128) -> Self {
         match done {
             Ok(Ok(_)) => Self::internal("a reply was taken for an error"),
@@ -261,9 +262,7 @@ impl ApiError {
             Err(BatchError::Expired) => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout_error",
-                format!(
-                    "the request did not finish within the server's timeout of {timeout_ms} ms"
-                ),
+                format!("the request did not finish within its timeout of {timeout_ms} ms"),
                 Outcome::Timeout,
             ),
             Err(e) => Self::internal(e.to_string()),

@@ -162,7 +162,6 @@ async fn completions(
         prompt_tokens: prompt.len(),
     };
     let class = priority.unwrap_or(app.config.priority_classes - 1);
-    let deadline = arrived + app.config.timeout;
     let request = Request {
         session,
         prompt,
@@ -171,14 +170,15 @@ async fn completions(
     let mut chunks = match app
         .backend
         .batcher
-        .submit_to(request, class, Some(deadline))
+        // No deadline: the class's timeout applies, from now.
+        .submit_to(request, class, None)
     {
         Ok(chunks) => chunks,
         Err(e) => return ApiError::refused(e).finish(guard),
     };
     guard.admitted(class);
     app.metrics.overhead(Phase::Admit, arrived.elapsed());
-    let timeout_ms = app.config.timeout.as_millis();
+    let timeout_ms = app.config.class(class).1.as_millis();
     if !stream {
         while let Some(item) = next_item(&mut chunks).await {
             if let Streamed::Done(done) = item {

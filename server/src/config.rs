@@ -37,6 +37,38 @@ pub enum ModelSize {
     Tiny,
 }
 
+/// One priority class's own limits, set through the batcher's
+/// [`PriorityClass`](latchless::batch::PriorityClass): see [`ServerConfig::class_limits`].
+///
+/// # Examples
+///
+/// ```
+/// use latchless_server::{ClassLimits, ServerConfig};
+/// use std::time::Duration;
+///
+/// // Class 0 (urgent): at most 8 requests at once, 2 s each; class 1: the server's limits.
+/// let config = ServerConfig {
+///     class_limits: vec![ClassLimits {
+///         max_queue: Some(8),
+///         timeout: Some(Duration::from_secs(2)),
+///     }],
+///     ..ServerConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// // Limits for three classes, where there are two:
+/// let bad = ServerConfig { class_limits: vec![ClassLimits::default(); 3], ..config };
+/// assert!(bad.validate().unwrap_err().contains("class_limits"));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassLimits {
+    /// The most requests of the class admitted (waiting or running) at once; beyond it the
+    /// class's requests are refused with 429 while other classes still admit. `None`: only
+    /// [`ServerConfig::max_queue`], which every class shares, applies.
+    pub max_queue: Option<usize>,
+    /// The class's timeout; `None`: [`ServerConfig::timeout`].
+    pub timeout: Option<Duration>,
+}
+
 /// The server's model, batcher and limits. Start from [`ServerConfig::default`] and change
 /// fields.
 ///
@@ -71,9 +103,15 @@ pub struct ServerConfig {
     /// Priority classes: a request's `priority` is 0 (most urgent) to `priority_classes - 1`,
     /// the default. Default: 2.
     pub priority_classes: usize,
-    /// How long a request may take from its arrival to its last byte; past it the request
-    /// leaves the batch and is answered 504. Default: 30 s.
+    /// How long a request may take from its submission to the batcher (its arrival plus the
+    /// server's admission work, well under a millisecond) to its last token; past it the
+    /// request leaves the batch and is answered 504. A class's own timeout
+    /// ([`class_limits`](Self::class_limits)) replaces it. Default: 30 s.
     pub timeout: Duration,
+    /// Limits of the priority classes' own, by class (index 0 the most urgent); classes past the
+    /// end of the list have none. At most [`priority_classes`](Self::priority_classes) entries.
+    /// Default: none.
+    pub class_limits: Vec<ClassLimits>,
     /// The most `max_tokens` a request may ask for. Default: 512.
     pub max_tokens_cap: usize,
     /// The largest request body, in bytes; a larger one is refused with 413. Default: 64 KiB.
@@ -96,6 +134,7 @@ impl Default for ServerConfig {
             max_queue: 256,
             priority_classes: 2,
             timeout: Duration::from_secs(30),
+            class_limits: Vec::new(),
             max_tokens_cap: 512,
             max_body_bytes: 64 * 1024,
             session_bytes: 64 << 20,
@@ -109,8 +148,9 @@ impl ServerConfig {
     ///
     /// # Errors
     ///
-    /// A message naming the first setting out of its range: zero where it must not be, or more
-    /// than 64 priority classes (the batcher's bound).
+    /// A message naming the first setting out of its range: zero where it must not be, more
+    /// than 64 priority classes (the batcher's bound), or limits for more classes than there
+    /// are.
     ///
     /// # Examples
     ///
@@ -138,6 +178,27 @@ impl ServerConfig {
         if self.timeout.is_zero() {
             return Err("timeout must be above zero".into());
         }
+        if self.class_limits.len() > self.priority_classes {
+            return Err(format!(
+                "class_limits has {} entries for {} priority classes",
+                self.class_limits.len(),
+                self.priority_classes
+            ));
+        }
+        for (c, limits) in self.class_limits.iter().enumerate() {
+            if limits.max_queue == Some(0) {
+                return Err(format!("class {c}'s max_queue must be at least 1"));
+            }
+            if limits.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(format!("class {c}'s timeout must be above zero"));
+            }
+        }
         Ok(())
+    }
+
+    /// Class `class`'s limits: its own, or the server's where it has none.
+    pub(crate) fn class(&self, class: usize) -> (Option<usize>, Duration) {
+        let own = self.class_limits.get(class).copied().unwrap_or_default();
+        (own.max_queue, own.timeout.unwrap_or(self.timeout))
     }
 }

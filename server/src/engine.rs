@@ -93,8 +93,15 @@ fn launch<M: LanguageModel>(model: M, config: &ServerConfig) -> Result<Backend, 
         .max_batch_size(config.max_batch_size)
         .max_queue(config.max_queue)
         .cost(Request::cost);
-    for _ in 0..config.priority_classes {
-        builder = builder.class(PriorityClass::new());
+    // Each class's bound and timeout are the batcher's own: a request submitted without a
+    // deadline gets its class's.
+    for c in 0..config.priority_classes {
+        let (max_queue, timeout) = config.class(c);
+        let mut class = PriorityClass::new().timeout(timeout);
+        if let Some(n) = max_queue {
+            class = class.max_queue(n);
+        }
+        builder = builder.class(class);
     }
     let delay = config.step_delay;
     let sessions: Arc<dyn Sessions> = Arc::clone(&engine) as _;

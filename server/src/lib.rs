@@ -42,9 +42,9 @@
 //! | 400 | the body is not JSON, has an unsupported parameter, `max_tokens` is 0 or over [`ServerConfig::max_tokens_cap`], the prompt is empty, or the prompt's bytes plus `max_tokens` exceed the model's request limit |
 //! | 409 | a concurrent request of the same session stored its state first; send again |
 //! | 413 | the body is over [`ServerConfig::max_body_bytes`] |
-//! | 429 | the batcher's queue is full ([`ServerConfig::max_queue`]); `Retry-After: 1` |
+//! | 429 | the batcher's queue is full ([`ServerConfig::max_queue`]), or the request's priority class is at its own bound ([`ClassLimits::max_queue`]); `Retry-After: 1` |
 //! | 503 | the server is shutting down |
-//! | 504 | the request did not finish within [`ServerConfig::timeout`] (the batcher's deadline) |
+//! | 504 | the request did not finish within its class's timeout ([`ClassLimits::timeout`], by default [`ServerConfig::timeout`]: the batcher's deadline) |
 //!
 //! Errors have a JSON body `{"error": {"message", "type"}}`. There is no TLS, CORS or
 //! authentication: put a reverse proxy in front.
@@ -64,5 +64,5 @@ mod metrics;
 mod server;
 mod utf8;
 
-pub use config::{ModelKind, ModelSize, ServerConfig};
+pub use config::{ClassLimits, ModelKind, ModelSize, ServerConfig};
 pub use server::{Server, StartError};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use latchless_server::{ModelKind, ModelSize, Server, ServerConfig};
+use latchless_server::{ClassLimits, ModelKind, ModelSize, Server, ServerConfig};
 
 /// Serves OpenAI-style completions from the latchless showcase's models.
 #[derive(Debug, Parser)]
@@ -34,9 +34,20 @@ struct Args {
     /// The most requests admitted at once; beyond it, 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
-    /// A request's timeout, from its arrival to its last byte; past it, 504.
+    /// A request's timeout, from its admission to its last token; past it, 504.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Priority classes: a request's `priority` is 0 (most urgent) to this minus 1, the default.
+    #[arg(long, default_value_t = 2)]
+    priority_classes: usize,
+    /// Each class's own bound on requests admitted at once, from class 0, comma-separated (e.g.
+    /// `8,0`); 0, or a class past the list's end, has only --max-queue.
+    #[arg(long, value_delimiter = ',')]
+    class_max_queue: Vec<usize>,
+    /// Each class's own timeout in milliseconds, from class 0, comma-separated (e.g.
+    /// `2000,0`); 0, or a class past the list's end, has --timeout-ms.
+    #[arg(long, value_delimiter = ',')]
+    class_timeout_ms: Vec<u64>,
     /// The most `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 512)]
     max_tokens_cap: usize,
@@ -52,6 +63,18 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let stop = stop_signal();
+    let classes = args.class_max_queue.len().max(args.class_timeout_ms.len());
+    let class_limits = (0..classes)
+        .map(|c| ClassLimits {
+            max_queue: args.class_max_queue.get(c).copied().filter(|&n| n > 0),
+            timeout: args
+                .class_timeout_ms
+                .get(c)
+                .copied()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+        })
+        .collect();
     let config = ServerConfig {
         model: args.model,
         size: args.size,
@@ -60,6 +83,8 @@ async fn main() -> ExitCode {
         max_batch_size: args.max_batch_size,
         max_queue: args.max_queue,
         timeout: Duration::from_millis(args.timeout_ms),
+        priority_classes: args.priority_classes,
+        class_limits,
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,
         ..ServerConfig::default()

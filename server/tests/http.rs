@@ -10,7 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use latchless_server::{ModelKind, ModelSize, Server, ServerConfig};
+use latchless_server::{ClassLimits, ModelKind, ModelSize, Server, ServerConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -459,6 +459,59 @@ async fn overload_is_429_with_retry_after() {
         .post(json!({"prompt": "more", "max_tokens": 4}))
         .await;
     assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_at_its_own_bound_is_429_while_the_other_admits() {
+    let server = start(ServerConfig {
+        // Class 0 takes one request at a time and times out after 500 ms; class 1 has the
+        // server's limits.
+        class_limits: vec![ClassLimits {
+            max_queue: Some(1),
+            timeout: Some(Duration::from_millis(500)),
+        }],
+        step_delay: Duration::from_millis(20),
+        ..tiny()
+    })
+    .await;
+    let (running, _) = stream_started(
+        &server,
+        json!({"prompt": "b", "max_tokens": 100, "stream": true, "priority": 0}),
+    )
+    .await;
+    let urgent = json!({"prompt": "more", "max_tokens": 4, "priority": 0});
+    let (status, body) = server.post(urgent.clone()).await;
+    check_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "overloaded_error",
+        &["priority class"],
+    );
+    let depth = "latchless_server_class_in_flight{class=\"0\"}";
+    assert_eq!(server.metric(depth).await, 1.0);
+    // Class 1 still admits, under the server's 30 s timeout.
+    let (status, body) = server
+        .post(json!({"prompt": "more", "max_tokens": 4, "priority": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The running class-0 request (100 steps of 20 ms) ends at its class's 500 ms timeout.
+    let mut rest = String::new();
+    let mut body = running.into_body();
+    while let Some(frame) = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("the stream ends")
+    {
+        if let Ok(data) = frame.unwrap().into_data() {
+            rest.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    assert!(rest.contains("timeout of 500 ms"), "{rest}");
+    // Once it left, the class admits again.
+    server.wait_for(depth, |v| v == 0.0).await;
+    let (status, body) = server.post(urgent).await;
+    assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     server.stop().await;
 }
 
