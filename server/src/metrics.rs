@@ -270,6 +270,17 @@ impl Metrics {
              latchless_batch_queue_wait_seconds_total {}",
             stats.queue_wait.as_secs_f64()
         );
+        // The server's process, whatever else runs in it (the load generator's `--spawn` mode
+        // accounts its own threads apart).
+        if let Ok(cpu) = cpu_time::ProcessTime::try_now() {
+            let _ = writeln!(
+                out,
+                "# HELP process_cpu_seconds_total CPU time of the server's process, user and system.\n\
+                 # TYPE process_cpu_seconds_total counter\n\
+                 process_cpu_seconds_total {}",
+                cpu.as_duration().as_secs_f64()
+            );
+        }
         self.render_summaries(&mut out, batcher.histograms);
         out
     }

@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::app::{router, App};
@@ -137,6 +138,11 @@ impl Server {
             // here (the connections' own draining is what the server waits for).
             tokio::task::spawn_blocking(move || batcher.shutdown());
         };
+        // Each Server-Sent Event is a small write: without TCP_NODELAY, Nagle's algorithm would
+        // hold it until the previous one is acknowledged.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, router(Arc::clone(&app)))
             .with_graceful_shutdown(stop_admission)
             .await;
