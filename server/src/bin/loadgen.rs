@@ -102,6 +102,12 @@ struct Args {
     /// How many times longer a long request's generation is.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     long_factor: u64,
+    /// The share of requests (0 to 1) sent for a whole reply instead of a stream.
+    #[arg(long, default_value_t = 0.0)]
+    whole_share: f64,
+    /// With --compare: an unmeasured round of each side first, of at most 512 requests.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    warmup: bool,
     /// Goodput counts replies finished within this many milliseconds; without it, within 5 x
     /// the unloaded p50 (measured first, one request at a time).
     #[arg(long)]
@@ -220,6 +226,18 @@ fn check(args: &Args) -> Result<(), String> {
             args.min_new, args.max_new
         ));
     }
+    if !(0.0..=1.0).contains(&args.whole_share) {
+        return Err(format!(
+            "--whole-share {} is not between 0 and 1",
+            args.whole_share
+        ));
+    }
+    if args.compare && args.whole_share > 0.0 {
+        return Err(
+            "--compare streams every request, as the in-process run does; drop --whole-share"
+                .into(),
+        );
+    }
     if !(0.0..=1.0).contains(&args.long_share) {
         return Err(format!(
             "--long-share {} is not between 0 and 1",
@@ -289,6 +307,15 @@ fn workload(args: &Args, clients: usize, requests: usize) -> Workload {
     }
 }
 
+fn bounds(args: &Args) -> Bounds {
+    Bounds {
+        duration: Duration::from_secs_f64(args.duration),
+        grace: Duration::from_secs_f64(args.grace),
+        whole_share: args.whole_share,
+        seed: args.seed.wrapping_add(2),
+    }
+}
+
 /// A server started in this process.
 struct Spawned {
     addr: SocketAddr,
@@ -353,11 +380,11 @@ struct Answered {
 }
 
 /// Sends `req` as a streamed completion and reads its events to the end.
-async fn complete(client: &HttpClient, url: &Uri, req: &Request) -> Attempt {
+async fn complete(client: &HttpClient, url: &Uri, req: &Request, stream: bool) -> Attempt {
     let body = json!({
         "prompt": String::from_utf8_lossy(&req.prompt),
         "max_tokens": req.max_new,
-        "stream": true,
+        "stream": stream,
         "session": req.session,
     });
     let http = HttpRequest::post(url.clone())
@@ -378,6 +405,23 @@ async fn complete(client: &HttpClient, url: &Uri, req: &Request) -> Attempt {
         status => return Attempt::Failed(format!("status {}", status.as_u16())),
     }
     let mut body = resp.into_body();
+    if !stream {
+        return match body.collect().await {
+            Ok(whole) => {
+                let tokens = serde_json::from_slice::<Value>(&whole.to_bytes())
+                    .ok()
+                    .and_then(|v| v["usage"]["completion_tokens"].as_u64());
+                match tokens {
+                    Some(tokens) => Attempt::Done(Answered {
+                        tokens,
+                        ..Answered::default()
+                    }),
+                    None => Attempt::Failed("a reply without usage".into()),
+                }
+            }
+            Err(e) => Attempt::Failed(format!("reading the reply: {e}")),
+        };
+    }
     let mut buf: Vec<u8> = Vec::new();
     let mut answered = Answered::default();
     let mut last: Option<Instant> = None;
@@ -506,8 +550,26 @@ enum Plan {
     },
 }
 
-/// Sends `plan`'s requests to `url` for `duration`, then waits up to `grace` for those in flight.
-async fn drive(url: &Uri, plan: Plan, duration: Duration, grace: Duration) -> Measured {
+/// How long a run sends, how it ends, and which requests are streamed.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// How long requests are sent.
+    duration: Duration,
+    /// How long those in flight then have to finish.
+    grace: Duration,
+    /// The share of requests sent for a whole (not streamed) reply, drawn with `seed`.
+    whole_share: f64,
+    seed: u64,
+}
+
+/// Sends `plan`'s requests to `url` within `bounds`.
+async fn drive(url: &Uri, plan: Plan, bounds: Bounds) -> Measured {
+    let Bounds {
+        duration,
+        grace,
+        whole_share,
+        seed: whole_seed,
+    } = bounds;
     let client = client();
     let results = Arc::new(Mutex::new(Measured::default()));
     let in_flight = Arc::new(AtomicU64::new(0));
@@ -526,9 +588,10 @@ async fn drive(url: &Uri, plan: Plan, duration: Duration, grace: Duration) -> Me
     };
     match plan {
         Plan::Closed { lists, cycle } => {
-            for list in lists {
+            for (c, list) in lists.into_iter().enumerate() {
                 let (client, url, record) = (client.clone(), url.clone(), record.clone());
                 let (in_flight, sent) = (Arc::clone(&in_flight), Arc::clone(&sent));
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(whole_seed ^ (c as u64) << 20);
                 tasks.spawn(async move {
                     let mut turn = 0;
                     while Instant::now() < until && (cycle || turn < list.len()) {
@@ -536,13 +599,14 @@ async fn drive(url: &Uri, plan: Plan, duration: Duration, grace: Duration) -> Me
                             break;
                         };
                         turn += 1;
+                        let stream = !(whole_share > 0.0 && rng.random_bool(whole_share));
                         in_flight.fetch_add(1, Ordering::Relaxed);
                         sent.fetch_add(1, Ordering::Relaxed);
                         let begin = Instant::now();
                         let mut refused = 0u64;
                         let (attempt, lag) = loop {
                             let send = Instant::now();
-                            match complete(&client, &url, req).await {
+                            match complete(&client, &url, req, stream).await {
                                 Attempt::Refused if Instant::now() < until => {
                                     refused += 1;
                                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -570,6 +634,7 @@ async fn drive(url: &Uri, plan: Plan, duration: Duration, grace: Duration) -> Me
                 if arrival >= until {
                     break;
                 }
+                let stream = !(whole_share > 0.0 && rng.random_bool(whole_share));
                 tokio::time::sleep_until(arrival.into()).await;
                 let (client, url, record) = (client.clone(), url.clone(), record.clone());
                 let in_flight = Arc::clone(&in_flight);
@@ -577,7 +642,7 @@ async fn drive(url: &Uri, plan: Plan, duration: Duration, grace: Duration) -> Me
                 sent.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
                     let send = Instant::now();
-                    let attempt = complete(&client, &url, &req).await;
+                    let attempt = complete(&client, &url, &req, stream).await;
                     record(attempt, arrival.elapsed(), send - arrival);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -701,8 +766,8 @@ async fn load(args: &Args, base: &str, spawned: bool) -> Result<(), String> {
     let url: Uri = format!("{base}/v1/completions")
         .parse()
         .map_err(|e| format!("the completions URL: {e}"))?;
-    let duration = Duration::from_secs_f64(args.duration);
-    let grace = Duration::from_secs_f64(args.grace);
+    let bounds = bounds(args);
+    let duration = bounds.duration;
     let clients = args.clients as usize;
     let open = args.rate;
     println!(
@@ -740,8 +805,11 @@ async fn load(args: &Args, base: &str, spawned: bool) -> Result<(), String> {
                 .collect(),
             cycle: false,
         },
-        duration.max(Duration::from_secs(30)),
-        grace,
+        Bounds {
+            duration: duration.max(Duration::from_secs(30)),
+            whole_share: 0.0,
+            ..bounds
+        },
     )
     .await;
     if unloaded.ok == 0 {
@@ -789,7 +857,7 @@ async fn load(args: &Args, base: &str, spawned: bool) -> Result<(), String> {
     };
     let server_before = server_cpu(base, spawned).await;
     let cpu_before = Cpu::now();
-    let mut m = drive(&url, plan, duration, grace).await;
+    let mut m = drive(&url, plan, bounds).await;
     let cpu = Cpu::now().since(cpu_before);
     let server_after = server_cpu(base, spawned).await;
     report(&mut m, limit_ms);
@@ -916,6 +984,13 @@ fn compare(args: &Args, generator: &Runtime, server_rt: &Runtime) -> Result<(), 
         config.max_batch_size,
         args.rounds,
     );
+    if args.warmup {
+        // Page faults, allocator growth, kernel choice: not in the measured rounds.
+        let n = work.iter().map(Vec::len).sum::<usize>().min(512);
+        let warm = workload(args, clients, n).requests();
+        http_round(args, &warm, generator, server_rt)?;
+        local_round(args, &warm)?;
+    }
     let mut http = Vec::new();
     let mut local = Vec::new();
     for round in 0..args.rounds {
@@ -1000,8 +1075,7 @@ fn http_round(
             lists: work.to_vec(),
             cycle: false,
         },
-        Duration::from_secs_f64(args.duration),
-        Duration::from_secs_f64(args.grace),
+        bounds(args),
     ));
     let cpu = Cpu::now().since(before);
     server.stop(server_rt)?;
