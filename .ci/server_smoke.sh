@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The HTTP server's binary, end to end: start it on a free port, wait for /health, one whole and
-# one streamed completion and a refused one with curl, then SIGTERM: it must exit 0.
+# one streamed completion and a refused one with curl, a 2 s run of the load generator, then
+# SIGTERM: it must exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +79,19 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/completions" \
 
 curl -fsS "$addr/metrics" | grep -q '^latchless_batch_completed_total 2$' ||
     fail "/metrics does not count the two completions"
+
+# The load generator against the binary, briefly: it must print its report and exit 0.
+loadgen="${CARGO_TARGET_DIR:-target}/release/loadgen"
+report=$(timeout 60 "$loadgen" --url "$addr" --duration 2 --grace 5 --rate 20 --whole-share 0.2) ||
+    fail "loadgen exited with status $?: $report"
+echo "$report"
+for want in '^requests: ' '^throughput: ' '^latency: ' '^goodput: ' '^server overhead' '^cpu: '; do
+    grep -q "$want" <<<"$report" || fail "the loadgen report lacks $want"
+done
+grep -q ' 0 errors, 0 unfinished$' <<<"$report" || fail "loadgen saw errors"
+if "$loadgen" --url http://192.0.2.1:80 --duration 1 >/dev/null 2>&1; then
+    fail "loadgen took a non-loopback URL"
+fi
 
 kill -TERM "$pid"
 status=0
