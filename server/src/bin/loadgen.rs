@@ -115,6 +115,9 @@ struct Args {
     /// Seed of the workload, the arrivals and (--spawn) the model's weights.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// --spawn: the server's runtime threads (the binary's `#[tokio::main]` runs one per core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    server_threads: Option<u64>,
     /// The generator's runtime threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     client_threads: u64,
@@ -163,9 +166,10 @@ fn run(args: &Args) -> Result<(), String> {
         let base = loopback_base(url)?;
         return generator.block_on(load(args, &base, false));
     }
-    // The server's own runtime, two threads as `#[tokio::main]` would give on two cores.
+    // The server's own runtime: by default one thread per core, as the binary's.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.server_threads.map_or(cores, |n| n as usize))
         .thread_name("server-rt")
         .enable_all()
         .build()
@@ -955,6 +959,9 @@ fn report(m: &mut Measured, limit_ms: f64) {
 struct Side {
     requests_per_sec: f64,
     p50_ms: f64,
+    /// Requests per decode step (mean) and the step's model time (p50, ms).
+    step_size: f64,
+    step_ms: f64,
     /// CPU per answered request: all, and (HTTP) the server's and the generator's parts.
     cpu_ms: f64,
     server_ms: Option<f64>,
@@ -1004,14 +1011,19 @@ fn compare(args: &Args, generator: &Runtime, server_rt: &Runtime) -> Result<(), 
         }
         let (h, l) = (http[http.len() - 1], local[local.len() - 1]);
         println!(
-            "compare: round {}: HTTP {:.1} requests/s (p50 {:.1} ms), in-process {:.1} \
-             requests/s (p50 {:.1} ms), ratio {:.3}; CPU per request: HTTP {:.2} ms (server \
-             {}, generator {}), in-process {:.2} ms",
+            "compare: round {}: HTTP {:.1} requests/s (p50 {:.1} ms; steps of {:.1} requests, \
+             {:.2} ms at p50), in-process {:.1} requests/s (p50 {:.1} ms; steps of {:.1}, {:.2} \
+             ms), ratio {:.3}; CPU per request: HTTP {:.2} ms (server {}, generator {}), \
+             in-process {:.2} ms",
             round + 1,
             h.requests_per_sec,
             h.p50_ms,
+            h.step_size,
+            h.step_ms,
             l.requests_per_sec,
             l.p50_ms,
+            l.step_size,
+            l.step_ms,
             h.requests_per_sec / l.requests_per_sec.max(1e-9),
             h.cpu_ms,
             h.server_ms.map_or("-".into(), |v| format!("{v:.2}")),
@@ -1078,7 +1090,16 @@ fn http_round(
         bounds(args),
     ));
     let cpu = Cpu::now().since(before);
+    let text = generator
+        .block_on(metrics(&format!("http://{}", server.addr)))
+        .unwrap_or_default();
     server.stop(server_rt)?;
+    let step_size = sample(&text, "latchless_batch_step_size_sum").unwrap_or(0.0)
+        / sample(&text, "latchless_batch_step_size_count")
+            .unwrap_or(0.0)
+            .max(1.0);
+    let step_ms =
+        sample(&text, "latchless_batch_step_seconds{quantile=\"0.5\"}").unwrap_or(0.0) * 1e3;
     if m.ok == 0 {
         return Err(format!("no request was answered over HTTP: {:?}", m.errors));
     }
@@ -1094,6 +1115,8 @@ fn http_round(
     Ok(Side {
         requests_per_sec: m.requests_per_sec(),
         p50_ms: quantile(&mut m.latency_ms, 0.5),
+        step_size,
+        step_ms,
         cpu_ms: per(cpu.process),
         server_ms: generator_cpu.map(|g| per(cpu.process.saturating_sub(g))),
         generator_ms: generator_cpu.map(per),
@@ -1149,6 +1172,11 @@ fn local_run<M: LanguageModel>(
     Ok(Side {
         requests_per_sec: o.requests_per_sec(),
         p50_ms: o.latency_ms(0.5),
+        step_size: o.histograms.as_ref().map_or(0.0, |h| h.batch_size.mean()),
+        step_ms: o
+            .histograms
+            .as_ref()
+            .map_or(0.0, |h| h.compute_time.quantile(0.5) as f64 / 1e3),
         cpu_ms: ms(o.cpu) / o.ok.max(1) as f64,
         server_ms: None,
         generator_ms: None,
