@@ -1048,6 +1048,13 @@ fn compare(args: &Args, generator: &Runtime, server_rt: &Runtime) -> Result<(), 
     let mut h_server: Vec<f64> = http.iter().filter_map(|s| s.server_ms).collect();
     let mut h_gen: Vec<f64> = http.iter().filter_map(|s| s.generator_ms).collect();
     let mut l_cpu: Vec<f64> = local.iter().map(|s| s.cpu_ms).collect();
+    // Requests per CPU-second, HTTP over in-process, by round: what HTTP costs where the cores
+    // are the limit, less sensitive than wall-clock throughput to other load on the machine.
+    let mut per_cpu: Vec<f64> = http
+        .iter()
+        .zip(&local)
+        .map(|(h, l)| l.cpu_ms / h.cpu_ms.max(1e-9))
+        .collect();
     println!(
         "compare: HTTP over in-process throughput: median {:.3} (range {}) over {} rounds; HTTP \
          median {:.1} requests/s, in-process {:.1}",
@@ -1066,6 +1073,12 @@ fn compare(args: &Args, generator: &Runtime, server_rt: &Runtime) -> Result<(), 
         median_of(&mut h_server),
         median_of(&mut h_gen),
         median_of(&mut l_cpu),
+    );
+    println!(
+        "compare: HTTP over in-process requests per CPU-second (generator included): median \
+         {:.3} (range {})",
+        median_of(&mut per_cpu),
+        range(&per_cpu),
     );
     Ok(())
 }
