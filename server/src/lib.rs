@@ -49,6 +49,14 @@
 //! Errors have a JSON body `{"error": {"message", "type"}}`. There is no TLS, CORS or
 //! authentication: put a reverse proxy in front.
 //!
+//! # Load generator
+//!
+//! The crate's second binary, `loadgen`, loads a server on loopback (open or closed loop,
+//! streamed completions of the showcase's workload) and reports throughput, latency, time to
+//! first token, goodput and the server's overhead from `/metrics`; `--spawn --compare` serves
+//! one workload over HTTP and in-process through the same continuous batcher and compares them:
+//! `cargo run --release -p latchless-server --bin loadgen -- --help`.
+//!
 //! # Shutdown
 //!
 //! When the future given to [`Server::run`] completes (the binary: SIGINT or SIGTERM), the
