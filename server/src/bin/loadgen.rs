@@ -693,18 +693,23 @@ fn threads_cpu(prefix: &str) -> Option<Duration> {
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .map(Duration::from_nanos);
         let cpu = from_schedstat.or_else(|| {
-            let stat = fs::read_to_string(path.join("stat")).ok()?;
-            // Fields after the name (which may hold spaces) in parentheses: utime and stime are
-            // the 12th and 13th.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 =
-                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
+            let ticks = stat_ticks(&fs::read_to_string(path.join("stat")).ok()?)?;
+            Some(Duration::from_millis(ticks.saturating_mul(10)))
         });
         total += cpu.unwrap_or_default();
     }
     Some(total)
+}
+
+/// utime + stime, in clock ticks, from a `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // The fields after the name (in parentheses, and which may hold spaces or parentheses):
+    // utime and stime are the 12th and 13th.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime.saturating_add(stime))
 }
 
 fn process_cpu() -> Duration {
@@ -1219,6 +1224,14 @@ mod tests {
         }
         let e = loopback_base("http://192.168.1.2:8080").unwrap_err();
         assert!(e.contains("loopback only"), "{e}");
+    }
+
+    #[test]
+    fn ticks_from_a_stat_line() {
+        let line = "4242 (loadgen-rt (x) 1) S 1 2 3 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0";
+        assert_eq!(stat_ticks(line), Some(22));
+        assert_eq!(stat_ticks("4242 (cut) S 1 2"), None);
+        assert_eq!(stat_ticks("no parenthesis"), None);
     }
 
     #[test]
