@@ -355,6 +355,8 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} summary");
             for s in series {
                 for (q, v) in QUANTILES.iter().zip(s.quantiles) {
+                    // Nothing recorded: no quantile, which Prometheus writes NaN.
+                    let v = if s.count == 0 { f64::NAN } else { v };
                     let _ = writeln!(out, "{name}{{{}quantile=\"{q}\"}} {v}", s.labels);
                 }
                 let labels = s.labels.trim_end_matches(',');

@@ -259,6 +259,16 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
         .metric(&format!("{overhead}{{phase=\"admit\",quantile=\"0.5\"}}"))
         .await;
     assert!(admit > 0.0 && admit < 1.0, "admit median {admit} s");
+    // Nothing streamed: no quantile to give.
+    let streamed = server
+        .metric(&format!(
+            "{overhead}{{phase=\"finish_stream\",quantile=\"0.5\"}}"
+        ))
+        .await;
+    assert!(
+        streamed.is_nan(),
+        "finish_stream median {streamed} with nothing streamed"
+    );
     server.stop().await;
 }
 
