@@ -81,7 +81,8 @@ curl -fsS "$addr/metrics" | grep -q '^latchless_batch_completed_total 2$' ||
     fail "/metrics does not count the two completions"
 
 # The load generator against the binary, briefly: it must print its report and exit 0.
-loadgen="${CARGO_TARGET_DIR:-target}/release/loadgen"
+# Built with the server, next to its binary.
+loadgen="$(dirname "$bin")/loadgen"
 report=$(timeout 60 "$loadgen" --url "$addr" --duration 2 --grace 5 --rate 20 --whole-share 0.2) ||
     fail "loadgen exited with status $?: $report"
 echo "$report"
