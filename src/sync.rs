@@ -110,7 +110,7 @@ pub(crate) const ZEROED_ATOMICS_VALID: bool = !cfg!(any(loom, shuttle));
 /// its longer runs cross many; under Miri 31, so that its scaled-down tests still cross a block
 /// every few dozen values. Elsewhere 127: a position then has 128 offsets per lap (a power of two),
 /// a block of 8-byte values is 2 KiB, and the move to the next block, which every claimant waits
-/// for, comes once per 127 values. Measured against 31 and 63 slots (README, "What the queue
+/// for, comes once per 127 values. Measured against 31 and 63 slots (BENCHMARKS.md, "What the queue
 /// figures mean"): the move's cost per value is what separated the queue from `SegQueue` under
 /// contention.
 pub(crate) const QUEUE_BLOCK_CAP: usize = if cfg!(loom) {
