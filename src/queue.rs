@@ -37,8 +37,9 @@
 //! A thread dereferences a block in one of two ways:
 //! - **Holding a claimed slot of it.** The pusher and the popper of a slot each touch the slot
 //!   (and, for the block's last slot, the block's `next`, to move `head` or `tail` on), and the
-//!   last of the two to leave the slot sets its `READ` bit. The block is not freed before every
-//!   slot's `READ` bit is set, so a claimant's accesses never touch freed memory. A claim needs no
+//!   last of the two to leave the slot counts it in the block's `finished`. The block is not
+//!   freed before `finished` has counted every slot, so a claimant's accesses never touch freed
+//!   memory. A claim needs no
 //!   pin: this is the hot path, and the claimant of a block's last slot moves `head` or `tail` on
 //!   without one too, through the block it holds.
 //! - **Helping a move it did not start** (`help_lap`), which loads the block pointer of `head` or
@@ -46,16 +47,20 @@
 //!   counts itself in `helpers` before it loads the pointer, and leaves the count after its last
 //!   access.
 //!
-//! A block is retired by the last thread to finish one of its slots, found through per-slot flags
-//! (as in crossbeam's `SegQueue`): the thread that finishes the last slot walks the others, marking
-//! each unfinished one `DESTROY`; whoever finishes a slot marked so continues the walk from the
-//! next slot; the walk that reaches the end retires the block. Finishing the last slot happens
-//! only after both moves past the block are complete: its popper completes the `head` move before
-//! it touches the slot, and its pusher completes the `tail` move before writing. So when the walk
-//! ends, no thread can load the block from `head` or `tail` any more. The walker then reads
-//! `helpers`: if no helper is in flight, it frees the block at once (a helper that loaded the
-//! block counted itself before, and that count is ordered before the walker's read: all these
-//! accesses are `SeqCst`); otherwise it hands the block to the epoch collector, which frees it once
+//! A block is retired by the last thread to finish one of its slots: each slot's finisher adds one
+//! to the block's `finished` count, and the one that brings it to `BLOCK_CAP` retires the block.
+//! (Per-slot flags walked by the last slot's finisher, as `SegQueue` does, were the first design:
+//! the count replaced them because a slot's popper, its last user nearly always, then writes a
+//! line of its own block's header instead of the slot's line, which the pushers of the
+//! neighbouring slots are writing; see README's queue attempts.) The increments are
+//! read-modify-writes of one atomic, so every finisher's accesses happen before the retirement.
+//! Finishing the last slot happens only after both moves past the block are complete: its popper
+//! completes the `head` move before it touches the slot, and its pusher completes the `tail` move
+//! before writing. So when the count is complete, no thread can load the block from `head` or
+//! `tail` any more. The retiring thread then reads `helpers`: if no helper is in flight, it frees
+//! the block at once (a helper that loaded the block counted itself before, and that count is
+//! ordered before the retirer's read: all these accesses are `SeqCst`); otherwise it hands the
+//! block to the epoch collector, which frees it once
 //! the helpers pinned at that time have unpinned. Helping is rare (a move left unfinished by a
 //! preempted claimant), so blocks are nearly always freed at once, by the thread that used them
 //! last, and the hot path never pins. "Freed" means put on the queue's one-block shelf, whose
@@ -94,17 +99,10 @@ const HAS_NEXT: usize = 1;
 const WRITE: usize = 1;
 /// Slot state: the popper found no value and gave the slot up; the pusher takes its value back.
 const ABANDON: usize = 2;
-/// Slot state: the last of the slot's pusher and popper has left it (the value was taken out, by
-/// the popper, or by the pusher after an abandon). The slot is finished. Not set on a block's last
-/// slot, whose finisher starts the block's destruction instead.
-const READ: usize = 4;
-/// Slot state: the block's destruction waits on this slot; its finisher continues it.
-const DESTROY: usize = 8;
-
 /// Sets `flag` in a slot's state and returns the state before.
 ///
 /// Each flag is set at most once in a slot's life, by one party (`WRITE` by the pusher,
-/// `ABANDON` by the popper, `READ` by the last user, `DESTROY` by the walk), so the bit is clear
+/// `ABANDON` by the popper), so the bit is clear
 /// before the call and adding it is the same as or-ing it in. The addition is what makes this
 /// fast: a `fetch_or` whose result is used compiles to a load and a compare-and-swap loop on
 /// x86, two trips for a cache line the other side is polling, while `fetch_add` is one `lock
@@ -133,7 +131,7 @@ struct Slot<T> {
     /// Written by the pusher before it sets `WRITE`; moved out once, by the popper after it saw
     /// `WRITE`, or by the pusher after it saw `ABANDON`.
     value: UnsafeCell<MaybeUninit<T>>,
-    /// `WRITE`, `ABANDON`, `READ` and `DESTROY` bits.
+    /// `WRITE` and `ABANDON` bits.
     state: AtomicUsize,
 }
 
@@ -144,6 +142,9 @@ struct Block<T> {
     /// Which lap of positions this block holds. Written before the block is published, never
     /// changed after: `help_lap` tells by it whether a position's block pointer has been swung.
     lap: usize,
+    /// How many slots are finished (their value taken out, and their last user gone); the thread
+    /// that brings it to `BLOCK_CAP` retires the block.
+    finished: AtomicUsize,
     slots: [Slot<T>; BLOCK_CAP],
 }
 
@@ -162,14 +163,15 @@ impl<T> Block<T> {
             // SAFETY: `p` is a fresh, non-null allocation for a `Block<T>`, ours alone; only
             // `lap` needs a value other than zero.
             unsafe { Self::set_lap(p, lap) };
-            // All-zero is a valid `Block<T>`: null `next`, lap set above, zero states (no bit
-            // set) and uninitialised values (`MaybeUninit`); `ZEROED_ATOMICS_VALID` holds for
+            // All-zero is a valid `Block<T>`: null `next`, lap set above, nothing finished, zero
+            // states (no bit set) and uninitialised values (`MaybeUninit`); `ZEROED_ATOMICS_VALID` holds for
             // this world's atomics.
             p
         } else {
             Box::into_raw(Box::new(Self {
                 next: AtomicPtr::new(ptr::null_mut()),
                 lap,
+                finished: AtomicUsize::new(0),
                 slots: core::array::from_fn(|_| Slot {
                     value: UnsafeCell::new(MaybeUninit::uninit()),
                     state: AtomicUsize::new(0),
@@ -205,6 +207,7 @@ impl<T> Block<T> {
         // Relaxed (all stores): the block is ours alone; whoever links it publishes it with a
         // Release compare-and-swap.
         block.next.store(ptr::null_mut(), Ordering::Relaxed);
+        block.finished.store(0, Ordering::Relaxed);
         for slot in &block.slots {
             slot.state.store(0, Ordering::Relaxed);
         }
@@ -341,7 +344,7 @@ impl<T> Drop for Spare<'_, T> {
 /// slots, once all of them have been used, and freed at once (or, if a helper may still read it,
 /// through the collector once the helpers pinned at that time have unpinned); one retired block
 /// is kept for reuse. A drained burst so gives its memory back. Each slot takes
-/// `size_of::<T>()` plus one word; each block two words more.
+/// `size_of::<T>()` plus one word; each block three words more.
 ///
 /// [`MsQueue::new`] retires blocks through crossbeam-epoch's global collector (shared with every
 /// other epoch user in the process, each thread pinning through its own cached handle);
@@ -631,63 +634,42 @@ impl<T> MsQueue<T> {
         // reads it: it is moved out exactly once, here.
         let value = slot.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
         // SAFETY: we are this slot's last user, and the caller's claim holds.
-        unsafe { self.finish_slot(block, offset) };
+        unsafe { self.finish_slot(block) };
         Err(value)
     }
 
-    /// Marks a slot finished, by its last user, and continues or starts the block's destruction
-    /// when that falls to us.
+    /// Counts a slot finished, by its last user, and retires the block if it was the last one.
     ///
     /// # Safety
     ///
-    /// The caller holds a claim on slot `offset` of `block` and is the slot's last user; it does
-    /// not touch the slot or the block afterwards.
-    unsafe fn finish_slot(&self, block: *mut Block<T>, offset: usize) {
-        if offset + 1 == BLOCK_CAP {
-            // The last slot's `READ` bit is never read (the walk covers the others), so it is not
-            // set. Its finisher starts the walk, which happens only after both `head` and `tail`
-            // moved past the block.
-            // SAFETY: the block is not retired before this walk reaches its end.
-            unsafe { self.destroy(block, 0) };
+    /// The caller holds a claim on a slot of `block` and is the slot's last user; it does not
+    /// touch the slot or the block afterwards.
+    unsafe fn finish_slot(&self, block: *mut Block<T>) {
+        // SAFETY: allocated: our slot is not counted until the RMW below.
+        let b = unsafe { &*block };
+        // AcqRel: Release orders our accesses to the slot (and, for the last slot, our part of a
+        // move past the block) before the retirer's; Acquire, in the retirer, receives those of
+        // every earlier finisher: the increments are one atomic's read-modify-writes, so each
+        // reads the one before it and the Release of every one is seen by the last.
+        if b.finished.fetch_add(1, Ordering::AcqRel) + 1 != BLOCK_CAP {
             return;
         }
-        // SAFETY: allocated: our slot is not finished until the RMW below.
-        let slot = unsafe { Block::slot(block, offset) };
-        // AcqRel: Release orders our accesses to the slot before a walker's Acquire check of
-        // `READ`; Acquire pairs with the walker's Release `DESTROY`, so its walk so far happens
-        // before our continuing it.
-        if set_flag(&slot.state, READ, Ordering::AcqRel) & DESTROY != 0 {
-            // SAFETY: the walk stopped at our slot and handed itself to us.
-            unsafe { self.destroy(block, offset + 1) };
-        }
+        // SAFETY: every slot is finished and we are the last to finish one.
+        unsafe { self.retire(block) };
     }
 
-    /// Walks slots `start..BLOCK_CAP - 1` of a block whose last slot is finished: an unfinished
-    /// slot gets `DESTROY` and its finisher continues from there; past the end, the block is
-    /// retired.
+    /// Frees a block whose every slot is finished, at once if no helper can hold it, else through
+    /// the epoch collector.
     ///
     /// # Safety
     ///
-    /// The caller holds the destruction (it finished the block's last slot, or a slot marked
-    /// `DESTROY` just before `start`).
-    unsafe fn destroy(&self, block: *mut Block<T>, start: usize) {
-        for i in start..BLOCK_CAP - 1 {
-            // SAFETY: not retired while the walk is ours.
-            let slot = unsafe { Block::slot(block, i) };
-            // Acquire (both): pair with the slot finisher's Release `READ`, so its accesses
-            // happen before the block is freed. Release on the RMW: hands our walk to the
-            // finisher that sees `DESTROY`.
-            if slot.state.load(Ordering::Acquire) & READ == 0
-                && set_flag(&slot.state, DESTROY, Ordering::AcqRel) & READ == 0
-            {
-                return;
-            }
-        }
+    /// Called once per block, by the thread whose `finish_slot` counted its last slot.
+    unsafe fn retire(&self, block: *mut Block<T>) {
         if UNDER_MODEL_CHECKER {
             // A write to the block that loom sees, standing for its free: a helper's read of
             // `next` then conflicts with the free, so loom explores the helper reading after it
             // (and `census::assert_alive` fails the model if that can happen).
-            // SAFETY: the walk is ours: the block is allocated.
+            // SAFETY: the retirement is ours: the block is allocated.
             let b = unsafe { &*block };
             // Relaxed: nothing is published; the block's `next` is never read by a claimant
             // again (both moves past the block are complete).
@@ -702,7 +684,7 @@ impl<T> MsQueue<T> {
             // SAFETY: every slot is finished, so no claimant touches the block again, and all
             // values were moved out; `head` and `tail` were swung past it, so no thread can load
             // it any more; no helper that loaded it before is still in flight (above). Only one
-            // walk gets here: the block is ours alone, to reuse or free once.
+            // thread counts the last slot: the block is ours alone, to reuse or free once.
             unsafe { self.shelve(block) };
             return;
         }
@@ -754,7 +736,7 @@ impl<T> MsQueue<T> {
         census::assert_alive(full.cast());
         // SeqCst, on failure too (another thread swung it already): the swing, ours or the one
         // we read, is then ordered before the caller's finishing of its slot and so before the
-        // retiring walk's read of `helpers` (see the module docs).
+        // retirer's read of `helpers` (see the module docs).
         let _ = end
             .block
             .compare_exchange(full, next, Ordering::SeqCst, Ordering::SeqCst);
@@ -767,9 +749,9 @@ impl<T> MsQueue<T> {
         debug_assert_eq!(position(index) % LAP, BLOCK_CAP);
         let lap = position(index) / LAP;
         let guard = self.reclaim.pin();
-        // SeqCst (this, the fence, the load below and the decrement): a retiring walk that does
+        // SeqCst (this, the fence, the load below and the decrement): a retirer that does
         // not see our count cannot retire a block we load (see the module docs). The fence makes
-        // the count-then-load order hold against the walker's fence-then-read (a Dekker pair):
+        // the count-then-load order hold against the retirer's fence-then-read (a Dekker pair):
         // `SeqCst` accesses alone would do in C++'s model, but loom checks `SeqCst` accesses as
         // acquire/release only, and fences fully; it found this pair unprotected without them.
         self.helpers.fetch_add(1, Ordering::SeqCst);
@@ -779,7 +761,7 @@ impl<T> MsQueue<T> {
         let block = end.block.load(Ordering::SeqCst);
         #[cfg(test)]
         hooks::reach(hooks::Point::Helping);
-        // SAFETY: loaded while we are counted in `helpers` and pinned, from `end`: a walk that
+        // SAFETY: loaded while we are counted in `helpers` and pinned, from `end`: a thread that
         // retires it either sees our count and hands it to the collector, which frees it only
         // after we unpin, or ran before our load, when `end` no longer held it. `lap` is
         // immutable after publication.
@@ -987,7 +969,7 @@ impl<T> MsQueue<T> {
         // (Acquire above), and ours alone to move out, once.
         let value = slot.value.with(|p| unsafe { ptr::read(p.cast::<T>()) });
         // SAFETY: we are the slot's last user (the pusher left after setting `WRITE`).
-        unsafe { self.finish_slot(block, offset) };
+        unsafe { self.finish_slot(block) };
         Some(value)
     }
 
