@@ -39,9 +39,8 @@
 //!   (and, for the block's last slot, the block's `next`, to move `head` or `tail` on), and the
 //!   last of the two to leave the slot counts it in the block's `finished`. The block is not
 //!   freed before `finished` has counted every slot, so a claimant's accesses never touch freed
-//!   memory. A claim needs no
-//!   pin: this is the hot path, and the claimant of a block's last slot moves `head` or `tail` on
-//!   without one too, through the block it holds.
+//!   memory. A claim needs no pin: this is the hot path, and the claimant of a block's last slot
+//!   moves `head` or `tail` on without one too, through the block it holds.
 //! - **Helping a move it did not start** (`help_lap`), which loads the block pointer of `head` or
 //!   `tail` and reads the block's `lap` and `next`. A helper pins the queue's epoch collector and
 //!   counts itself in `helpers` before it loads the pointer, and leaves the count after its last
@@ -52,7 +51,7 @@
 //! (Per-slot flags walked by the last slot's finisher, as `SegQueue` does, were the first design:
 //! the count replaced them because a slot's popper, its last user nearly always, then writes a
 //! line of its own block's header instead of the slot's line, which the pushers of the
-//! neighbouring slots are writing; see README's queue attempts.) The increments are
+//! neighbouring slots are writing; see CHANGELOG.md's queue attempts.) The increments are
 //! read-modify-writes of one atomic, so every finisher's accesses happen before the retirement.
 //! Finishing the last slot happens only after both moves past the block are complete: its popper
 //! completes the `head` move before it touches the slot, and its pusher completes the `tail` move
@@ -60,8 +59,8 @@
 //! `tail` any more. The retiring thread then reads `helpers`: if no helper is in flight, it frees
 //! the block at once (a helper that loaded the block counted itself before, and that count is
 //! ordered before the retirer's read: all these accesses are `SeqCst`); otherwise it hands the
-//! block to the epoch collector, which frees it once
-//! the helpers pinned at that time have unpinned. Helping is rare (a move left unfinished by a
+//! block to the epoch collector, which frees it once the helpers pinned at that time have
+//! unpinned. Helping is rare (a move left unfinished by a
 //! preempted claimant), so blocks are nearly always freed at once, by the thread that used them
 //! last, and the hot path never pins. "Freed" means put on the queue's one-block shelf, whose
 //! previous block is freed: the next block needed is taken from the shelf before the allocator,
@@ -163,9 +162,9 @@ impl<T> Block<T> {
             // SAFETY: `p` is a fresh, non-null allocation for a `Block<T>`, ours alone; only
             // `lap` needs a value other than zero.
             unsafe { Self::set_lap(p, lap) };
-            // All-zero is a valid `Block<T>`: null `next`, lap set above, nothing finished, zero
-            // states (no bit set) and uninitialised values (`MaybeUninit`); `ZEROED_ATOMICS_VALID` holds for
-            // this world's atomics.
+            // All-zero is a valid `Block<T>`: null `next`, lap set above, nothing finished,
+            // zero states (no bit set) and uninitialised values (`MaybeUninit`);
+            // `ZEROED_ATOMICS_VALID` holds for this world's atomics.
             p
         } else {
             Box::into_raw(Box::new(Self {
@@ -674,6 +673,12 @@ impl<T> MsQueue<T> {
             // Relaxed: nothing is published; the block's `next` is never read by a claimant
             // again (both moves past the block are complete).
             b.next.store(ptr::null_mut(), Ordering::Relaxed);
+            // And a write to every value cell, standing for the free too: each slot's pusher and
+            // popper accessed its cell, and loom fails the model if any such access does not
+            // happen before this one (the `finished` count's Acquire is what orders them).
+            for slot in &b.slots {
+                slot.value.with_mut(|_| ());
+            }
         }
         // The fence pairs with the one in `help_lap`: a helper's count comes before its fence and
         // its load of the block pointer; both moves past this block happen before our fence. If
