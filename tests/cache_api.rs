@@ -28,10 +28,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::BuildHasherDefault;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
+
+#[path = "common/drop_log.rs"]
+mod drop_log;
+
+use drop_log::{DropLog, Tracked};
 
 /// A hasher with a fixed seed: eviction order is then the same on every run.
 type Fixed = BuildHasherDefault<DefaultHasher>;
@@ -763,41 +768,6 @@ fn get_or_insert_with_panic_without_waiters_leaves_no_flight() {
 // ---------------------------------------------------------------------------------------------
 // The FIFOs stay bounded under churn that evicts nothing.
 
-/// A value that counts its live instances (clones included) in a shared counter; equal when
-/// their serial numbers are.
-struct Counted {
-    serial: u64,
-    live: Arc<AtomicIsize>,
-}
-
-impl Counted {
-    fn new(serial: u64, live: &Arc<AtomicIsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Self {
-            serial,
-            live: Arc::clone(live),
-        }
-    }
-}
-
-impl Clone for Counted {
-    fn clone(&self) -> Self {
-        Self::new(self.serial, &self.live)
-    }
-}
-
-impl PartialEq for Counted {
-    fn eq(&self, other: &Self) -> bool {
-        self.serial == other.serial
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// How each churn round replaces its key before removing it.
 #[derive(Clone, Copy, Debug)]
 enum Churn {
@@ -820,31 +790,36 @@ const CHURN_BOUND: isize = 10 * CHURN_CAPACITY as isize;
 /// in the cache, checking after every tenth of the rounds that the values alive (the cache's
 /// own instances: the test keeps none) stay below `CHURN_BOUND`. Returns the peak.
 fn churn_peak(residents: u64, churn: Churn) -> isize {
-    let live = Arc::new(AtomicIsize::new(0));
+    // Serials run below `2 * CHURN_ROUNDS`, residents below `CHURN_CAPACITY`.
+    let live = DropLog::new(2 * CHURN_ROUNDS.max(CHURN_CAPACITY) as usize);
     let collector = Collector::new();
-    let cache: Cache<u64, Counted, Fixed> = Cache::builder(CHURN_CAPACITY)
+    let cache: Cache<u64, Tracked, Fixed> = Cache::builder(CHURN_CAPACITY)
         .hasher(Fixed::default())
         .collector(collector.clone())
         .build();
     let handle = collector.register();
     let mut guard = handle.pin();
     for r in 0..residents {
-        cache.insert_with_guard(r, Counted::new(r, &live), &guard);
+        cache.insert_with_guard(r, Tracked::new(r as usize, live), &guard);
     }
     let mut peak = 0;
     for round in 0..CHURN_ROUNDS {
         let k = 1_000_000 + round;
         let serial = 2 * round;
-        cache.insert_with_guard(k, Counted::new(serial, &live), &guard);
+        cache.insert_with_guard(k, Tracked::new(serial as usize, live), &guard);
         match churn {
             Churn::InsertRemove => {}
             Churn::Replace => {
-                let old = cache.insert_with_guard(k, Counted::new(serial + 1, &live), &guard);
-                assert!(old.is_some_and(|v| v.serial == serial), "round {round}");
+                let old =
+                    cache.insert_with_guard(k, Tracked::new(serial as usize + 1, live), &guard);
+                assert!(
+                    old.is_some_and(|v| v.id == serial as usize),
+                    "round {round}"
+                );
             }
             Churn::Exchange => {
-                let cur = Counted::new(serial, &live);
-                let new = Counted::new(serial + 1, &live);
+                let cur = Tracked::new(serial as usize, live);
+                let new = Tracked::new(serial as usize + 1, live);
                 assert!(
                     cache
                         .compare_exchange_with_guard(&k, &cur, new, &guard)
@@ -867,7 +842,7 @@ fn churn_peak(residents: u64, churn: Churn) -> isize {
                 guard.repin();
                 guard.flush();
             }
-            let beyond = live.load(Ordering::SeqCst) - residents as isize;
+            let beyond = live.alive_total() as isize - residents as isize;
             peak = peak.max(beyond);
             assert!(
                 beyond < CHURN_BOUND,
@@ -888,7 +863,7 @@ fn churn_peak(residents: u64, churn: Churn) -> isize {
     drop(cache);
     drop(collector);
     assert_eq!(
-        live.load(Ordering::SeqCst),
+        live.alive_total() as isize,
         0,
         "every value dropped at the end"
     );

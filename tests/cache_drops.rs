@@ -3,11 +3,8 @@
 //! failed `compare_exchange` or `try_insert`, or still in the cache when the cache drops; also
 //! when several threads insert, remove, exchange and evict at once.
 //!
-//! The cache hands out clones (`V: Clone`), so the payload counts instances: each `Tracked`
-//! value, original or clone, bumps its id's `created` count, and each drop bumps `dropped`. A
-//! drop that takes `dropped` past `created` is a double drop, flagged at once; at the end of a
-//! test every id must have `dropped == created`. The logs are leaked (`&'static`), so that a
-//! double drop of a value never touches freed memory of the log itself.
+//! The cache hands out clones (`V: Clone`), so the payload counts instances: see
+//! `tests/common/drop_log.rs` for the `Tracked` payload and its `DropLog`.
 //!
 //! Caches are built on a local epoch `Collector` that is dropped (with every handle and guard)
 //! before the final check, so any entry the epoch still held has been freed by then. One test
@@ -15,126 +12,14 @@
 
 use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, CompareExchangeFailure};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::thread;
 
+#[path = "common/drop_log.rs"]
+mod drop_log;
+
+use drop_log::{DropLog, Tracked};
+
 const N: usize = if cfg!(miri) { 64 } else { 10_000 };
-
-/// Per id, the instances created (the original and its clones) and dropped.
-struct DropLog {
-    created: Vec<AtomicU32>,
-    dropped: Vec<AtomicU32>,
-    /// Set by a drop that took `dropped` past `created`.
-    double_drop: AtomicBool,
-}
-
-impl DropLog {
-    /// A log for ids `0..n`, leaked: see the module docs. It stays listed in `LOGS`, so leak
-    /// checkers (valgrind memcheck in CI) see it as still reachable, not lost.
-    fn new(n: usize) -> &'static Self {
-        static LOGS: Mutex<Vec<&'static DropLog>> = Mutex::new(Vec::new());
-        let log: &'static Self = Box::leak(Box::new(Self {
-            created: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            dropped: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            double_drop: AtomicBool::new(false),
-        }));
-        LOGS.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(log);
-        log
-    }
-
-    /// Instances of `id` alive now.
-    fn alive(&self, id: usize) -> i64 {
-        i64::from(self.created[id].load(Ordering::SeqCst))
-            - i64::from(self.dropped[id].load(Ordering::SeqCst))
-    }
-
-    /// Instances of any id alive now.
-    fn alive_total(&self) -> i64 {
-        (0..self.created.len()).map(|id| self.alive(id)).sum()
-    }
-
-    /// Asserts that no drop so far took an id's drops past its creations.
-    fn assert_no_double_drop(&self) {
-        assert!(
-            !self.double_drop.load(Ordering::SeqCst),
-            "a value was dropped more often than it was created (see stderr)"
-        );
-    }
-
-    /// The ids (first 10) not created, or whose instances were not all dropped exactly once, as
-    /// `(id, created, dropped)`.
-    fn not_dropped_once(&self) -> Vec<(usize, u32, u32)> {
-        (0..self.created.len())
-            .map(|id| {
-                (
-                    id,
-                    self.created[id].load(Ordering::SeqCst),
-                    self.dropped[id].load(Ordering::SeqCst),
-                )
-            })
-            .filter(|&(_, c, d)| c == 0 || c != d)
-            .take(10)
-            .collect()
-    }
-
-    /// Asserts that every instance of every id was dropped exactly once, and every id was used.
-    fn assert_all_dropped_once(&self) {
-        self.assert_no_double_drop();
-        let wrong = self.not_dropped_once();
-        assert!(
-            wrong.is_empty(),
-            "values not dropped exactly once (first 10 as (id, created, dropped)): {wrong:?}"
-        );
-    }
-}
-
-/// A payload that logs its creation, clones and drops. Equal when the ids are.
-struct Tracked {
-    id: usize,
-    log: &'static DropLog,
-}
-
-impl Tracked {
-    fn new(id: usize, log: &'static DropLog) -> Self {
-        log.created[id].fetch_add(1, Ordering::SeqCst);
-        Self { id, log }
-    }
-}
-
-impl Clone for Tracked {
-    fn clone(&self) -> Self {
-        Self::new(self.id, self.log)
-    }
-}
-
-impl PartialEq for Tracked {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl std::fmt::Debug for Tracked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tracked({})", self.id)
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // No panic here: a double drop may happen while unwinding, and a panic then would abort.
-        // Reading `created` after our increment: our own instance was created before, so a
-        // correct drop always finds `dropped <= created`.
-        let dropped = self.log.dropped[self.id].fetch_add(1, Ordering::SeqCst) + 1;
-        let created = self.log.created[self.id].load(Ordering::SeqCst);
-        if dropped > created {
-            eprintln!("Tracked({}): drop {dropped} of {created} created", self.id);
-            self.log.double_drop.store(true, Ordering::SeqCst);
-        }
-    }
-}
 
 #[test]
 fn the_log_detects_leaks_and_double_drops() {
@@ -148,15 +33,12 @@ fn the_log_detects_leaks_and_double_drops() {
     std::mem::forget(clone);
     drop(Tracked::new(2, log));
     assert_eq!(log.not_dropped_once(), [(1, 2, 1)], "a leak stays visible");
-    assert!(!log.double_drop.load(Ordering::SeqCst));
+    assert!(!log.double_dropped());
     // A double drop, simulated: as if a bitwise copy of `v` had been dropped already.
     let v = Tracked::new(0, log);
-    log.dropped[0].fetch_add(1, Ordering::SeqCst);
+    log.count_drop(0);
     drop(v);
-    assert!(
-        log.double_drop.load(Ordering::SeqCst),
-        "the double drop is flagged"
-    );
+    assert!(log.double_dropped(), "the double drop is flagged");
 }
 
 /// A cache of `capacity` entries on a collector of its own, returned so the test drops it last.
@@ -396,7 +278,7 @@ fn get_or_insert_with_values_are_dropped_once() {
     // The ids whose `init` never ran were never created: create and drop them now, so the final
     // check can require every id.
     for id in 0..N {
-        if log.created[id].load(Ordering::SeqCst) == 0 {
+        if log.created(id) == 0 {
             drop(Tracked::new(id, log));
         }
     }

@@ -34,6 +34,12 @@ mod stress_env;
 
 use stress_env::stress_n_split;
 
+/// The seeded generator (SplitMix64), shared by the integration tests.
+#[path = "common/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 const THREADS: usize = 4;
 /// Distinct keys.
 const KEYS: u64 = 300;
@@ -128,22 +134,6 @@ impl Val {
             && (self.writer as usize) < THREADS
             && (self.seq as usize) < ops_per_thread
             && self.check == checksum(self.key, self.writer, self.seq, self.size)
-    }
-}
-
-/// xorshift64*: a small, seedable generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -289,7 +279,7 @@ fn worker(
     collector: Option<&Collector>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) << 17));
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) << 17));
     let mut seq = 0u32;
     let handle = collector.map(Collector::register);
     let mut guard = handle.as_ref().map(|h| h.pin());

@@ -41,7 +41,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::{self, AssertUnwindSafe};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 /// The seeded generator (SplitMix64), shared with `tests/linearizability/main.rs`.
@@ -49,6 +48,12 @@ use std::sync::{Arc, Mutex};
 mod rng;
 
 use rng::Rng;
+
+/// The queue's payload, which counts its live instances (`tests/common/drop_log.rs`).
+#[path = "common/drop_log.rs"]
+mod drop_log;
+
+use drop_log::{DropLog, Tracked};
 
 /// Steps per seed.
 const STEPS: usize = if cfg!(miri) { 200 } else { 10_000 };
@@ -171,29 +176,6 @@ fn for_each_seed(name: &str, body: impl Fn(u64, &Trace)) {
 // MsQueue vs VecDeque.
 // ---------------------------------------------------------------------------------------------
 
-/// A queue payload that counts its live instances, to catch leaked or doubly dropped values.
-#[derive(Debug)]
-struct Tracked {
-    value: u64,
-    live: Rc<Cell<i64>>,
-}
-
-impl Tracked {
-    fn new(value: u64, live: &Rc<Cell<i64>>) -> Self {
-        live.set(live.get() + 1);
-        Self {
-            value,
-            live: Rc::clone(live),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.set(self.live.get() - 1);
-    }
-}
-
 #[derive(Debug)]
 enum QueueStep {
     Push(u64),
@@ -244,14 +226,15 @@ impl QueueUnderTest {
 }
 
 fn values(v: impl IntoIterator<Item = Tracked>) -> Vec<u64> {
-    v.into_iter().map(|t| t.value).collect()
+    v.into_iter().map(|t| t.id as u64).collect()
 }
 
 #[test]
 fn ms_queue_matches_vecdeque() {
     for_each_seed("ms_queue_matches_vecdeque", |seed, trace| {
         let mut rng = Rng::new(seed);
-        let live = Rc::new(Cell::new(0i64));
+        // Values run from 1 to at most `STEPS`.
+        let live = DropLog::new(STEPS + 1);
         let local = rng.chance(50);
         let mut q = QueueUnderTest::new(local);
         let mut model: VecDeque<u64> = VecDeque::new();
@@ -282,11 +265,11 @@ fn ms_queue_matches_vecdeque() {
             trace.step(step, &op);
             match op {
                 QueueStep::Push(v) => {
-                    q.push(Tracked::new(v, &live));
+                    q.push(Tracked::new(v as usize, live));
                     model.push_back(v);
                 }
                 QueueStep::Pop => {
-                    assert_eq!(q.pop().map(|t| t.value), model.pop_front());
+                    assert_eq!(q.pop().map(|t| t.id as u64), model.pop_front());
                 }
                 QueueStep::Len => assert_eq!(q.queue.len(), model.len()),
                 QueueStep::IsEmpty => assert_eq!(q.queue.is_empty(), model.is_empty()),
@@ -315,7 +298,7 @@ fn ms_queue_matches_vecdeque() {
             }
             // Nothing leaked, nothing dropped twice: exactly the modelled values are alive.
             assert_eq!(
-                live.get(),
+                live.alive_total(),
                 model.len() as i64,
                 "live values vs model length"
             );
@@ -323,7 +306,12 @@ fn ms_queue_matches_vecdeque() {
         }
         assert_eq!(q.queue.len(), model.len());
         drop(q);
-        assert_eq!(live.get(), 0, "values alive after the queue dropped");
+        assert_eq!(
+            live.alive_total(),
+            0,
+            "values alive after the queue dropped"
+        );
+        live.assert_no_double_drop();
         // Under Miri, `STEPS` is too short for this check (and those like it below).
         if !cfg!(miri) {
             assert!(max_len > 100, "the queue never grew: max length {max_len}");

@@ -11,22 +11,16 @@ use crossbeam_epoch::Collector;
 use latchless::queue::MsQueue;
 use std::collections::VecDeque;
 
-/// A small deterministic generator (xorshift64), so a failure reproduces.
-struct XorShift(u64);
+/// The seeded generator (SplitMix64), shared by the integration tests, so a failure reproduces.
+#[path = "common/rng.rs"]
+mod rng;
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use rng::Rng;
 
 fn check_sizes_against_model(q: &MsQueue<u64>) {
     let steps = if cfg!(miri) { 300 } else { 50_000 };
     let mut model = VecDeque::new();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut next_value = 0u64;
     assert!(q.is_empty());
     assert_eq!(q.len(), 0);

@@ -34,8 +34,7 @@
 //! many operations overlapped another thread's and how many configurations the search explored.
 
 mod checker;
-// The seeded generator shared with `tests/differential.rs`; its `chance` goes unused here.
-#[allow(dead_code)]
+// The seeded generator shared by the integration tests.
 #[path = "../common/rng.rs"]
 mod rng;
 
