@@ -11,7 +11,7 @@
 # Measured on the 2-core machine, from a fresh clone inside .ci/run (2026-12-01): 18.2 minutes.
 # Miri 12.6 (build 2.5, then two halves at once of 8.7 and 10.1 minutes), TSan 5.6 (std and
 # dependencies instrumented 4.0, tests 1.6). The halves had grown to 16 minutes each as tests
-# were added; the Miri sizes of stress, linearizability, leak and differential were cut then, and
+# were added; the Miri sizes of queue_stress, linearizability, queue_leak and differential were cut then, and
 # the cache's iter and retain pin once per 64 buckets since.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +68,7 @@ part() {
 # Flags for every run:
 # - `-Zmiri-ignore-leaks`: crossbeam-epoch's global collector still holds garbage at exit, which
 #   Miri would report as leaks. Leaks are checked instead by the counting-allocator tests
-#   (tests/leak.rs, tests/cache_leak.rs), which run here on local collectors.
+#   (tests/queue_leak.rs, tests/cache_leak.rs), which run here on local collectors.
 # - `-Zmiri-permissive-provenance`: crossbeam-epoch keeps its pointers as integers (the tag lives
 #   in the low bits), so every node pointer comes back through an integer-to-pointer cast, and
 #   Miri would warn at each. A freed or out-of-bounds node is still reported through such a
@@ -84,8 +84,8 @@ part() {
 #
 # Not run under Miri, selected out here:
 # - the unit tests (`--lib`) other than the queue's: the counters' have no unsafe code and no
-#   shared non-atomic data, and are not scaled for Miri (35 s); tests/stress.rs runs the counters
-#   under Miri, scaled. The queue's unit tests run (its progress tests are ignored under Miri).
+#   shared non-atomic data, and are not scaled for Miri (35 s); tests/counter_stress.rs runs the
+#   counters under Miri, scaled. The queue's unit tests run (its progress tests are ignored under Miri).
 # - tests/batch.rs: src/batch has no unsafe code, its requests travel through `MsQueue`, which
 #   the queue tests cover, and it takes 70 s; ThreadSanitizer runs it below.
 # - tests/cache_hit_ratio.rs: hit ratios of the eviction policy on one thread, not memory safety.
@@ -97,15 +97,15 @@ part() {
 # `linearizability::racy_map_histories_are_rejected`.
 #
 # Measured under Tree Borrows, as two halves at once: 12.0 and 12.5 minutes (by Miri's clock
-# the longest are stress, 205 s, the queue's leak test, 120 s, and cache_stress, 85 s).
+# the longest are queue_stress with counter_stress, 205 s, queue_leak, 120 s, and cache_stress, 85 s).
 
 # Miri interprets on one core: the tests run as two halves at once, one per core, each logging
 # to its own file, printed whole when both are done.
 miri() {
     local cargo=(cargo +nightly miri test -p latchless --target-dir target/miri)
-    local queue=(--test stress --test differential --test cache_drops --test queue_api --test drops
-        --test send_sync)
-    local cache=(--test cache_stress --test linearizability --test leak --test cache_leak
+    local queue=(--test queue_stress --test counter_stress --test differential --test cache_drops
+        --test queue_api --test queue_drops --test send_sync)
+    local cache=(--test cache_stress --test linearizability --test queue_leak --test cache_leak
         --test cache_api --test cache_iter)
     part "build" "${cargo[@]}" --lib "${queue[@]}" "${cache[@]}" --no-run &&
         part "tests, tree borrows, two halves at once" miri_halves
@@ -135,7 +135,7 @@ miri_halves() {
 
 # ---------------------------------------------------------------------------------------------
 # ThreadSanitizer: data races between threads at native speed, over the concurrency tests (the
-# counters' unit tests, stress, drops, cache_stress, cache_drops, cache_api, cache_iter, batch, batch_pool,
+# counters' unit tests, queue_stress, counter_stress, queue_drops, cache_stress, cache_drops, cache_api, cache_iter, batch, batch_pool,
 # batch_priority and linearizability) at their full, non-Miri sizes. std is rebuilt instrumented (`-Zbuild-std`, which is
 # why rust-src is needed): an uninstrumented std makes TSan report false races. crossbeam-epoch
 # notices the sanitizer (its build script sets `crossbeam_sanitize_thread`) and avoids the
@@ -154,7 +154,8 @@ miri_halves() {
 tsan() (
     local log=target/tsan/nightly.log
     local cargo=(cargo +nightly test -Zbuild-std --target "$host" -p latchless
-        --target-dir target/tsan --lib --test stress --test drops --test cache_stress
+        --target-dir target/tsan --lib --test queue_stress --test counter_stress --test queue_drops
+        --test cache_stress
         --test cache_drops --test cache_api --test cache_iter --test batch --test batch_pool
         --test batch_priority --test batch_stream --test linearizability)
     mkdir -p target/tsan

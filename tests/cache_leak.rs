@@ -5,7 +5,7 @@
 //! churn of inserts, replacements, removals, exchanges, evictions and clears from several threads.
 //!
 //! A counting `#[global_allocator]` (this file is its own test binary, so it affects nothing
-//! else), shared with `tests/leak.rs` in `tests/common/counting_alloc.rs` (documented there),
+//! else), shared with `tests/queue_leak.rs` in `tests/common/counting_alloc.rs` (documented there),
 //! counts the live blocks and bytes allocated inside a measured section by the test thread and
 //! the workers it starts, whichever thread frees them; the test harness's own allocations stay
 //! out of the numbers.

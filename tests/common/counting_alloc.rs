@@ -1,5 +1,5 @@
 //! A counting global allocator and measured sections, shared by the leak tests
-//! (`tests/leak.rs`, `tests/cache_leak.rs`). Each includes this file as a module and installs
+//! (`tests/queue_leak.rs`, `tests/cache_leak.rs`). Each includes this file as a module and installs
 //! the allocator in its own binary:
 //!
 //! ```text

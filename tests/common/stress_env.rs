@@ -1,5 +1,5 @@
 //! Sizing of the stress tests from the environment: `LATCHLESS_STRESS_N`, the total work of a
-//! stress test (values, operations or requests). Shared by `tests/stress.rs`,
+//! stress test (values, operations or requests). Shared by `tests/queue_stress.rs`,
 //! `tests/cache_stress.rs` and `tests/batch.rs`, each of which includes this file as a module.
 
 use std::fmt::Display;
