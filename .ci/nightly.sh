@@ -94,7 +94,7 @@ part() {
 #   Miri; differential and cache_drops take the cache through the same calls.
 # Ignored under Miri in the tests themselves (`#[cfg_attr(miri, ignore)]`, each saying why):
 # `cache_api::a_hot_set_survives_a_scan`, `cache_leak::global_collector_growth_stays_bounded`,
-# `linearizability::racy_map_histories_are_rejected`.
+# `map::racy_map_histories_are_rejected` in linearizability.
 #
 # Measured under Tree Borrows, as two halves at once: 12.0 and 12.5 minutes (by Miri's clock
 # the longest are queue_stress with counter_stress, 205 s, queue_leak, 120 s, and cache_stress, 85 s).
