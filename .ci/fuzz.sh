@@ -21,6 +21,8 @@
 # LATCHLESS_FUZZ_TOOLCHAIN=<toolchain> picks the nightly (default `nightly`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# step: prints `::: NAME` and `::: NAME: ok in N s` around each part of the tier.
+source .ci/lib.sh
 
 # Runs per target: each 30-60 s on the shared 2-core machine, from the exec/s measured with the
 # seed corpus loaded (first figure at load ~4, second at load ~2): queue 105-280/s (thousands of
@@ -38,15 +40,6 @@ declare -A RUNS=(
 TARGETS=(queue cache counter batch batch_stream)
 SCALE=${LATCHLESS_FUZZ_SCALE:-100}
 TOOLCHAIN=${LATCHLESS_FUZZ_TOOLCHAIN:-nightly}
-
-part() {
-    local name=$1
-    shift
-    echo "::: $name"
-    local start=$SECONDS
-    "$@"
-    echo "::: $name: done in $((SECONDS - start)) s"
-}
 
 replay() {
     cargo test --manifest-path fuzz/Cargo.toml
@@ -79,10 +72,10 @@ libfuzzer() {
         fi
     fi
     echo "$(cargo "+$TOOLCHAIN" --version), $(cargo fuzz --version)"
-    part "cargo fuzz build (all targets, AddressSanitizer)" cargo "+$TOOLCHAIN" fuzz build
+    step "cargo fuzz build (all targets, AddressSanitizer)" cargo "+$TOOLCHAIN" fuzz build
     local target
     for target in "${TARGETS[@]}"; do
-        part "cargo fuzz run $target" fuzz_target "$target" $((RUNS[$target] * SCALE / 100))
+        step "cargo fuzz run $target" fuzz_target "$target" $((RUNS[$target] * SCALE / 100))
     done
 }
 
@@ -90,6 +83,6 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 total=$SECONDS
-part "fuzz replay (stable: seed corpus + seeded inputs)" replay
-part "cargo-fuzz ($TOOLCHAIN)" libfuzzer
+step "fuzz replay (stable: seed corpus + seeded inputs)" replay
+step "cargo-fuzz ($TOOLCHAIN)" libfuzzer
 echo "::: fuzz: all parts passed in $((SECONDS - total)) s"

@@ -15,11 +15,8 @@
 # the cache's iter and retain pin once per 64 buckets since.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-
-skip() {
-    echo "skipped: $1"
-    exit 0
-}
+# skip, check (a failure recorded in `failed`, the next check still runs) and part (a timed part).
+source .ci/lib.sh
 
 # ---------------------------------------------------------------------------------------------
 # The toolchain.
@@ -33,31 +30,8 @@ timeout 300 rustup component add miri rust-src --toolchain nightly ||
     skip "could not add the miri and rust-src components to the nightly toolchain"
 host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 
+# The checks that failed, filled by `check`.
 failed=()
-
-# Runs one check, printing its duration; a failure is recorded and the next check still runs.
-check() {
-    local name=$1
-    shift
-    echo "::: $name"
-    local start=$SECONDS
-    if "$@"; then
-        echo "::: $name: ok in $((SECONDS - start)) s"
-    else
-        echo "::: $name: FAILED in $((SECONDS - start)) s"
-        failed+=("$name")
-    fi
-}
-
-# Runs one part of a check, printing its duration.
-part() {
-    local name=$1
-    shift
-    local start=$SECONDS status=0
-    "$@" || status=$?
-    echo "::: ... $name: $((SECONDS - start)) s"
-    return "$status"
-}
 
 # ---------------------------------------------------------------------------------------------
 # Miri: undefined behaviour (use-after-free, double free, out-of-bounds and uninitialised reads,
