@@ -43,7 +43,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-/// The seeded generator (SplitMix64), shared with `tests/linearizability/main.rs`.
+/// The seeded generator (SplitMix64), shared by the integration tests.
 #[path = "common/rng.rs"]
 mod rng;
 
