@@ -26,6 +26,11 @@
 //!   shuttle run every model thread on one OS thread, so std's thread-locals cannot tell them
 //!   apart.
 //!
+//! The file holds what every world shares first (the tuning constants, the loom census), then one
+//! block per world (`std_world`, `loom_world`, `shuttle_world`, one of which is re-exported), then
+//! the two pieces that two worlds share: std's cells with loom's API (std and shuttle) and the
+//! parking token and clock of the model checkers (loom and shuttle).
+//!
 //! # crossbeam-epoch under shuttle
 //!
 //! shuttle has no epoch mode, so crossbeam-epoch keeps std's atomics. Two things change, both
@@ -64,31 +69,6 @@
 
 #[cfg(all(loom, shuttle))]
 compile_error!("`--cfg loom` and `--cfg shuttle` exclude each other: run one checker at a time");
-
-#[cfg(not(any(loom, shuttle)))]
-pub(crate) use core::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
-#[cfg(shuttle)]
-pub(crate) use shuttle::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
-
-#[cfg(loom)]
-pub(crate) use loom::{
-    alloc::Track,
-    cell::UnsafeCell,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-};
-#[cfg(not(any(loom, shuttle)))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-// shuttle's `Arc` is std's: its reference count is not a schedule point.
-#[cfg(shuttle)]
-pub(crate) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Whether the crate runs under a model checker, loom or shuttle, for the few tuning constants
 /// that must be tiny there so that a model of a handful of operations still reaches the code paths
@@ -232,31 +212,14 @@ pub mod census {
     }
 }
 
-#[cfg(not(shuttle))]
-pub(crate) use crossbeam_epoch as epoch;
-
-/// crossbeam-epoch with a per-OS-thread default collector and a participant per pin (see
-/// "crossbeam-epoch under shuttle" above). The two functions defined here shadow the glob's.
+// The world this build runs in, under the names the rest of the crate uses.
+#[cfg(loom)]
+pub(crate) use loom_world::*;
 #[cfg(shuttle)]
-pub(crate) mod epoch {
-    pub(crate) use crossbeam_epoch::*;
+pub(crate) use shuttle_world::*;
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) use std_world::*;
 
-    std::thread_local! {
-        /// Leaked: its garbage may hold this thread's shuttle atomics, which must not be touched
-        /// outside a shuttle execution (as dropping it at thread exit would).
-        static COLLECTOR: &'static Collector = Box::leak(Box::new(Collector::new()));
-    }
-
-    /// This OS thread's collector.
-    pub(crate) fn default_collector() -> &'static Collector {
-        COLLECTOR.with(|c| *c)
-    }
-
-    /// Pins a participant of its own on [`default_collector`].
-    pub(crate) fn pin() -> Guard {
-        default_collector().register().pin()
-    }
-}
 pub(crate) use crossbeam_utils::{Backoff, CachePadded};
 
 /// Makes a `const fn` outside loom and a plain `fn` under loom, whose atomics have no `const`
@@ -274,175 +237,255 @@ macro_rules! const_fn_outside_loom {
 }
 pub(crate) use const_fn_outside_loom;
 
-/// `core::cell::UnsafeCell` with loom's closure API, so payload accesses read the same in every
-/// world. shuttle has no checked cell: under shuttle this std wrapper is used too.
-#[cfg(not(loom))]
-#[derive(Debug)]
-#[repr(transparent)]
-pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+// ---------------------------------------------------------------------------------------------
+// std: what a user's build runs on.
+// ---------------------------------------------------------------------------------------------
 
-#[cfg(not(loom))]
-impl<T> UnsafeCell<T> {
-    #[inline]
-    pub(crate) const fn new(value: T) -> Self {
-        Self(core::cell::UnsafeCell::new(value))
-    }
-
-    /// Calls `f` with a raw pointer for reading. Whether reading through it is sound is the
-    /// caller's proof, as with `core::cell::UnsafeCell::get`.
-    #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        f(self.0.get())
-    }
-
-    /// Calls `f` with a raw pointer for writing. Whether writing through it is sound is the
-    /// caller's proof, as with `core::cell::UnsafeCell::get`.
-    #[inline]
-    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        f(self.0.get())
-    }
-}
-
-/// loom's leak tracker; outside loom (under shuttle too) it is the bare value.
-#[cfg(not(loom))]
-#[derive(Debug, Default)]
-#[repr(transparent)]
-pub(crate) struct Track<T>(T);
-
-#[cfg(not(loom))]
-impl<T> Track<T> {
-    #[inline]
-    pub(crate) const fn new(value: T) -> Self {
-        Self(value)
-    }
-}
-
-/// A small per-thread number, stable for the thread's life: threads started one after another
-/// get consecutive numbers, so up to `n` threads spread over `n` stripes without collisions.
 #[cfg(not(any(loom, shuttle)))]
-#[inline]
-pub(crate) fn thread_index() -> usize {
-    use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
-    static NEXT: StdAtomicUsize = StdAtomicUsize::new(0);
-    std::thread_local! {
-        // Relaxed: the number is only a placement hint; no memory is published through it.
-        static INDEX: usize = NEXT.fetch_add(1, StdOrdering::Relaxed);
+mod std_world {
+    pub(crate) use super::plain_cells::{Track, UnsafeCell};
+    pub(crate) use core::sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    };
+    pub(crate) use crossbeam_epoch as epoch;
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+    /// Threads: std's.
+    pub(crate) mod thread {
+        pub(crate) use std::thread::{current, Builder, JoinHandle, ThreadId};
     }
-    INDEX.try_with(|i| *i).unwrap_or(0)
+
+    /// A small per-thread number, stable for the thread's life: threads started one after
+    /// another get consecutive numbers, so up to `n` threads spread over `n` stripes without
+    /// collisions.
+    #[inline]
+    pub(crate) fn thread_index() -> usize {
+        use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+        static NEXT: StdAtomicUsize = StdAtomicUsize::new(0);
+        std::thread_local! {
+            // Relaxed: the number is only a placement hint; no memory is published through it.
+            static INDEX: usize = NEXT.fetch_add(1, StdOrdering::Relaxed);
+        }
+        INDEX.try_with(|i| *i).unwrap_or(0)
+    }
+
+    /// The time now.
+    #[inline]
+    pub(crate) fn now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    /// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark`
+    /// has been called since the last return, or spuriously. std's thread park/unpark on the
+    /// thread that registered itself.
+    #[derive(Debug, Default)]
+    pub(crate) struct Parker {
+        thread: std::sync::OnceLock<std::thread::Thread>,
+    }
+
+    impl Parker {
+        /// Makes the calling thread the one that parks. Call it before the first `park`.
+        pub(crate) fn register_current(&self) {
+            let _ = self.thread.set(std::thread::current());
+        }
+
+        pub(crate) fn park(&self) {
+            std::thread::park();
+        }
+
+        pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
+            std::thread::park_timeout(timeout);
+        }
+
+        /// Wakes the registered thread (a no-op before it registered: it has not parked yet).
+        pub(crate) fn unpark(&self) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
 }
 
-/// Under loom every model thread shares one OS thread, so the index comes from loom's own thread
-/// number (0 for the model's main thread, then 1, 2, ... in spawn order), which is the same in
-/// every explored execution. loom only shows it through `Debug` (`ThreadId(N)`); its `Hash` mixes
-/// in the execution, which would make the stripe differ from one execution to the next.
+// ---------------------------------------------------------------------------------------------
+// loom: `--cfg loom --cfg crossbeam_loom`, exhaustive interleavings of small models.
+// ---------------------------------------------------------------------------------------------
+
 #[cfg(loom)]
-pub(crate) fn thread_index() -> usize {
-    let id = format!("{:?}", loom::thread::current().id());
-    id.chars()
-        .filter(char::is_ascii_digit)
-        .fold(0usize, |n, d| n * 10 + (d as usize - '0' as usize))
+mod loom_world {
+    pub(crate) use super::model_common::{now, Parker};
+    pub(crate) use crossbeam_epoch as epoch;
+    pub(crate) use loom::{
+        alloc::Track,
+        cell::UnsafeCell,
+        sync::atomic::{
+            fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        },
+        sync::{Arc, Condvar, Mutex, MutexGuard},
+    };
+
+    /// Threads: loom's model threads.
+    pub(crate) mod thread {
+        pub(crate) use loom::thread::{current, Builder, JoinHandle, ThreadId};
+    }
+
+    /// Every model thread shares one OS thread, so the index comes from loom's own thread number
+    /// (0 for the model's main thread, then 1, 2, ... in spawn order), which is the same in every
+    /// explored execution. loom only shows it through `Debug` (`ThreadId(N)`); its `Hash` mixes
+    /// in the execution, which would make the stripe differ from one execution to the next.
+    pub(crate) fn thread_index() -> usize {
+        let id = format!("{:?}", loom::thread::current().id());
+        id.chars()
+            .filter(char::is_ascii_digit)
+            .fold(0usize, |n, d| n * 10 + (d as usize - '0' as usize))
+    }
 }
 
-/// Under shuttle every thread also shares one OS thread; shuttle's thread id converts to its task
-/// number (0 for the test's main thread, then 1, 2, ... in spawn order), which is the same in
-/// every schedule.
+// ---------------------------------------------------------------------------------------------
+// shuttle: `--cfg shuttle`, randomised schedules of longer runs.
+// ---------------------------------------------------------------------------------------------
+
 #[cfg(shuttle)]
-pub(crate) fn thread_index() -> usize {
-    usize::from(shuttle::thread::current().id())
-}
+mod shuttle_world {
+    pub(crate) use super::model_common::{now, Parker};
+    pub(crate) use super::plain_cells::{Track, UnsafeCell};
+    // shuttle's `Arc` is std's: its reference count is not a schedule point.
+    pub(crate) use shuttle::sync::{
+        atomic::{
+            fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        },
+        Arc, Condvar, Mutex, MutexGuard,
+    };
 
-/// Threads: std's, or loom's or shuttle's model threads.
-pub(crate) mod thread {
-    #[cfg(loom)]
-    pub(crate) use loom::thread::{current, Builder, JoinHandle, ThreadId};
-    #[cfg(shuttle)]
-    pub(crate) use shuttle::thread::{current, Builder, JoinHandle, ThreadId};
-    #[cfg(not(any(loom, shuttle)))]
-    pub(crate) use std::thread::{current, Builder, JoinHandle, ThreadId};
-}
-
-/// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark` has
-/// been called since the last return, or spuriously.
-///
-/// Under std it is std's thread park/unpark on the thread that registered itself. Under loom
-/// and shuttle it is a mutex-guarded token and a condition variable (the shim's, so the checker
-/// schedules around them): loom's own `unpark` also wakes a thread blocked on a mutex, which std's
-/// never does, and would fail a model over a protocol that is sound under std; shuttle's park is
-/// std-like, but the same token keeps one `Parker` for both checkers. Neither has a clock:
-/// `park_timeout` waits for an unpark there.
-#[derive(Debug, Default)]
-pub(crate) struct Parker {
-    #[cfg(not(any(loom, shuttle)))]
-    thread: std::sync::OnceLock<std::thread::Thread>,
-    #[cfg(any(loom, shuttle))]
-    token: Mutex<bool>,
-    #[cfg(any(loom, shuttle))]
-    woken: Condvar,
-}
-
-impl Parker {
-    /// Makes the calling thread the one that parks. Call it before the first `park`.
-    #[cfg(not(any(loom, shuttle)))]
-    pub(crate) fn register_current(&self) {
-        let _ = self.thread.set(std::thread::current());
+    /// Threads: shuttle's.
+    pub(crate) mod thread {
+        pub(crate) use shuttle::thread::{current, Builder, JoinHandle, ThreadId};
     }
 
-    #[cfg(not(any(loom, shuttle)))]
-    pub(crate) fn park(&self) {
-        std::thread::park();
+    /// Every thread shares one OS thread; shuttle's thread id converts to its task number (0 for
+    /// the test's main thread, then 1, 2, ... in spawn order), which is the same in every
+    /// schedule.
+    pub(crate) fn thread_index() -> usize {
+        usize::from(shuttle::thread::current().id())
     }
 
-    #[cfg(not(any(loom, shuttle)))]
-    pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
-        std::thread::park_timeout(timeout);
-    }
+    /// crossbeam-epoch with a per-OS-thread default collector and a participant per pin (see
+    /// "crossbeam-epoch under shuttle" above). The two functions defined here shadow the glob's.
+    pub(crate) mod epoch {
+        pub(crate) use crossbeam_epoch::*;
 
-    /// Wakes the registered thread (a no-op before it registered: it has not parked yet).
-    #[cfg(not(any(loom, shuttle)))]
-    pub(crate) fn unpark(&self) {
-        if let Some(t) = self.thread.get() {
-            t.unpark();
+        std::thread_local! {
+            /// Leaked: its garbage may hold this thread's shuttle atomics, which must not be
+            /// touched outside a shuttle execution (as dropping it at thread exit would).
+            static COLLECTOR: &'static Collector = Box::leak(Box::new(Collector::new()));
+        }
+
+        /// This OS thread's collector.
+        pub(crate) fn default_collector() -> &'static Collector {
+            COLLECTOR.with(|c| *c)
+        }
+
+        /// Pins a participant of its own on [`default_collector`].
+        pub(crate) fn pin() -> Guard {
+            default_collector().register().pin()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by two worlds.
+// ---------------------------------------------------------------------------------------------
+
+/// std's cells with loom's API, for std and shuttle (shuttle has no checked cell).
+#[cfg(not(loom))]
+mod plain_cells {
+    /// `core::cell::UnsafeCell` with loom's closure API, so payload accesses read the same in
+    /// every world.
+    #[derive(Debug)]
+    #[repr(transparent)]
+    pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        /// Calls `f` with a raw pointer for reading. Whether reading through it is sound is the
+        /// caller's proof, as with `core::cell::UnsafeCell::get`.
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Calls `f` with a raw pointer for writing. Whether writing through it is sound is the
+        /// caller's proof, as with `core::cell::UnsafeCell::get`.
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
         }
     }
 
-    #[cfg(any(loom, shuttle))]
-    pub(crate) fn register_current(&self) {}
+    /// loom's leak tracker; outside loom it is the bare value.
+    #[derive(Debug, Default)]
+    #[repr(transparent)]
+    pub(crate) struct Track<T>(T);
 
-    #[cfg(any(loom, shuttle))]
-    pub(crate) fn park(&self) {
-        let mut token = self.token.lock().unwrap();
-        while !*token {
-            token = self.woken.wait(token).unwrap();
+    impl<T> Track<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(value)
         }
-        *token = false;
-    }
-
-    /// Under loom and shuttle the clock stands still, so a timeout never fires: a timed park waits for an
-    /// unpark like `park`. A model whose progress needs a timeout would deadlock; one whose
-    /// progress must come from an unpark (shutdown waking a worker that waits out `max_wait`)
-    /// shows a lost wake-up as a deadlock.
-    #[cfg(any(loom, shuttle))]
-    pub(crate) fn park_timeout(&self, _: std::time::Duration) {
-        self.park();
-    }
-
-    #[cfg(any(loom, shuttle))]
-    pub(crate) fn unpark(&self) {
-        *self.token.lock().unwrap() = true;
-        self.woken.notify_one();
     }
 }
 
-/// The time now. Under loom and shuttle, a constant (one instant for the whole process): models
-/// are deterministic, and a deadline is passed only if it is already due (a zero wait).
-#[cfg(not(any(loom, shuttle)))]
-#[inline]
-pub(crate) fn now() -> std::time::Instant {
-    std::time::Instant::now()
-}
-
+/// The parking token and the clock of both model checkers, loom and shuttle.
 #[cfg(any(loom, shuttle))]
-pub(crate) fn now() -> std::time::Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
+mod model_common {
+    use super::{Condvar, Mutex};
+
+    /// One thread's park/unpark token: `park` (by the owning thread only) returns once `unpark`
+    /// has been called since the last return, or spuriously.
+    ///
+    /// A mutex-guarded token and a condition variable (the shim's, so the checker schedules
+    /// around them): loom's own `unpark` also wakes a thread blocked on a mutex, which std's
+    /// never does, and would fail a model over a protocol that is sound under std; shuttle's
+    /// park is std-like, but the same token keeps one `Parker` for both checkers. Neither has a
+    /// clock: `park_timeout` waits for an unpark.
+    #[derive(Debug, Default)]
+    pub(crate) struct Parker {
+        token: Mutex<bool>,
+        woken: Condvar,
+    }
+
+    impl Parker {
+        pub(crate) fn register_current(&self) {}
+
+        pub(crate) fn park(&self) {
+            let mut token = self.token.lock().unwrap();
+            while !*token {
+                token = self.woken.wait(token).unwrap();
+            }
+            *token = false;
+        }
+
+        /// The clock stands still, so a timeout never fires: a timed park waits for an unpark
+        /// like `park`. A model whose progress needs a timeout would deadlock; one whose
+        /// progress must come from an unpark (shutdown waking a worker that waits out
+        /// `max_wait`) shows a lost wake-up as a deadlock.
+        pub(crate) fn park_timeout(&self, _: std::time::Duration) {
+            self.park();
+        }
+
+        pub(crate) fn unpark(&self) {
+            *self.token.lock().unwrap() = true;
+            self.woken.notify_one();
+        }
+    }
+
+    /// A constant (one instant for the whole process): models are deterministic, and a deadline
+    /// is passed only if it is already due (a zero wait).
+    pub(crate) fn now() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
 }
