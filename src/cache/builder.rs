@@ -1,13 +1,15 @@
 //! [`CacheBuilder`]: how a [`Cache`] is configured before it is built.
 
+use super::clock::{Clock, SystemClock};
 use super::flight::Flights;
 use super::index::Index;
 use super::policy::Policy;
 use super::{Cache, DefaultHashBuilder, Listener, RemovalCause, Stats, Weigher};
 use crate::counter::AtomicCounter;
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch::Collector, UNDER_MODEL_CHECKER};
+use crate::sync::{epoch::Collector, AtomicBool, UNDER_MODEL_CHECKER};
 use core::fmt;
+use core::time::Duration;
 
 /// Index buckets per expected entry (rounded up to a power of two, at most 2^26 buckets).
 ///
@@ -21,7 +23,8 @@ use core::fmt;
 /// two). The price is 32 bytes of index per expected entry instead of 8.
 const BUCKETS_PER_ENTRY: usize = 4;
 
-/// Configures a [`Cache`]: weigher, eviction listener, hasher, index size and epoch collector.
+/// Configures a [`Cache`]: weigher, eviction listener, hasher, index size, epoch collector,
+/// time-to-live and clock.
 ///
 /// # Examples
 ///
@@ -56,6 +59,8 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     pub(super) index_buckets: Option<usize>,
     pub(super) collector: Option<Collector>,
     pub(super) count_lookups: bool,
+    pub(super) time_to_live: Option<Duration>,
+    pub(super) clock: Option<Box<dyn Clock>>,
 }
 
 impl<K, V, S> CacheBuilder<K, V, S> {
@@ -137,6 +142,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             index_buckets: self.index_buckets,
             collector: self.collector,
             count_lookups: self.count_lookups,
+            time_to_live: self.time_to_live,
+            clock: self.clock,
         }
     }
 
@@ -238,6 +245,62 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Expires every entry `ttl` after it was stored (by any insert, or a replacement), unless
+    /// [`Cache::insert_with_ttl`] gives it its own. An expired entry is never returned: lookups
+    /// treat it as absent and remove it, the eviction sweep removes it, and
+    /// [`Cache::purge_expired`] removes all of them; the listener hears each as
+    /// [`RemovalCause::Expired`]. Time is read from the [`clock`](Self::clock).
+    ///
+    /// A zero `ttl` is valid and means what it says: entries expire as soon as they are stored
+    /// (they are counted and admitted, then never returned). A `ttl` too long to add to the
+    /// clock's time means never. Without a time-to-live here or per entry, the cache never reads
+    /// its clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10)
+    ///     .time_to_live(Duration::from_secs(5))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert(1, "a");
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    #[must_use]
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
+    /// Reads time for expiry from `clock` instead of the [`SystemClock`]: a [`ManualClock`]
+    /// makes tests of expiry independent of real time.
+    ///
+    /// [`ManualClock`]: super::ManualClock
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10).clock(clock.clone()).build();
+    /// cache.insert_with_ttl(1, 'a', Duration::from_millis(10));
+    /// cache.insert(2, 'b'); // no time-to-live: never expires
+    /// clock.advance(Duration::from_secs(3600));
+    /// assert_eq!((cache.get(&1), cache.get(&2)), (None, Some('b')));
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Box::new(clock));
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Examples
@@ -276,6 +339,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             stats: Stats::new(self.count_lookups),
             flights: Flights::new(if UNDER_MODEL_CHECKER { 1 } else { 64 }),
             reclaim,
+            time_to_live: self
+                .time_to_live
+                .map(|ttl| u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+            expiring: AtomicBool::new(self.time_to_live.is_some()),
+            clock: self.clock.unwrap_or_else(|| Box::new(SystemClock)),
         }
     }
 }
@@ -289,6 +357,8 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("estimated_entries", &self.estimated_entries)
             .field("index_buckets", &self.index_buckets)
             .field("count_lookups", &self.count_lookups)
+            .field("time_to_live", &self.time_to_live)
+            .field("clock", &self.clock.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -28,7 +28,8 @@ use std::alloc::{self, Layout};
 /// One key-value pair, immutable once published but for `freq` and `dead`.
 ///
 /// `repr(C)` keeps what a hit reads (the hash, the key, the value, the access counter) together
-/// at the front, in that order, and the weight, which only writers read, behind them: entries
+/// at the front, in that order, and the weight, which only writers read, behind them, then the
+/// expiry deadline, which a hit reads only in a cache that has ever set one: entries
 /// are 16-byte aligned by the allocator, so with small keys and values a hit then touches one
 /// cache line where the compiler's own order (the `u64`s first, the counter last) often
 /// straddled two.
@@ -43,21 +44,31 @@ pub(super) struct Entry<K, V> {
     /// that owns it can then retire it without looking it up.
     pub(super) dead: AtomicBool,
     pub(super) weight: u64,
+    /// When the entry expires, in nanoseconds of the cache's clock: it is expired once the clock
+    /// reads this or later. `u64::MAX` for never.
+    pub(super) deadline: u64,
     /// Under loom, reports an entry that was never freed when a model ends.
     _track: Track<()>,
 }
 
 impl<K, V> Entry<K, V> {
-    pub(super) fn new(key: K, value: V, hash: u64, weight: u64) -> Self {
+    pub(super) fn new(key: K, value: V, hash: u64, weight: u64, deadline: u64) -> Self {
         Self {
             key,
             value,
             hash,
             weight,
+            deadline,
             freq: AtomicU8::new(0),
             dead: AtomicBool::new(false),
             _track: Track::new(()),
         }
+    }
+
+    /// Whether the entry has expired at `now` (never, if it has no deadline).
+    #[inline]
+    pub(super) fn expired_at(&self, now: u64) -> bool {
+        self.deadline != u64::MAX && now >= self.deadline
     }
 
     /// Records an access: S3-FIFO's counter saturates at 3.

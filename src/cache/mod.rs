@@ -47,17 +47,19 @@
 //! large values behind an `Arc`.
 
 mod builder;
+mod clock;
 mod flight;
 mod hash;
 mod index;
 mod policy;
 
 pub use builder::CacheBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use hash::{DefaultHashBuilder, DefaultHasher};
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch, Ordering};
+use crate::sync::{epoch, AtomicBool, Ordering};
 use core::borrow::Borrow;
 use core::convert::Infallible;
 use core::fmt;
@@ -100,6 +102,10 @@ pub enum RemovalCause {
     Removed,
     /// Refused at insertion: heavier than the whole capacity.
     Refused,
+    /// Its time-to-live ran out ([`CacheBuilder::time_to_live`], [`Cache::insert_with_ttl`]):
+    /// found expired by a lookup, an insert over its key, the eviction sweep or
+    /// [`Cache::purge_expired`].
+    Expired,
 }
 
 /// Counts of what a cache did, from [`Cache::stats`]. Each count is exact once the threads that
@@ -324,6 +330,13 @@ pub struct Cache<K, V, S = DefaultHashBuilder> {
     flights: Flights<K, V>,
     /// The global collector or the caller's.
     reclaim: Reclaim,
+    /// The builder's time-to-live in nanoseconds, if any.
+    time_to_live: Option<u64>,
+    /// Whether any entry may have a deadline: set at build with a time-to-live, or by the first
+    /// `insert_with_ttl`, never cleared. While it is false no lookup reads the clock.
+    expiring: AtomicBool,
+    /// Where deadlines are read from.
+    clock: Box<dyn Clock>,
 }
 
 // SAFETY: the index and FIFOs hold raw pointers to entries that the cache owns; sending the cache
@@ -374,6 +387,8 @@ impl<K, V> Cache<K, V, DefaultHashBuilder> {
             index_buckets: None,
             collector: None,
             count_lookups: false,
+            time_to_live: None,
+            clock: None,
         }
     }
 }
@@ -507,6 +522,36 @@ impl<K, V, S> Cache<K, V, S> {
         self.reclaim.pin()
     }
 
+    /// Whether `e` has expired. Reads the clock only for an entry with a deadline, in a cache
+    /// where one was ever set.
+    #[inline]
+    fn is_expired(&self, e: &Entry<K, V>) -> bool {
+        // Relaxed: `expiring` is set before any entry with a deadline is allocated, and every
+        // entry reaches this thread through a synchronising load: found in its bucket (Acquire,
+        // pairing with the Release compare-and-swap that published it) or popped from a FIFO
+        // (the queue's own Release push and Acquire pop). So the flag's store happens before
+        // this load, which then reads true for any entry that has a deadline.
+        self.expiring.load(Ordering::Relaxed)
+            && e.deadline != u64::MAX
+            && e.expired_at(self.clock.now())
+    }
+
+    /// The time the eviction policy judges expiry at: the clock's, or 0 (nothing expired) in a
+    /// cache that never set a deadline, which then reads no clock.
+    fn eviction_now(&self) -> u64 {
+        // Relaxed: a stale `false` only misses an expiry, which a later lookup or sweep finds.
+        if self.expiring.load(Ordering::Relaxed) {
+            self.clock.now()
+        } else {
+            0
+        }
+    }
+
+    /// The deadline of an entry stored now with `ttl` nanoseconds to live (`None`: never).
+    fn deadline(&self, ttl: Option<u64>) -> u64 {
+        ttl.map_or(u64::MAX, |ttl| self.clock.now().saturating_add(ttl))
+    }
+
     #[track_caller]
     fn check_guard(&self, guard: &Guard) {
         self.reclaim
@@ -532,6 +577,31 @@ where
     fn notify(&self, key: &K, value: &V, cause: RemovalCause) {
         if let Some(listener) = &self.listener {
             listener(key, value, cause);
+        }
+    }
+
+    /// The entry for `key` unless it has expired. An expired one is unlinked (as `remove` does)
+    /// and reported as `Expired`, and the lookup misses.
+    #[inline]
+    fn find_live<'g, Q>(&self, hash: u64, key: &Q, guard: &'g Guard) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let e = self.index.find(hash, key, guard)?;
+        if self.is_expired(e) {
+            self.expire(e, guard);
+            return None;
+        }
+        Some(e)
+    }
+
+    /// Removes an entry found expired, telling the listener `Expired`; nothing if a concurrent
+    /// writer unlinked it first (that writer settles it).
+    fn expire(&self, e: &Entry<K, V>, guard: &Guard) {
+        if self.index.replace(e, None, guard) {
+            self.settle(e, RemovalCause::Expired);
+            self.sweep(guard);
         }
     }
 
@@ -587,7 +657,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.index.find(self.hash(key), key, guard) {
+        match self.find_live(self.hash(key), key, guard) {
             Some(e) => {
                 e.touch();
                 self.stats.hit();
@@ -651,8 +721,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index
-            .find(self.hash(key), key, guard)
+        self.find_live(self.hash(key), key, guard)
             .map(|e| e.value.clone())
     }
 
@@ -708,7 +777,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.find(self.hash(key), key, guard).is_some()
+        self.find_live(self.hash(key), key, guard).is_some()
     }
 
     /// Stores `value` for `key`, returning the value it replaced. Evicts as needed to stay within
@@ -753,7 +822,7 @@ where
 
     /// `insert`'s refusal path: the listener hears of a too-heavy entry, which is then dropped.
     fn insert_or_notify(&self, key: K, value: V, guard: &Guard) -> Option<V> {
-        self.insert_pinned(key, value, guard)
+        self.insert_pinned(key, value, self.time_to_live, guard)
             .unwrap_or_else(|(k, v)| {
                 self.notify(&k, &v, RemovalCause::Refused);
                 None
@@ -778,7 +847,7 @@ where
     /// assert_eq!(cache.stats().refused, 1);
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
-        self.insert_pinned(key, value, &self.pin())
+        self.insert_pinned(key, value, self.time_to_live, &self.pin())
     }
 
     /// [`try_insert`](Self::try_insert) under a guard the caller already holds.
@@ -809,7 +878,7 @@ where
         guard: &Guard,
     ) -> Result<Option<V>, (K, V)> {
         self.check_guard(guard);
-        self.insert_pinned(key, value, guard)
+        self.insert_pinned(key, value, self.time_to_live, guard)
     }
 
     /// Stores `value` for `key` only if the cache holds no value for `key`; never replaces.
@@ -878,16 +947,21 @@ where
             return Err((key, value));
         }
         let hash = self.hash(&key);
-        // The common refusal first, without allocating.
-        if self.index.find(hash, &key, guard).is_some() {
+        // The common refusal first, without allocating (an expired entry is removed here).
+        if self.find_live(hash, &key, guard).is_some() {
             return Err((key, value));
         }
         // Counted before the entry is published, as in `insert_pinned`; given back if it is not.
         self.count_in(weight);
-        let new_ptr = Entry::new(key, value, hash, weight).allocate();
+        let deadline = self.deadline(self.time_to_live);
+        let new_ptr = Entry::new(key, value, hash, weight, deadline).allocate();
         // SAFETY: as in `insert_pinned`.
         let new = unsafe { &*new_ptr };
-        if let Published::Present = self.index.publish(new_ptr, false, guard) {
+        while let Published::Present = self.index.publish(new_ptr, false, guard) {
+            // Present, unless what is there has expired: then it is removed, and we try again.
+            if self.find_live(hash, &new.key, guard).is_none() {
+                continue;
+            }
             self.count_out(weight);
             // SAFETY: never published (the index refused it), so no other thread can reach it,
             // and `new` is not used again.
@@ -902,7 +976,14 @@ where
         Ok(())
     }
 
-    fn insert_pinned(&self, key: K, value: V, guard: &Guard) -> Result<Option<V>, (K, V)> {
+    /// Stores an entry with `ttl` nanoseconds to live (`None`: forever).
+    fn insert_pinned(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<u64>,
+        guard: &Guard,
+    ) -> Result<Option<V>, (K, V)> {
         let weight = self.weigh(&key, &value);
         if weight > self.capacity {
             self.stats.refused.increment();
@@ -912,15 +993,18 @@ where
         // Counted before the entry is published, so that a concurrent eviction of it never
         // releases weight that was not added.
         self.count_in(weight);
-        let new_ptr = Entry::new(key, value, hash, weight).allocate();
+        let new_ptr = Entry::new(key, value, hash, weight, self.deadline(ttl)).allocate();
         // SAFETY: just allocated; it is freed only after it has been published, then unlinked,
         // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
         // it allocated until then anyway).
         let new = unsafe { &*new_ptr };
-        let old = match self.index.publish(new_ptr, true, guard) {
-            Published::Replaced(old) => Some(old),
+        // An expired entry replaced is `stale`: the key counts as absent, and its value leaves as
+        // `Expired`.
+        let (old, stale) = match self.index.publish(new_ptr, true, guard) {
+            Published::Replaced(old) if self.is_expired(old) => (None, Some(old)),
+            Published::Replaced(old) => (Some(old), None),
             // `Present` only comes back when `replace` is false.
-            Published::Added | Published::Present => None,
+            Published::Added | Published::Present => (None, None),
         };
         self.stats.inserts.increment();
         if let Some(old) = old {
@@ -932,31 +1016,84 @@ where
         // Admitted before anything can call user code (the listener, in `release`): a panic there
         // must not leave a published entry that no FIFO owns.
         self.policy.admit((new_ptr, new), old.is_some());
+        if let Some(stale) = stale {
+            self.settle(stale, RemovalCause::Expired);
+        }
         let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
         self.evict_over_capacity(guard);
-        if old.is_some() {
+        if old.is_some() || stale.is_some() {
             self.sweep(guard);
         }
         Ok(replaced)
     }
 
+    /// Like [`insert`](Self::insert), but the entry expires `ttl` after now, whatever the
+    /// builder's [`time_to_live`](CacheBuilder::time_to_live) (which it overrides for this entry
+    /// only). A zero `ttl` stores an entry that is already expired. Replacing an expired entry
+    /// returns `None`, as for an absent key, and the listener hears the expired value as
+    /// [`RemovalCause::Expired`]. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10)
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert_with_ttl("token", 1, Duration::from_secs(1));
+    /// cache.insert("profile", 2);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.get(&"token"), None);
+    /// assert_eq!(cache.get(&"profile"), Some(2));
+    /// // Over the expired key: nothing is replaced.
+    /// assert_eq!(cache.insert_with_ttl("token", 3, Duration::from_secs(1)), None);
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: core::time::Duration) -> Option<V> {
+        // Relaxed: set before the entry is allocated, and published to readers with it (see
+        // `is_expired`).
+        if !self.expiring.load(Ordering::Relaxed) {
+            self.expiring.store(true, Ordering::Relaxed);
+        }
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.insert_pinned(key, value, Some(ttl), &self.pin())
+            .unwrap_or_else(|(k, v)| {
+                self.notify(&k, &v, RemovalCause::Refused);
+                None
+            })
+    }
+
     /// Bookkeeping for an entry this thread unlinked from the index: marks it dead for its FIFO,
     /// releases its weight, tells the listener, and returns a clone of its value.
     fn release(&self, e: &Entry<K, V>, cause: RemovalCause) -> V {
+        self.settle(e, cause);
+        e.value.clone()
+    }
+
+    /// [`release`](Self::release) without the clone.
+    fn settle(&self, e: &Entry<K, V>, cause: RemovalCause) {
         // Release: pairs with the Acquire load in the policy, which retires dead entries.
         e.dead.store(true, Ordering::Release);
         self.count_out(e.weight);
         self.notify(&e.key, &e.value, cause);
-        e.value.clone()
     }
 
     fn evict_over_capacity(&self, guard: &Guard) {
+        let now = self.eviction_now();
         while self.weight.get() > self.capacity {
-            match self.policy.evict_one(&self.index, guard) {
+            match self.policy.evict_one(&self.index, now, guard) {
                 Evicted::Victim(e) => {
                     self.count_out(e.weight);
                     self.stats.evictions.increment();
                     self.notify(&e.key, &e.value, RemovalCause::Evicted);
+                }
+                // Marked dead by the policy already; not counted as an eviction.
+                Evicted::Expired(e) => {
+                    self.count_out(e.weight);
+                    self.notify(&e.key, &e.value, RemovalCause::Expired);
                 }
                 // What remains is being inserted right now; its inserter evicts after admitting it.
                 Evicted::Nothing => break,
@@ -972,9 +1109,24 @@ where
         if self.policy.queued() > 2 * live + 16 {
             // Each removal adds one dead entry; two sweeps of each FIFO retire at least as many
             // as long as dead entries are at least half of it, which the condition ensures.
-            self.policy.sweep_one(guard);
-            self.policy.sweep_one(guard);
+            self.sweep_once(guard);
+            self.sweep_once(guard);
             self.evict_over_capacity(guard);
+        }
+    }
+
+    /// One `Policy::sweep_one`, settling the expired entries it unlinked.
+    fn sweep_once(&self, guard: &Guard) {
+        let now = self.eviction_now();
+        for e in self
+            .policy
+            .sweep_one(&self.index, now, guard)
+            .into_iter()
+            .flatten()
+        {
+            // Marked dead by the policy already.
+            self.count_out(e.weight);
+            self.notify(&e.key, &e.value, RemovalCause::Expired);
         }
     }
 
@@ -1031,7 +1183,7 @@ where
     {
         let hash = self.hash(key);
         loop {
-            let e = self.index.find(hash, key, guard)?;
+            let e = self.find_live(hash, key, guard)?;
             if self.index.replace(e, None, guard) {
                 let value = self.release(e, RemovalCause::Removed);
                 self.sweep(guard);
@@ -1048,8 +1200,9 @@ where
     /// bucket by bucket, pinning only while it copies the entries of a run of buckets (never
     /// across calls to `next`), so it neither blocks writers nor holds back memory reclamation. It yields
     /// each key at most once; every pair it yields was in the cache at some moment during the
-    /// iteration; an entry that stays in the cache, unchanged, for the whole iteration is
-    /// yielded. Entries inserted, replaced or removed meanwhile may or may not be seen. The
+    /// iteration; an entry that stays in the cache, unchanged and unexpired, for the whole
+    /// iteration is yielded. Expired entries are skipped, not removed (see
+    /// [`purge_expired`](Self::purge_expired)). Entries inserted, replaced or removed meanwhile may or may not be seen. The
     /// order is unspecified. Lock-free (`next` never waits for a writer).
     ///
     /// # Examples
@@ -1099,7 +1252,41 @@ where
     /// assert_eq!(cache.get(&4), Some(40));
     /// assert_eq!(cache.get(&5), None);
     /// ```
-    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+    ///
+    /// Expired entries are removed too, as [`RemovalCause::Expired`], without `keep` seeing them.
+    pub fn retain(&self, keep: impl FnMut(&K, &V) -> bool) {
+        self.remove_where(keep);
+    }
+
+    /// Removes every expired entry (see [`CacheBuilder::time_to_live`]); the eviction listener
+    /// hears each with [`RemovalCause::Expired`]. Without it, an expired entry leaves when a
+    /// lookup or an insert meets its key, or when the eviction policy reaches it. Weakly
+    /// consistent, like [`retain`](Self::retain): once it returns, every entry that had expired
+    /// when it began is gone, and with no writer running [`len`](Self::len) and
+    /// [`weight`](Self::weight) count only live entries. Lock-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10).clock(clock.clone()).build();
+    /// cache.insert_with_ttl(1, 'a', Duration::from_secs(1));
+    /// cache.insert(2, 'b');
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.len(), 2); // expired, but not yet removed
+    /// cache.purge_expired();
+    /// assert_eq!(cache.len(), 1);
+    /// ```
+    pub fn purge_expired(&self) {
+        self.remove_where(|_, _| true);
+    }
+
+    /// [`retain`](Self::retain)'s walk: removes expired entries as `Expired`, and live ones `keep`
+    /// rejects as `Removed`.
+    fn remove_where(&self, mut keep: impl FnMut(&K, &V) -> bool) {
         for chunk in (0..self.index.buckets()).step_by(PIN_BUCKETS) {
             let guard = self.pin();
             // Allocates only once an entry is rejected.
@@ -1108,15 +1295,17 @@ where
                 // Judge the bucket's entries as one load found them, then unlink the rejected
                 // ones: `keep` never runs inside a retry.
                 self.index.visit(i, &guard, |e| {
-                    if !keep(&e.key, &e.value) {
-                        rejected.push(e);
+                    if self.is_expired(e) {
+                        rejected.push((e, RemovalCause::Expired));
+                    } else if !keep(&e.key, &e.value) {
+                        rejected.push((e, RemovalCause::Removed));
                     }
                 });
-                for e in rejected.drain(..) {
+                for (e, cause) in rejected.drain(..) {
                     // Unlinked only if it is still the key's entry: a replacement is not judged
                     // here.
                     if self.index.replace(e, None, &guard) {
-                        drop(self.release(e, RemovalCause::Removed));
+                        self.settle(e, cause);
                         self.sweep(&guard);
                     }
                 }
@@ -1221,14 +1410,14 @@ where
         };
         if weight > self.capacity {
             self.stats.refused.increment();
-            let found = self.index.find(hash, key, guard);
+            let found = self.find_live(hash, key, guard);
             return Err(mismatch(found, new, CompareExchangeFailure::Refused));
         }
         // `Err(new)` until the new entry is allocated, then `Ok(entry)`; it is published only by
         // the successful replace.
         let mut pending: Result<EntryPtr<K, V>, V> = Err(new);
         loop {
-            let found = self.index.find(hash, key, guard);
+            let found = self.find_live(hash, key, guard);
             let Some(old) = found.filter(|e| e.value == *current) else {
                 let new = match pending {
                     // SAFETY: allocated below by this thread and never published, so ours to
@@ -1240,7 +1429,10 @@ where
             };
             let p = match pending {
                 Ok(p) => p,
-                Err(new) => Entry::new(key.clone(), new, hash, weight).allocate(),
+                Err(new) => {
+                    let deadline = self.deadline(self.time_to_live);
+                    Entry::new(key.clone(), new, hash, weight, deadline).allocate()
+                }
             };
             pending = Ok(p);
             // SAFETY: allocated by this thread, and freed only after it is published and retired
@@ -1347,7 +1539,7 @@ where
                     // A flight may have completed between the lookup and the join.
                     let found = {
                         let guard = self.pin();
-                        self.index.find(hash, &key, &guard).map(|e| e.value.clone())
+                        self.find_live(hash, &key, &guard).map(|e| e.value.clone())
                     };
                     if let Some(v) = found {
                         leader.complete(v.clone());
@@ -1420,7 +1612,7 @@ where
         }
         // Retire the dead entries now rather than on later sweeps.
         for _ in 0..self.policy.queued() {
-            self.policy.sweep_one(guard);
+            self.sweep_once(guard);
         }
         self.evict_over_capacity(guard);
     }
@@ -1468,8 +1660,12 @@ where
             let end = (self.next_bucket + PIN_BUCKETS).min(buckets);
             while self.next_bucket < end && self.batch.is_empty() {
                 let batch = &mut self.batch;
-                self.cache.index.visit(self.next_bucket, &guard, |e| {
-                    batch.push((e.key.clone(), e.value.clone()));
+                let cache = self.cache;
+                cache.index.visit(self.next_bucket, &guard, |e| {
+                    // Expired entries are skipped (and left for a lookup or a purge to remove).
+                    if !cache.is_expired(e) {
+                        batch.push((e.key.clone(), e.value.clone()));
+                    }
                 });
                 self.next_bucket += 1;
             }

@@ -43,6 +43,9 @@ pub(super) enum Fifo {
 pub(super) enum Evicted<'g, K, V> {
     /// This entry was unlinked from the index by us: its weight and count are ours to release.
     Victim(&'g Entry<K, V>),
+    /// This entry had expired, and was unlinked from the index by us: as for `Victim`, but its
+    /// cause is `Expired`.
+    Expired(&'g Entry<K, V>),
     /// Both FIFOs are empty.
     Nothing,
 }
@@ -207,8 +210,15 @@ impl<K, V> Policy<K, V> {
 
     /// Evicts one entry: pops from the small FIFO while it holds more than its share (or main is
     /// empty), else from main, promoting or re-queuing read entries as S3-FIFO does, until one
-    /// entry is unlinked from `index`. Dead entries met on the way are retired.
-    pub(super) fn evict_one<'g>(&self, index: &Index<K, V>, guard: &'g Guard) -> Evicted<'g, K, V>
+    /// entry is unlinked from `index`. Dead entries met on the way are retired. An entry expired
+    /// at `now` is evicted as if unread, whatever its access counter (0 for a cache without
+    /// expiry: nothing is then expired).
+    pub(super) fn evict_one<'g>(
+        &self,
+        index: &Index<K, V>,
+        now: u64,
+        guard: &'g Guard,
+    ) -> Evicted<'g, K, V>
     where
         K: Send + Sync,
         V: Send + Sync,
@@ -235,7 +245,8 @@ impl<K, V> Policy<K, V> {
             }
             // Relaxed: a hint, as in `Entry::touch`.
             let f = e.freq.load(Ordering::Relaxed);
-            if f > 0 {
+            let expired = e.expired_at(now);
+            if f > 0 && !expired {
                 let (to, freq) = match fifo {
                     // Read while in small: promoted to main, counting afresh.
                     Fifo::Small => (Fifo::Main, 0),
@@ -250,10 +261,14 @@ impl<K, V> Policy<K, V> {
                 // Release: pairs with the Acquire load above in whichever thread pops it next
                 // (none: we retire it now) and documents that the entry left the index.
                 e.dead.store(true, Ordering::Release);
+                self.retire(p, guard);
+                if expired {
+                    // Not evicted for room: the ghost list does not remember it.
+                    return Evicted::Expired(e);
+                }
                 if fifo == Fifo::Small {
                     self.ghost.insert(e.hash);
                 }
-                self.retire(p, guard);
                 return Evicted::Victim(e);
             }
             // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
@@ -271,21 +286,40 @@ impl<K, V> Policy<K, V> {
     /// that evicts nothing, wherever the dead entries sit. A live entry is out of its FIFO for a
     /// moment: the caller evicts afterwards if the cache is over capacity, in case a concurrent
     /// inserter found nothing to evict meanwhile.
-    pub(super) fn sweep_one(&self, guard: &Guard)
+    ///
+    /// A live entry expired at `now` is unlinked from `index` and retired instead, and returned
+    /// (at most one per FIFO): its weight, count and listener are the caller's to settle.
+    pub(super) fn sweep_one<'g>(
+        &self,
+        index: &Index<K, V>,
+        now: u64,
+        guard: &'g Guard,
+    ) -> [Option<&'g Entry<K, V>>; 2]
     where
         K: Send + Sync,
         V: Send + Sync,
     {
-        for fifo in [Fifo::Small, Fifo::Main] {
+        let mut expired = [None, None];
+        for (fifo, out) in [Fifo::Small, Fifo::Main].into_iter().zip(&mut expired) {
             if let Some((p, e)) = self.pop(fifo, guard) {
                 // Acquire: as in `evict_one`.
                 if e.dead.load(Ordering::Acquire) {
+                    self.retire(p, guard);
+                } else if e.expired_at(now) {
+                    if index.replace(e, None, guard) {
+                        // Release: as in `evict_one`.
+                        e.dead.store(true, Ordering::Release);
+                        *out = Some(e);
+                    }
+                    // Else unlinked by a concurrent remove or replace, which owns its
+                    // bookkeeping; either way no index holds it and we popped it: ours to retire.
                     self.retire(p, guard);
                 } else {
                     self.push(fifo, (p, e));
                 }
             }
         }
+        expired
     }
 
     /// Drops every entry still queued, through exclusive access.

@@ -1,0 +1,199 @@
+//! The clock a [`Cache`](super::Cache) reads its time-to-live deadlines against: [`Clock`], the
+//! [`SystemClock`] every cache uses by default and the [`ManualClock`] that tests drive.
+//!
+//! Time is a `u64` of nanoseconds since an origin fixed by the clock: monotonic, so that a
+//! deadline once passed stays passed. A cache reads its clock only for entries that carry a
+//! deadline (see [`CacheBuilder::time_to_live`](super::CacheBuilder::time_to_live)): a cache
+//! with no time-to-live anywhere never calls it.
+
+use crate::sync::{Arc, AtomicU64, Ordering};
+use core::time::Duration;
+
+/// A source of monotonic time for a [`Cache`](super::Cache)'s expiry: nanoseconds since an origin
+/// of the clock's choosing.
+///
+/// [`now`](Clock::now) must never go backwards (two calls, the second happening after the first,
+/// return non-decreasing values), and must be cheap: a cache with a time-to-live calls it on
+/// every lookup of an entry that has a deadline.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Cache, Clock};
+/// use std::time::Duration;
+///
+/// /// A clock that stands at one instant forever.
+/// struct Frozen;
+/// impl Clock for Frozen {
+///     fn now(&self) -> u64 {
+///         1_000
+///     }
+/// }
+///
+/// let cache = Cache::builder(10)
+///     .time_to_live(Duration::from_secs(1))
+///     .clock(Frozen)
+///     .build();
+/// cache.insert(1, "a");
+/// assert_eq!(cache.get(&1), Some("a")); // time never passes
+/// ```
+pub trait Clock: Send + Sync + 'static {
+    /// The current time, in nanoseconds since this clock's origin.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, SystemClock};
+    ///
+    /// let clock = SystemClock;
+    /// let a = clock.now();
+    /// assert!(clock.now() >= a);
+    /// ```
+    fn now(&self) -> u64;
+}
+
+/// The system's monotonic clock ([`std::time::Instant`]), measured from an origin fixed once per
+/// process: the default clock of every cache.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Clock, SystemClock};
+///
+/// let t0 = SystemClock.now();
+/// std::thread::sleep(std::time::Duration::from_millis(1));
+/// assert!(SystemClock.now() >= t0 + 1_000_000);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    /// Nanoseconds since the first call in this process (saturating after 584 years).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, SystemClock};
+    ///
+    /// assert!(SystemClock.now() < u64::MAX);
+    /// ```
+    fn now(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // The shim's instant: the system's, except under the model checkers, whose clock stands
+        // still (so a model never depends on real time).
+        let now = crate::sync::now();
+        let origin = *ORIGIN.get_or_init(|| now);
+        u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A clock that moves only when told to: clones share one time, so a test keeps a handle and
+/// gives the cache another. Starts at 0.
+///
+/// Built on the crate's own atomics, so under loom or shuttle the checker schedules around its
+/// reads and advances like any other shared state.
+///
+/// # Examples
+///
+/// ```
+/// use latchless::cache::{Cache, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let cache = Cache::builder(10)
+///     .time_to_live(Duration::from_secs(60))
+///     .clock(clock.clone())
+///     .build();
+/// cache.insert("session", 1);
+/// clock.advance(Duration::from_secs(59));
+/// assert_eq!(cache.get(&"session"), Some(1));
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(cache.get(&"session"), None); // expired, and removed
+/// assert!(cache.is_empty());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at time 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, ManualClock};
+    ///
+    /// assert_eq!(ManualClock::new().now(), 0);
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Moves the clock (and every clone of it) forward by `by`, saturating at `u64::MAX`
+    /// nanoseconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let handle = clock.clone();
+    /// handle.advance(Duration::from_nanos(5));
+    /// assert_eq!(clock.now(), 5);
+    /// ```
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // SeqCst: a test's advance and its later lookups are then ordered as written in every
+        // thread's view, which is what a test of expiry reasons with.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(by))
+            });
+    }
+
+    /// Sets the clock to `since_origin` (saturating at `u64::MAX` nanoseconds). The clock must
+    /// stay monotonic: a time earlier than the current one is ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// clock.set(Duration::from_secs(2));
+    /// clock.set(Duration::from_secs(1)); // backwards: ignored
+    /// assert_eq!(clock.now(), 2_000_000_000);
+    /// ```
+    pub fn set(&self, since_origin: Duration) {
+        let t = u64::try_from(since_origin.as_nanos()).unwrap_or(u64::MAX);
+        // SeqCst: as in `advance`.
+        self.nanos.fetch_max(t, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    /// The time the clock was last set or advanced to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Clock, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// clock.advance(Duration::from_micros(3));
+    /// assert_eq!(clock.now(), 3_000);
+    /// ```
+    fn now(&self) -> u64 {
+        // SeqCst: as in `advance`.
+        self.nanos.load(Ordering::SeqCst)
+    }
+}
