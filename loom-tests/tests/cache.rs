@@ -6,11 +6,12 @@
 #![cfg(loom)]
 
 use crossbeam_epoch::Collector;
-use latchless::cache::Cache;
+use latchless::cache::{Cache, ManualClock, RemovalCause};
 use loom::sync::Arc;
 use loom::thread;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
+use std::time::Duration;
 
 type Hasher = BuildHasherDefault<DefaultHasher>;
 
@@ -323,5 +324,97 @@ fn retain_races_replacing_insert() {
         assert!(matches!(replaced, None | Some((1, 1))), "{replaced:?}");
         assert_eq!(c.get_with_guard(&1, &h.pin()), Some((1, 2)));
         assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
+    });
+}
+
+/// A cache of `capacity` whose entries live 1 ns on `clock`, reporting every removal to `heard`.
+fn expiring_cache(
+    collector: &Collector,
+    clock: &ManualClock,
+    heard: &Heard,
+) -> Arc<Cache<u8, (u8, u8), Hasher>> {
+    let sink = heard.clone();
+    Arc::new(
+        Cache::builder(4)
+            .hasher(Hasher::default())
+            .index_buckets(2)
+            .collector(collector.clone())
+            .time_to_live(Duration::from_nanos(1))
+            .clock(clock.clone())
+            .eviction_listener(move |_: &u8, &v: &(u8, u8), cause| {
+                sink.lock().unwrap().push((v, cause));
+            })
+            .build(),
+    )
+}
+
+/// What a model's listener heard: (value, cause). A std mutex: the listener does no loom
+/// operation while it holds it, so it adds no schedule point and cannot block a loom thread.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<((u8, u8), RemovalCause)>>>;
+
+/// A get that finds its entry expired (and removes it) races an insert of the same key, which
+/// finds it expired too (and replaces it): whichever unlinks the expired entry reports it, so
+/// the listener hears it exactly once, as `Expired`; the insert never returns the stale value;
+/// the reader sees nothing or the new value; the counts end exact and every entry is freed
+/// (loom's `Track`).
+#[test]
+fn get_expiring_races_insert_same_key() {
+    latchless_loom_tests::model(|| {
+        let collector = Collector::new();
+        let clock = ManualClock::new();
+        let heard = Heard::default();
+        let c = expiring_cache(&collector, &clock, &heard);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 1), &h.pin());
+        clock.advance(Duration::from_nanos(1));
+        let reader = {
+            let (c, collector) = (c.clone(), collector.clone());
+            thread::spawn(move || {
+                let h = collector.register();
+                c.get_with_guard(&1, &h.pin())
+            })
+        };
+        assert_eq!(c.insert_with_guard(1, (1, 2), &h.pin()), None);
+        let seen = reader.join().unwrap();
+        assert!(matches!(seen, None | Some((1, 2))), "{seen:?}");
+        assert_eq!(c.get_with_guard(&1, &h.pin()), Some((1, 2)));
+        assert_eq!((c.len(), c.weight()), (1, 1), "{c:?}");
+        assert_eq!(*heard.lock().unwrap(), [((1, 1), RemovalCause::Expired)]);
+    });
+}
+
+/// A get that finds its entry expired races a remove of the key, which finds it expired too:
+/// exactly one of them unlinks it and reports it, once, as `Expired`; the remove returns nothing
+/// (an expired value is never returned), and the cache ends empty.
+#[test]
+fn get_expiring_races_remove() {
+    latchless_loom_tests::model(|| {
+        let collector = Collector::new();
+        let clock = ManualClock::new();
+        let heard = Heard::default();
+        let c = expiring_cache(&collector, &clock, &heard);
+        let h = collector.register();
+        c.insert_with_guard(1, (1, 1), &h.pin());
+        let reader = {
+            let (c, collector, clock) = (c.clone(), collector.clone(), clock.clone());
+            thread::spawn(move || {
+                // The model's time passes on the reader's thread, racing the remover's lookup.
+                clock.advance(Duration::from_nanos(1));
+                let h = collector.register();
+                c.get_with_guard(&1, &h.pin())
+            })
+        };
+        let removed = c.remove_with_guard(&1, &h.pin());
+        assert_eq!(reader.join().unwrap(), None);
+        let heard = heard.lock().unwrap();
+        match removed {
+            // The remove came first: the value was live, and left as Removed.
+            Some(v) => assert_eq!(
+                (v, &heard[..]),
+                ((1, 1), &[((1, 1), RemovalCause::Removed)][..])
+            ),
+            None => assert_eq!(*heard, [((1, 1), RemovalCause::Expired)]),
+        }
+        assert_eq!((c.len(), c.weight()), (0, 0), "{c:?}");
     });
 }
