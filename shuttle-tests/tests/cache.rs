@@ -2,11 +2,13 @@
 //! `peek`, `insert`, `remove`, `compare_exchange`, `get_or_insert_with`) over three keys, with a
 //! weigher, an eviction listener and a local epoch collector: once with room for everything (no
 //! eviction), once with a capacity of three weight units (eviction on most inserts, and entries
-//! too heavy to store, refused). After the threads join:
+//! too heavy to store, refused), and both again with expiry (a 2 ns time-to-live on a
+//! `ManualClock` that threads advance, and `insert_with_ttl`). After the threads join:
 //! - `weight() <= capacity()`, and `weight()`/`len()` equal the weights/number of the entries
 //!   present;
 //! - every value read (by any method, or by the listener) is one inserted for that key;
-//! - the listener's accounting is exact: evictions and refusals match the statistics, removals
+//! - the listener's accounting is exact (expired entries included): evictions and refusals match
+//!   the statistics, removals
 //!   match the `remove` calls that returned a value, and every entry stored either left through
 //!   the listener exactly once or is still present;
 //! - hits and misses match what `get` returned, plus one lookup per `get_or_insert_with`;
@@ -30,7 +32,7 @@
 #![cfg(shuttle)]
 
 use crossbeam_epoch::Collector;
-use latchless::cache::{Cache, CompareExchangeFailure, RemovalCause};
+use latchless::cache::{Cache, CompareExchangeFailure, ManualClock, RemovalCause};
 use shuttle::rand::{thread_rng, Rng};
 use shuttle::thread;
 use std::collections::hash_map::DefaultHasher;
@@ -38,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const THREADS: usize = 4;
 const OPS: usize = 10;
@@ -147,34 +150,40 @@ struct Seen {
     cas_refused: u64,
 }
 
-fn run(capacity: u64, weights: &'static [u64]) {
+/// With `expiry`, entries live 2 ns on a manual clock that two more operations advance (by 1 ns)
+/// or override per entry (`insert_with_ttl`, 0 to 2 ns).
+fn run(capacity: u64, weights: &'static [u64], expiry: bool) {
     let book = Arc::new(Book::default());
     let collector = Collector::new();
+    let clock = ManualClock::new();
     let cache = {
         let book = Arc::clone(&book);
-        Arc::new(
-            Cache::builder(capacity)
-                .hasher(BuildHasherDefault::<DefaultHasher>::default())
-                .count_lookups(true)
-                .collector(collector.clone())
-                .weigher(|_: &u8, v: &Val| v.weight)
-                .eviction_listener(move |k: &u8, v: &Val, cause| {
-                    book.check(*k, v);
-                    book.heard.lock().unwrap().push((*k, v.id, cause));
-                })
-                .build(),
-        )
+        let mut builder = Cache::builder(capacity)
+            .hasher(BuildHasherDefault::<DefaultHasher>::default())
+            .count_lookups(true)
+            .collector(collector.clone())
+            .clock(clock.clone())
+            .weigher(|_: &u8, v: &Val| v.weight)
+            .eviction_listener(move |k: &u8, v: &Val, cause| {
+                book.check(*k, v);
+                book.heard.lock().unwrap().push((*k, v.id, cause));
+            });
+        if expiry {
+            builder = builder.time_to_live(Duration::from_nanos(2));
+        }
+        Arc::new(builder.build())
     };
+    let ops = if expiry { 8 } else { 6 };
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (cache, book) = (Arc::clone(&cache), Arc::clone(&book));
+            let (cache, book, clock) = (Arc::clone(&cache), Arc::clone(&book), clock.clone());
             thread::spawn(move || {
                 let mut rng = thread_rng();
                 let mut seen = Seen::default();
                 for _ in 0..OPS {
                     let k = rng.gen_range(0..KEYS);
                     let w = weights[rng.gen_range(0..weights.len())];
-                    match rng.gen_range(0..6) {
+                    match rng.gen_range(0..ops) {
                         0 => match cache.get(&k) {
                             Some(v) => {
                                 book.check(k, &v);
@@ -214,10 +223,17 @@ fn run(capacity: u64, weights: &'static [u64]) {
                                 }
                             }
                         }
-                        _ => {
+                        5 => {
                             seen.lookups += 1;
                             let v = cache.get_or_insert_with(k, || book.fresh(k, w));
                             book.check(k, &v);
+                        }
+                        6 => clock.advance(Duration::from_nanos(1)),
+                        _ => {
+                            let ttl = Duration::from_nanos(rng.gen_range(0..3));
+                            if let Some(old) = cache.insert_with_ttl(k, book.fresh(k, w), ttl) {
+                                book.check(k, &old);
+                            }
                         }
                     }
                 }
@@ -235,7 +251,8 @@ fn run(capacity: u64, weights: &'static [u64]) {
         total.cas_refused += s.cas_refused;
     }
 
-    // What is present, read without recording accesses.
+    // What is present, read without recording accesses (an expired entry is removed here, and
+    // heard as `Expired` below).
     let present: BTreeMap<u8, Val> = (0..KEYS)
         .filter_map(|k| cache.peek(&k).map(|v| (k, v)))
         .collect();
@@ -271,7 +288,10 @@ fn run(capacity: u64, weights: &'static [u64]) {
         "{s:?} {heard:?}"
     );
     // Every entry stored left through the listener once, or is still here.
-    let left = count(RemovalCause::Evicted) + count(RemovalCause::Replaced) + total.removed;
+    let left = count(RemovalCause::Evicted)
+        + count(RemovalCause::Replaced)
+        + count(RemovalCause::Expired)
+        + total.removed;
     assert_eq!(s.inserts, left + present.len() as u64, "{s:?} {heard:?}");
     let mut departed = BTreeSet::new();
     for &(k, id, cause) in &heard {
@@ -298,12 +318,20 @@ fn run(capacity: u64, weights: &'static [u64]) {
 // Measured: 10,000 random + 10,000 PCT schedules, 5.3 s (release, 2-core machine).
 #[test]
 fn ops_without_eviction() {
-    latchless_shuttle_tests::explore(10_000, 10_000, || run(100, &[1, 2]));
+    latchless_shuttle_tests::explore(10_000, 10_000, || run(100, &[1, 2], false));
 }
 
 /// A capacity of three units, entries of one or two, and some of four (refused).
 // Measured: 10,000 random + 10,000 PCT schedules, 5.3 s (release, 2-core machine).
 #[test]
 fn ops_with_eviction() {
-    latchless_shuttle_tests::explore(10_000, 10_000, || run(3, &[1, 1, 2, 4]));
+    latchless_shuttle_tests::explore(10_000, 10_000, || run(3, &[1, 1, 2, 4], false));
+}
+
+/// Expiry, with and without eviction: lookups, inserts over expired keys and eviction all remove
+/// expired entries while the clock moves, and each leaves once, as `Expired`.
+#[test]
+fn ops_with_expiry() {
+    latchless_shuttle_tests::explore(5_000, 5_000, || run(100, &[1, 2], true));
+    latchless_shuttle_tests::explore(5_000, 5_000, || run(3, &[1, 1, 2, 4], true));
 }
