@@ -23,6 +23,14 @@
 //!     the listener reports is removed (after checking it held that value), and every result
 //!     must equal the model's; `Replaced` and `Removed` reports must match what the call
 //!     returned.
+//! - `Cache` with expiry (a `ManualClock`, a builder TTL of 1 to 6 ns or none, no eviction) vs a
+//!   `HashMap` of values and deadlines: the cache operations above plus `AdvanceClock`,
+//!   `insert_with_ttl` (0 to 6 ns) and `purge_expired`. Every read must be the live model value
+//!   (never an expired one); the model holds expired entries until the listener reports them, so
+//!   each lazy removal is checked: an `Expired` report must name the model's entry for that key
+//!   and be due, a `Replaced` or `Removed` one must not be; a lookup or write of a key leaves no
+//!   expired entry behind, `purge_expired` and `retain` none at all; `len()` and `weight()` equal
+//!   the model's size after every step.
 //!
 //! - Every cache test hashes with SipHash, or on even seeds with a hasher that maps every key to
 //!   one of three hashes, so that keys are told apart by `Eq` alone.
@@ -33,7 +41,7 @@
 //! (decimal or 0x-hex) to run only that seed.
 
 use crossbeam_epoch::Collector;
-use latchless::cache::{Cache, CompareExchangeFailure, RemovalCause};
+use latchless::cache::{Cache, CompareExchangeFailure, ManualClock, RemovalCause};
 use latchless::queue::MsQueue;
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::{DefaultHasher, Entry};
@@ -42,6 +50,7 @@ use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The seeded generator (SplitMix64), shared by the integration tests.
 #[path = "common/rng.rs"]
@@ -853,6 +862,233 @@ fn cache_with_eviction_matches_hashmap_through_the_listener() {
                     model.get(&k).copied(),
                     "final state of key {k}"
                 );
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache with expiry vs a HashMap of deadlines.
+// ---------------------------------------------------------------------------------------------
+
+/// A step of the expiry test: a cache operation, or one of the expiry operations.
+#[derive(Clone, Copy, Debug)]
+enum ExpiryStep {
+    Cache(CacheStep),
+    /// Moves the clock forward by this many nanoseconds.
+    AdvanceClock(u64),
+    /// `insert_with_ttl` with this many nanoseconds to live.
+    InsertWithTtl(Key, Value, u64),
+    PurgeExpired,
+}
+
+/// The model's entry: the value, and its deadline (`None`: never).
+type Timed = (Value, Option<u64>);
+
+/// Whether a model entry is alive at `now`, as the cache decides it.
+fn alive(&(_, deadline): &Timed, now: u64) -> bool {
+    deadline.is_none_or(|d| now < d)
+}
+
+#[test]
+fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
+    const KEYS: u64 = 16;
+    for_each_seed(
+        "cache_with_expiry_matches_a_map_of_deadlines_through_the_listener",
+        |seed, trace| {
+            let mut rng = Rng::new(seed);
+            // A builder TTL of 1 to 6 ns on most seeds; none on one in four (only
+            // `insert_with_ttl` entries then expire).
+            let ttl = (rng.below(4) != 0).then(|| 1 + rng.below(6));
+            let clock = ManualClock::new();
+            let events: Events = Arc::default();
+            let sink = Arc::clone(&events);
+            // A capacity of the key count: no eviction, even with every key's entry expired and
+            // not yet removed.
+            let mut builder = Cache::builder(KEYS)
+                .hasher(TestHasher::for_seed(seed))
+                .clock(clock.clone())
+                .eviction_listener(move |k: &Key, v: &Value, cause| {
+                    sink.lock().unwrap().push((*k, *v, cause));
+                });
+            if let Some(ttl) = ttl {
+                builder = builder.time_to_live(Duration::from_nanos(ttl));
+            }
+            let cache = builder.build();
+            // Every entry the cache holds, expired or not: an entry leaves the model only when
+            // the listener reports it, so the cache's lazy removals are checked one by one.
+            let mut model: HashMap<Key, Timed> = HashMap::new();
+            let mut now = 0u64;
+            let default_deadline = |now: u64| ttl.map(|t| now + t);
+            let (mut expired_reports, mut live_refusals) = (0u64, 0u64);
+            for step in 0..STEPS {
+                let op = match rng.below(100) {
+                    0..=7 => ExpiryStep::AdvanceClock(rng.below(3)),
+                    8..=15 => ExpiryStep::InsertWithTtl(
+                        rng.below(KEYS) as Key,
+                        rng.below(VALUES) as Value,
+                        rng.below(7),
+                    ),
+                    16 => ExpiryStep::PurgeExpired,
+                    _ => ExpiryStep::Cache(cache_step(&mut rng, KEYS, KEYS, 0, 2, |k| {
+                        model.get(&k).map(|&(v, _)| v)
+                    })),
+                };
+                trace.step(step, &op);
+                // The value a reader should see for `k`: only a live one.
+                let live = |model: &HashMap<Key, Timed>, k: Key| {
+                    model.get(&k).filter(|e| alive(e, now)).map(|&(v, _)| v)
+                };
+                // What this step stores, applied after the listener's reports: (key, entry).
+                let mut stored: Option<(Key, Timed)> = None;
+                match op {
+                    ExpiryStep::AdvanceClock(d) => {
+                        clock.advance(Duration::from_nanos(d));
+                        now += d;
+                    }
+                    ExpiryStep::InsertWithTtl(k, v, t) => {
+                        let want = live(&model, k);
+                        let got = cache.insert_with_ttl(k, v, Duration::from_nanos(t));
+                        assert_eq!(got, want, "insert_with_ttl's replaced value");
+                        stored = Some((k, (v, Some(now + t))));
+                    }
+                    ExpiryStep::PurgeExpired => cache.purge_expired(),
+                    ExpiryStep::Cache(op) => match op {
+                        CacheStep::Get(k) => assert_eq!(cache.get(&k), live(&model, k)),
+                        CacheStep::Peek(k) => assert_eq!(cache.peek(&k), live(&model, k)),
+                        CacheStep::ContainsKey(k) => {
+                            assert_eq!(cache.contains_key(&k), live(&model, k).is_some());
+                        }
+                        CacheStep::Insert(k, v) => {
+                            assert_eq!(cache.insert(k, v), live(&model, k));
+                            stored = Some((k, (v, default_deadline(now))));
+                        }
+                        CacheStep::InsertIfAbsent(k, v) => {
+                            let want = live(&model, k);
+                            let got = cache.insert_if_absent(k, v);
+                            if want.is_some() {
+                                assert_eq!(got, Err((k, v)), "insert_if_absent over a live key");
+                                live_refusals += 1;
+                            } else {
+                                assert_eq!(got, Ok(()));
+                                stored = Some((k, (v, default_deadline(now))));
+                            }
+                        }
+                        CacheStep::Remove(k) => assert_eq!(cache.remove(&k), live(&model, k)),
+                        CacheStep::CompareExchange(k, current, new) => {
+                            let want = live(&model, k);
+                            let got = cache.compare_exchange(&k, &current, new);
+                            if want == Some(current) {
+                                assert_eq!(got, Ok(()));
+                                stored = Some((k, (new, default_deadline(now))));
+                            } else {
+                                let e = got.expect_err("exchange succeeded against the model");
+                                assert_eq!((e.current, e.new), (want, new));
+                            }
+                        }
+                        CacheStep::Len => {
+                            // Expired entries not yet removed still count: the model holds them.
+                            assert_eq!(cache.len(), model.len());
+                        }
+                        CacheStep::Iter => {
+                            let mut want: Vec<(Key, Value)> = model
+                                .iter()
+                                .filter(|(_, e)| alive(e, now))
+                                .map(|(&k, &(v, _))| (k, v))
+                                .collect();
+                            want.sort_unstable();
+                            assert_eq!(contents(&cache), want, "iter vs the live model");
+                        }
+                        CacheStep::Retain(m) => cache.retain(|_, &v| kept(v, m)),
+                        CacheStep::Clear => cache.clear(),
+                    },
+                }
+                // The listener's reports leave the model: each must be the model's entry for its
+                // key, expired exactly when reported `Expired`. The step's own new entry may be
+                // reported too (an already expired one, met by the sweep that follows a
+                // replacement): it is in the model from the first report of its key that finds
+                // the key absent (the replaced entry's report comes first).
+                for (k, v, cause) in events.lock().unwrap().drain(..) {
+                    if !model.contains_key(&k) && stored.is_some_and(|(sk, _)| sk == k) {
+                        let (sk, e) = stored.take().expect("checked");
+                        model.insert(sk, e);
+                    }
+                    let e = model
+                        .remove(&k)
+                        .unwrap_or_else(|| panic!("{cause:?} reported for absent key {k}"));
+                    assert_eq!(e.0, v, "{cause:?} reported a value the cache did not hold");
+                    match cause {
+                        RemovalCause::Expired => {
+                            assert!(!alive(&e, now), "a live entry reported expired");
+                            expired_reports += 1;
+                        }
+                        RemovalCause::Replaced | RemovalCause::Removed => {
+                            assert!(alive(&e, now), "an expired entry reported as {cause:?}");
+                        }
+                        other => panic!("unexpected {other:?} without eviction"),
+                    }
+                }
+                // What the step must have removed, it has.
+                let k_of = |op: &ExpiryStep| match *op {
+                    ExpiryStep::InsertWithTtl(k, ..) => Some(k),
+                    ExpiryStep::Cache(
+                        CacheStep::Get(k)
+                        | CacheStep::Peek(k)
+                        | CacheStep::ContainsKey(k)
+                        | CacheStep::Insert(k, _)
+                        | CacheStep::InsertIfAbsent(k, _)
+                        | CacheStep::Remove(k)
+                        | CacheStep::CompareExchange(k, ..),
+                    ) => Some(k),
+                    _ => None,
+                };
+                if let Some(k) = k_of(&op) {
+                    if let Some(e) = model.get(&k) {
+                        assert!(alive(e, now), "a lookup of key {k} left its expired entry");
+                    }
+                }
+                match op {
+                    ExpiryStep::PurgeExpired | ExpiryStep::Cache(CacheStep::Retain(_)) => {
+                        assert!(
+                            model.values().all(|e| alive(e, now)),
+                            "an expired entry survived {op:?}"
+                        );
+                    }
+                    ExpiryStep::Cache(CacheStep::Clear) => assert!(model.is_empty()),
+                    _ => {}
+                }
+                if let ExpiryStep::Cache(CacheStep::Retain(m)) = op {
+                    assert!(
+                        model.values().all(|&(v, _)| kept(v, m)),
+                        "retain kept a reject"
+                    );
+                }
+                if let Some((k, e)) = stored {
+                    assert!(
+                        model.insert(k, e).is_none(),
+                        "the entry replaced for key {k} was not reported"
+                    );
+                }
+                assert_eq!(cache.len(), model.len(), "len after the step");
+                assert_eq!(cache.weight(), model.len() as u64, "weight after the step");
+            }
+            // Everything expires; a purge reports each remaining expiring entry once.
+            clock.advance(Duration::from_nanos(1_000));
+            now += 1_000;
+            cache.purge_expired();
+            for (k, v, cause) in events.lock().unwrap().drain(..) {
+                assert_eq!(cause, RemovalCause::Expired);
+                assert_eq!(model.remove(&k).map(|e| e.0), Some(v));
+                expired_reports += 1;
+            }
+            assert!(model.values().all(|e| alive(e, now)), "left: {model:?}");
+            assert_eq!(cache.len(), model.len());
+            println!(
+                "seed {seed:#x}, ttl {ttl:?}: {expired_reports} expiries reported, \
+                 {live_refusals} insert_if_absent refusals"
+            );
+            if !cfg!(miri) {
+                assert!(expired_reports > 100, "too few expiries: {expired_reports}");
             }
         },
     );

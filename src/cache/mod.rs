@@ -98,7 +98,7 @@ pub enum RemovalCause {
     Evicted,
     /// Replaced by a newer value for the same key (`insert`, `compare_exchange`).
     Replaced,
-    /// Removed by [`Cache::remove`] or [`Cache::clear`].
+    /// Removed by [`Cache::remove`], [`Cache::retain`] or [`Cache::clear`].
     Removed,
     /// Refused at insertion: heavier than the whole capacity.
     Refused,
@@ -1565,7 +1565,8 @@ where
     }
 
     /// Removes every entry present when `clear` reaches its bucket (entries inserted meanwhile may
-    /// stay), telling the listener of each as `Removed`. Lock-free.
+    /// stay), telling the listener of each as `Removed` (or `Expired`, if it had expired).
+    /// Lock-free.
     ///
     /// # Examples
     ///
@@ -1608,7 +1609,12 @@ where
 
     fn clear_pinned(&self, guard: &Guard) {
         for e in self.index.take_all(guard) {
-            self.release(e, RemovalCause::Removed);
+            let cause = if self.is_expired(e) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Removed
+            };
+            self.settle(e, cause);
         }
         // Retire the dead entries now rather than on later sweeps.
         for _ in 0..self.policy.queued() {
