@@ -281,7 +281,7 @@ fn eviction_takes_an_expired_entry_even_if_it_was_read() {
 
 #[test]
 fn expired_values_are_dropped_exactly_once() {
-    const N: usize = 2_000;
+    const N: usize = if cfg!(miri) { 300 } else { 2_000 };
     let log = DropLog::new(N);
     let collector = Collector::new();
     let clock = ManualClock::new();
@@ -313,7 +313,7 @@ fn expired_values_are_dropped_exactly_once() {
         log.assert_no_double_drop();
     }
     assert!(
-        expired.load(Ordering::Relaxed) > 100,
+        expired.load(Ordering::Relaxed) > N / 20,
         "expiry was exercised"
     );
     drop(handle);

@@ -8,9 +8,8 @@
 //!   present;
 //! - every value read (by any method, or by the listener) is one inserted for that key;
 //! - the listener's accounting is exact (expired entries included): evictions and refusals match
-//!   the statistics, removals
-//!   match the `remove` calls that returned a value, and every entry stored either left through
-//!   the listener exactly once or is still present;
+//!   the statistics, removals match the `remove` calls that returned a value, and every entry
+//!   stored either left through the listener exactly once or is still present;
 //! - hits and misses match what `get` returned, plus one lookup per `get_or_insert_with`;
 //! - every value (and every clone the cache made) is dropped exactly once once the cache and its
 //!   collector are gone: a registry of live instances fails a second drop at once and reports any

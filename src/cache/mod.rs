@@ -12,6 +12,14 @@
 //!   ([`CacheBuilder::count_lookups`]), so that by default a hit writes nothing shared.
 //! - **Hashing**: [`DefaultHashBuilder`] (foldhash, randomly seeded) unless the builder is given
 //!   another hasher.
+//! - **Expiry**: a time-to-live from the builder ([`CacheBuilder::time_to_live`]) or per entry
+//!   ([`Cache::insert_with_ttl`]) sets a deadline in the entry, read against a [`Clock`]
+//!   ([`SystemClock`] unless the builder is given another). Expired entries are never returned
+//!   and are removed lazily: by the lookup or insert that meets them, by the eviction policy
+//!   (which takes them first, read or not), by the sweep of the FIFOs, or by
+//!   [`Cache::purge_expired`]. A cache that never set a deadline never reads its clock; with a
+//!   deadline on the [`SystemClock`], a hit costs one `Instant::now` more (about 20-26 ns, most
+//!   of a hit's cost: see the CHANGELOG).
 //!
 //! # Progress
 //!
