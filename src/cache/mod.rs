@@ -16,10 +16,10 @@
 //!   ([`Cache::insert_with_ttl`]) sets a deadline in the entry, read against a [`Clock`]
 //!   ([`SystemClock`] unless the builder is given another). Expired entries are never returned
 //!   and are removed lazily: by the lookup or insert that meets them, by the eviction policy
-//!   (which takes them first, read or not), by the sweep of the FIFOs, or by
+//!   (which evicts one it reaches as if unread), by the sweep of the FIFOs, or by
 //!   [`Cache::purge_expired`]. A cache that never set a deadline never reads its clock; with a
-//!   deadline on the [`SystemClock`], a hit costs one `Instant::now` more (about 20-26 ns, most
-//!   of a hit's cost: see the CHANGELOG).
+//!   deadline on the [`SystemClock`], a hit on it also costs an `Instant::now` and the entry's
+//!   second cache line (one thread, 10,000 entries: about 12 ns a hit without, 50 ns with).
 //!
 //! # Progress
 //!
