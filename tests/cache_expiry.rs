@@ -406,7 +406,12 @@ fn concurrent_lookups_inserts_and_clock_advances_account_exactly() {
                     let key = rng.below(KEYS);
                     match rng.below(10) {
                         0..=2 => drop(cache.insert_with_guard(key, value, &guard)),
-                        3 => drop(cache.insert_with_ttl(key, value, SEC * rng.below(20) as u32)),
+                        3 => drop(cache.insert_with_ttl_with_guard(
+                            key,
+                            value,
+                            SEC * rng.below(20) as u32,
+                            &guard,
+                        )),
                         4..=6 => {
                             if let Some(v) = cache.get_with_guard(&key, &guard) {
                                 assert!(v.id < THREADS * OPS);

@@ -25,10 +25,10 @@
 //!
 //! | method | progress |
 //! |---|---|
-//! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin) |
-//! | [`insert`](Cache::insert), [`insert_if_absent`](Cache::insert_if_absent), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
+//! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin, unless it removes an expired entry) |
+//! | [`insert`](Cache::insert), [`insert_with_ttl`](Cache::insert_with_ttl), [`insert_if_absent`](Cache::insert_if_absent), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
 //! | [`get_or_insert_with`](Cache::get_or_insert_with) | a hit is lock-free; a miss waits for the caller computing the same key |
-//! | [`iter`](Cache::iter) (each `next`), [`retain`](Cache::retain) | lock-free; weakly consistent, one bucket at a time |
+//! | [`iter`](Cache::iter) (each `next`), [`retain`](Cache::retain), [`purge_expired`](Cache::purge_expired) | lock-free; weakly consistent, one bucket at a time |
 //!
 //! # Capacity and weight
 //!
@@ -1061,13 +1061,54 @@ where
     /// assert_eq!(cache.insert_with_ttl("token", 3, Duration::from_secs(1)), None);
     /// ```
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: core::time::Duration) -> Option<V> {
+        self.insert_with_ttl_pinned(key, value, ttl, &self.pin())
+    }
+
+    /// [`insert_with_ttl`](Self::insert_with_ttl) under a guard the caller already holds.
+    ///
+    /// # Panics
+    ///
+    /// If `guard` does not pin the cache's collector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10).clock(clock.clone()).build();
+    /// let guard = crossbeam_epoch::pin();
+    /// cache.insert_with_ttl_with_guard(1, 'a', Duration::from_secs(1), &guard);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(cache.get_with_guard(&1, &guard), None);
+    /// ```
+    #[track_caller]
+    pub fn insert_with_ttl_with_guard(
+        &self,
+        key: K,
+        value: V,
+        ttl: core::time::Duration,
+        guard: &Guard,
+    ) -> Option<V> {
+        self.check_guard(guard);
+        self.insert_with_ttl_pinned(key, value, ttl, guard)
+    }
+
+    fn insert_with_ttl_pinned(
+        &self,
+        key: K,
+        value: V,
+        ttl: core::time::Duration,
+        guard: &Guard,
+    ) -> Option<V> {
         // Relaxed: set before the entry is allocated, and published to readers with it (see
         // `is_expired`).
         if !self.expiring.load(Ordering::Relaxed) {
             self.expiring.store(true, Ordering::Relaxed);
         }
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        self.insert_pinned(key, value, Some(ttl), &self.pin())
+        self.insert_pinned(key, value, Some(ttl), guard)
             .unwrap_or_else(|(k, v)| {
                 self.notify(&k, &v, RemovalCause::Refused);
                 None
