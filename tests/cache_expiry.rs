@@ -457,3 +457,17 @@ fn concurrent_lookups_inserts_and_clock_advances_account_exactly() {
     drop(collector);
     log.assert_all_dropped_once();
 }
+
+#[test]
+fn with_a_ttl_an_insert_that_evicts_nothing_reads_the_clock_once() {
+    let clock = CountingClock::default();
+    let cache = Cache::builder(10)
+        .time_to_live(SEC)
+        .clock(clock.clone())
+        .build();
+    for k in 0..5u32 {
+        cache.insert(k, k);
+    }
+    // One read each, for the deadline: the eviction check reads it only when over capacity.
+    assert_eq!(clock.reads.load(Ordering::SeqCst), 5);
+}

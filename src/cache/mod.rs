@@ -1131,8 +1131,10 @@ where
     }
 
     fn evict_over_capacity(&self, guard: &Guard) {
-        let now = self.eviction_now();
+        // Read once, and only if something must be evicted: most inserts evict nothing.
+        let mut now = None;
         while self.weight.get() > self.capacity {
+            let now = *now.get_or_insert_with(|| self.eviction_now());
             match self.policy.evict_one(&self.index, now, guard) {
                 Evicted::Victim(e) => {
                     self.count_out(e.weight);
