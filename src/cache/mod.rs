@@ -148,7 +148,8 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries stored (new keys and replacements).
     pub inserts: u64,
-    /// Entries evicted by the policy.
+    /// Entries evicted by the policy to make room (expired entries it removes are not counted:
+    /// the listener hears them as [`RemovalCause::Expired`]).
     pub evictions: u64,
     /// Entries refused for being heavier than the capacity.
     pub refused: u64,

@@ -261,14 +261,15 @@ impl<K, V> Policy<K, V> {
                 // Release: pairs with the Acquire load above in whichever thread pops it next
                 // (none: we retire it now) and documents that the entry left the index.
                 e.dead.store(true, Ordering::Release);
-                self.retire(p, guard);
                 if expired {
                     // Not evicted for room: the ghost list does not remember it.
+                    self.retire(p, guard);
                     return Evicted::Expired(e);
                 }
                 if fifo == Fifo::Small {
                     self.ghost.insert(e.hash);
                 }
+                self.retire(p, guard);
                 return Evicted::Victim(e);
             }
             // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
