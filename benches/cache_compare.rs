@@ -8,8 +8,8 @@
 //! replayed on one thread, in order, on a fresh cache per contender: `get(k)`, and on a miss
 //! `insert(k, v)`; hit ratio = hits / requests, cold misses included. Workloads:
 //!
-//! - `zipf_0.99`: Zipf(0.99) over 100,000 keys, 1,000,000 requests, at capacities 1,000 (1%)
-//!   and 10,000 (10%);
+//! - `zipf_0.99`, `zipf_0.7`, `zipf_1.2`: Zipf(s) over 100,000 keys, 1,000,000 requests, at
+//!   capacities 1,000 (1%) and 10,000 (10%);
 //! - the ARC traces in `../shared/traces` (format in its README): `OLTP` at 1,000 and 10,000
 //!   entries, `P3` and `P6` at 32,768 and 131,072 entries. If the directory is missing, a line
 //!   says the traces were skipped and why.
@@ -119,9 +119,18 @@ fn value_of(key: u64) -> u64 {
 // Workloads
 // ----------------------------------------------------------------------------------------------
 
+/// Exponents of the Zipf hit-ratio workloads: the throughput scenarios' `ZIPF_S`, and a flatter
+/// and a steeper one, where recency and frequency weigh differently.
+const HIT_RATIO_ZIPF_S: [f64; 3] = [ZIPF_S, 0.7, 1.2];
+
 /// `len` keys drawn from Zipf(`ZIPF_S`) over `0..ZIPF_KEYS`, from a generator seeded with `seed`.
 fn zipf_keys(len: usize, seed: u64) -> Vec<u64> {
-    let zipf = Zipf::new(ZIPF_KEYS as f64, ZIPF_S).expect("valid Zipf parameters");
+    zipf_keys_with(ZIPF_S, len, seed)
+}
+
+/// `len` keys drawn from Zipf(`s`) over `0..ZIPF_KEYS`, from a generator seeded with `seed`.
+fn zipf_keys_with(s: f64, len: usize, seed: u64) -> Vec<u64> {
+    let zipf = Zipf::new(ZIPF_KEYS as f64, s).expect("valid Zipf parameters");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     // The sample is an integer-valued float in `1..=ZIPF_KEYS`.
     (0..len).map(|_| zipf.sample(&mut rng) as u64 - 1).collect()
@@ -287,13 +296,15 @@ struct Workload {
 fn workloads(zipf_requests: usize, max: usize, filter: &str) -> (Vec<Workload>, Vec<String>) {
     let mut out = Vec::new();
     let mut notes = Vec::new();
-    let zipf_name = "hit_ratio/zipf_0.99".to_owned();
-    if zipf_name.contains(filter) {
-        out.push(Workload {
-            name: zipf_name,
-            keys: zipf_keys(zipf_requests.min(max), 0x5EED_0001),
-            capacities: &[1_000, 10_000],
-        });
+    for s in HIT_RATIO_ZIPF_S {
+        let zipf_name = format!("hit_ratio/zipf_{s}");
+        if zipf_name.contains(filter) {
+            out.push(Workload {
+                name: zipf_name,
+                keys: zipf_keys_with(s, zipf_requests.min(max), 0x5EED_0001),
+                capacities: &[1_000, 10_000],
+            });
+        }
     }
     let traces: [(&str, &'static [u64]); 3] = [
         ("OLTP", &[1_000, 10_000]),
