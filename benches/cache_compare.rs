@@ -660,7 +660,7 @@ fn main() {
         println!(
             "\n### Hit ratio\n\nSingle thread, sequential replay: `get(k)`, on a miss `insert(k, v)`; \
              hit ratio = hits / requests (cold misses included). Every contender hashes with \
-             `BuildHasherDefault<DefaultHasher>`; Zipf(0.99) over {ZIPF_KEYS} keys, seed fixed; {limit}. \
+             `BuildHasherDefault<DefaultHasher>`; Zipf(0.7, 0.99 and 1.2) over {ZIPF_KEYS} keys, seed fixed; {limit}. \
              moka: `run_pending_tasks()` after every insert; quick_cache: {QUICK_CACHE_SHARDS} shards; \
              lru: exact LRU. Last column: latchless minus the best of the three peers, in percentage \
              points.\n"
