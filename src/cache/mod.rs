@@ -598,11 +598,26 @@ where
         Q: Eq + ?Sized,
     {
         let e = self.index.find(hash, key, guard)?;
-        if self.is_expired(e) {
-            self.expire(e, guard);
+        // The flag first, inline: a cache that never set a deadline pays one load and a branch
+        // per lookup; the rest is out of line.
+        // Relaxed: as in `is_expired`.
+        if self.expiring.load(Ordering::Relaxed) && self.expire_if_due(e, guard) {
             return None;
         }
         Some(e)
+    }
+
+    /// `find_live`'s check of an entry in a cache with deadlines: removes `e` if it has expired
+    /// and says whether it had. Out of line, so that the lookups of caches without a time-to-live
+    /// keep their code tight.
+    #[cold]
+    #[inline(never)]
+    fn expire_if_due(&self, e: &Entry<K, V>, guard: &Guard) -> bool {
+        if !self.is_expired(e) {
+            return false;
+        }
+        self.expire(e, guard);
+        true
     }
 
     /// Removes an entry found expired, telling the listener `Expired`; nothing if a concurrent
