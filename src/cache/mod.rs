@@ -819,7 +819,7 @@ where
     /// assert_eq!(cache.insert(1, "b"), Some("a"));
     /// ```
     pub fn insert(&self, key: K, value: V) -> Option<V> {
-        self.insert_or_notify(key, value, &self.pin())
+        self.insert_or_notify(key, value, self.time_to_live, &self.pin())
     }
 
     /// [`insert`](Self::insert) under a guard the caller already holds.
@@ -841,12 +841,13 @@ where
     #[track_caller]
     pub fn insert_with_guard(&self, key: K, value: V, guard: &Guard) -> Option<V> {
         self.check_guard(guard);
-        self.insert_or_notify(key, value, guard)
+        self.insert_or_notify(key, value, self.time_to_live, guard)
     }
 
-    /// `insert`'s refusal path: the listener hears of a too-heavy entry, which is then dropped.
-    fn insert_or_notify(&self, key: K, value: V, guard: &Guard) -> Option<V> {
-        self.insert_pinned(key, value, self.time_to_live, guard)
+    /// `insert`'s and `insert_with_ttl`'s refusal path: the listener hears of a too-heavy entry,
+    /// which is then dropped. `ttl` in nanoseconds, `None` for never.
+    fn insert_or_notify(&self, key: K, value: V, ttl: Option<u64>, guard: &Guard) -> Option<V> {
+        self.insert_pinned(key, value, ttl, guard)
             .unwrap_or_else(|(k, v)| {
                 self.notify(&k, &v, RemovalCause::Refused);
                 None
@@ -1124,11 +1125,7 @@ where
             self.expiring.store(true, Ordering::Relaxed);
         }
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        self.insert_pinned(key, value, Some(ttl), guard)
-            .unwrap_or_else(|(k, v)| {
-                self.notify(&k, &v, RemovalCause::Refused);
-                None
-            })
+        self.insert_or_notify(key, value, Some(ttl), guard)
     }
 
     /// Bookkeeping for an entry this thread unlinked from the index: marks it dead for its FIFO,
