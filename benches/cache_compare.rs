@@ -33,11 +33,13 @@
 //!
 //! **Throughput**, interleaved as in `benches/compare.rs`: R rounds (`LATCHLESS_BENCH_ROUNDS`,
 //! default 9, at least 7); each round runs every contender once, in an order rotated from round
-//! to round. Scenarios: `cache/get_insert_90_10/{1t,2t}` (90% `get`, 10% `insert`) and
-//! `cache/get_100/{1t,2t}` (`get` only), keys from Zipf(0.99) over 100,000 keys, capacity
-//! 10,000; then the same four as `cache/one_hasher/...`, where every contender hashes with
-//! latchless's `DefaultHashBuilder` (foldhash, randomly seeded), so that the hasher is not what
-//! separates them. Each run builds a fresh cache with default settings (random hashers; latchless counts
+//! to round. Scenarios: `cache/get_insert_90_10/{1t,2t}` (90% `get`, 10% `insert`),
+//! `cache/get_100/{1t,2t}` (`get` only) and `cache/insert_100/{1t,2t}` (`insert` only: with
+//! these keys about four in five replace a present key's value, as a per-session state update
+//! does, and the rest add a key and evict), keys from Zipf(0.99) over 100,000 keys, capacity
+//! 10,000; then the first four again as `cache/one_hasher/...`, where every contender hashes
+//! with latchless's `DefaultHashBuilder` (foldhash, randomly seeded), so that the hasher is not
+//! what separates them. Each run builds a fresh cache with default settings (random hashers; latchless counts
 //! no lookups by default, and runs once more with `count_lookups(true)`), prefills it with
 //! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
 //! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
@@ -553,11 +555,13 @@ const fn one_hasher(name: &'static str, threads: u64, insert_percent: u64) -> Sc
     }
 }
 
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 10] = [
     scenario("cache/get_insert_90_10/1t", 1, INSERT_PERCENT),
     scenario("cache/get_insert_90_10/2t", 2, INSERT_PERCENT),
     scenario("cache/get_100/1t", 1, 0),
     scenario("cache/get_100/2t", 2, 0),
+    scenario("cache/insert_100/1t", 1, 100),
+    scenario("cache/insert_100/2t", 2, 100),
     one_hasher("cache/one_hasher/get_insert_90_10/1t", 1, INSERT_PERCENT),
     one_hasher("cache/one_hasher/get_insert_90_10/2t", 2, INSERT_PERCENT),
     one_hasher("cache/one_hasher/get_100/1t", 1, 0),

@@ -8,28 +8,32 @@
 //! allocates nothing and never waits for a writer; a writer builds the bucket's next word and
 //! swings it with one compare-and-swap, retrying on conflict, and retires a replaced array
 //! through crossbeam-epoch. Entries themselves are immutable once published (but for their
-//! access counter and their `dead` flag); a replaced value is a new entry.
+//! access counter); a replaced value is a new entry.
 //!
 //! A bucket of one entry, the most common kind, holds the entry's pointer itself (tagged in its
 //! low bit): a hit then takes two dependent loads after the table (bucket word, entry) instead
 //! of three, and replacing, adding the first entry or removing the last allocates and retires
 //! nothing.
 //!
-//! Entries are owned by the eviction policy's FIFOs, not by the index: every entry the index ever
-//! published sits in exactly one FIFO until it is popped there, and only then is it retired to
-//! the epoch (see `policy`). The index only publishes and unlinks them.
+//! The index owns its entries: an entry is published once and leaves the index once, by the
+//! one compare-and-swap that swings it out of its bucket, and the thread whose swap that was
+//! retires it to the epoch (the unlinking methods hand it the entry's pointer for that). The
+//! eviction policy's FIFOs hold no entries, only each key's *handle*: a number an entry carries,
+//! given to a key when it is added and copied into every entry that replaces it, so that a
+//! replacement keeps its key's place in the FIFOs without touching them (see `policy`).
 
-use crate::sync::{epoch, AtomicBool, AtomicPtr, AtomicU8, Ordering, Track};
+use crate::sync::{epoch, AtomicPtr, AtomicU64, AtomicU8, Ordering, Track};
 use core::borrow::Borrow;
 use core::marker::PhantomData;
 use epoch::Guard;
 use std::alloc::{self, Layout};
 
-/// One key-value pair, immutable once published but for `freq` and `dead`.
+/// One key-value pair, immutable once published but for `freq`.
 ///
 /// `repr(C)` keeps what a hit reads (the hash, the key, the value, the access counter) together
 /// at the front, in that order, and the weight, which only writers read, behind them, then the
-/// expiry deadline, which a hit reads only in a cache that has ever set one: entries
+/// expiry deadline, which a hit reads only in a cache that has ever set one, then the handle,
+/// which only the eviction policy reads: entries
 /// are 16-byte aligned by the allocator, so with small keys and values a hit then touches one
 /// cache line where the compiler's own order (the `u64`s first, the counter last) often
 /// straddled two.
@@ -40,13 +44,15 @@ pub(super) struct Entry<K, V> {
     pub(super) value: V,
     /// S3-FIFO's 2-bit saturating access counter (0..=3), bumped by reads.
     pub(super) freq: AtomicU8,
-    /// Set once the entry has left the index (removed, replaced, evicted or cleared): the FIFO
-    /// that owns it can then retire it without looking it up.
-    pub(super) dead: AtomicBool,
     pub(super) weight: u64,
     /// When the entry expires, in nanoseconds of the cache's clock: it is expired once the clock
     /// reads this or later. `u64::MAX` for never.
     pub(super) deadline: u64,
+    /// The key's handle in the eviction policy's FIFOs: fresh when the key was added, inherited
+    /// from the entry it replaced otherwise. Written only before the entry is published (by
+    /// [`Index::publish`] and [`Index::replace`], whose Release compare-and-swap publishes it),
+    /// read only after.
+    pub(super) handle: AtomicU64,
     /// Under loom, reports an entry that was never freed when a model ends.
     _track: Track<()>,
 }
@@ -60,7 +66,7 @@ impl<K, V> Entry<K, V> {
             weight,
             deadline,
             freq: AtomicU8::new(0),
-            dead: AtomicBool::new(false),
+            handle: AtomicU64::new(0),
             _track: Track::new(()),
         }
     }
@@ -83,8 +89,24 @@ impl<K, V> Entry<K, V> {
         }
     }
 
-    /// Moves an entry to the heap. The pointer is the owner's: it is freed by the epoch after its
-    /// FIFO pops it, by the cache's `Drop`, or by `reclaim` if it was never published.
+    /// The key's handle (see the field).
+    #[inline]
+    pub(super) fn handle(&self) -> u64 {
+        // Relaxed: written before publication, and read by threads that found the entry through
+        // a bucket's Acquire load (or by the thread that wrote it).
+        self.handle.load(Ordering::Relaxed)
+    }
+
+    /// Sets the handle of an entry not yet published.
+    #[inline]
+    fn set_handle(&self, handle: u64) {
+        // Relaxed: published by the Release compare-and-swap that publishes the entry.
+        self.handle.store(handle, Ordering::Relaxed);
+    }
+
+    /// Moves an entry to the heap. The pointer is the owner's: it is freed by the epoch after the
+    /// thread that unlinks it from the index retires it, by the cache's `Drop` while it is in the
+    /// index, or by `reclaim` if it was never published.
     pub(super) fn allocate(self) -> EntryPtr<K, V> {
         Box::into_raw(Box::new(self))
     }
@@ -108,6 +130,10 @@ impl<K, V> Entry<K, V> {
 /// never from a `&Entry`: the pointer that frees an entry must carry the allocation's full
 /// permission (under Tree Borrows, a pointer derived from a shared reference may only read).
 pub(super) type EntryPtr<K, V> = *const Entry<K, V>;
+
+/// An entry just unlinked from the index: its allocating pointer, to retire it, and a borrow of
+/// it for the unlinking thread's guard.
+pub(super) type Unlinked<'g, K, V> = (EntryPtr<K, V>, &'g Entry<K, V>);
 
 /// The tag on a bucket word that holds one entry pointer rather than an array: an entry holds a
 /// `u64`, so it is aligned to at least 4 bytes and its address has its low bit clear.
@@ -156,6 +182,17 @@ fn layout<K, V>(len: usize) -> Layout {
 /// `guard` drops: replaced arrays are retired through the epoch).
 #[inline]
 unsafe fn decode<'g, K, V>(word: *mut u8, _guard: &'g Guard) -> Bucket<'g, K, V> {
+    // SAFETY: the caller's guard keeps an array `word` points to allocated for `'g`.
+    unsafe { decode_for(word) }
+}
+
+/// [`decode`] for a lifetime the caller vouches for.
+///
+/// # Safety
+///
+/// An array `word` points to stays allocated and unchanged for `'a`.
+#[inline]
+unsafe fn decode_for<'a, K, V>(word: *mut u8) -> Bucket<'a, K, V> {
     if word.is_null() {
         Bucket::Many(&[])
     } else if word as usize & ONE != 0 {
@@ -165,12 +202,12 @@ unsafe fn decode<'g, K, V>(word: *mut u8, _guard: &'g Guard) -> Bucket<'g, K, V>
     } else {
         // SAFETY: an untagged, non-null word is an array that `build` wrote (its length at
         // offset 0, then that many initialised pointers) and published before this load; the
-        // caller's guard keeps it allocated.
+        // caller vouches that it stays allocated.
         let len = unsafe { word.cast::<usize>().read() };
         // SAFETY: the pointers start at `PTRS`, inside the same allocation.
         let ptrs = unsafe { word.add(PTRS) }.cast::<EntryPtr<K, V>>();
-        // SAFETY: `len` initialised pointers at `ptrs`, allocated while `guard` lives and never
-        // written after publication.
+        // SAFETY: `len` initialised pointers at `ptrs`, allocated for `'a` and never written
+        // after publication.
         Bucket::Many(unsafe { core::slice::from_raw_parts(ptrs, len) })
     }
 }
@@ -211,8 +248,8 @@ fn build<K, V>(len: usize, mut ptrs: impl Iterator<Item = EntryPtr<K, V>>) -> *m
     }
 }
 
-/// Frees what a bucket word owns: an array (an entry belongs to its FIFO, and null owns
-/// nothing).
+/// Frees what a bucket word owns itself: an array (its entries are retired one by one by
+/// whoever unlinks them, and null owns nothing).
 ///
 /// # Safety
 ///
@@ -299,6 +336,21 @@ impl<K, V> Index<K, V> {
         (word, unsafe { decode(word, guard) })
     }
 
+    /// The entry in the bucket of `hash` whose key holds `handle`, if any: the key's current
+    /// entry, for the eviction policy.
+    pub(super) fn find_handle<'g>(
+        &self,
+        hash: u64,
+        handle: u64,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>> {
+        self.load(hash, guard).1.entries().iter().find_map(|&p| {
+            // SAFETY: as in `find`.
+            let e: &'g Entry<K, V> = unsafe { &*p };
+            (e.handle() == handle).then_some(e)
+        })
+    }
+
     /// The entry for `key` in the bucket of `hash`, if any.
     #[inline]
     pub(super) fn find<'g, Q>(
@@ -342,12 +394,15 @@ impl<K, V> Index<K, V> {
 
     /// Publishes `new_ptr` (allocated by this thread and not yet published anywhere). If its
     /// bucket holds an entry with the same key, `replace` decides: that entry is swapped out
-    /// ([`Published::Replaced`]) or kept, and `new_ptr` left unpublished
-    /// ([`Published::Present`]). Lock-free.
+    /// ([`Published::Replaced`], the new entry inheriting its handle; the caller retires it) or
+    /// kept, and `new_ptr` left unpublished ([`Published::Present`]). If the key is absent, the
+    /// new entry takes a handle from `fresh` (called at most once) and is [`Published::Added`].
+    /// Lock-free.
     pub(super) fn publish<'g>(
         &self,
         new_ptr: EntryPtr<K, V>,
         replace: bool,
+        mut fresh: impl FnMut() -> u64,
         guard: &'g Guard,
     ) -> Published<'g, K, V>
     where
@@ -357,6 +412,7 @@ impl<K, V> Index<K, V> {
         // then retired, which cannot happen before this call returns.
         let new = unsafe { &*new_ptr };
         let backoff = crate::sync::Backoff::new();
+        let mut fresh_handle = None;
         loop {
             let (cur, bucket) = self.load(new.hash, guard);
             let slots = bucket.entries();
@@ -369,15 +425,21 @@ impl<K, V> Index<K, V> {
             let old = same_key.map(|i| (i, unsafe { &*slots[i] }));
             let next = match old {
                 Some(_) if !replace => return Published::Present,
-                Some((i, _)) => with_slot(slots, i, new_ptr),
-                None => build(
-                    slots.len() + 1,
-                    slots.iter().copied().chain(core::iter::once(new_ptr)),
-                ),
+                Some((i, e)) => {
+                    new.set_handle(e.handle());
+                    with_slot(slots, i, new_ptr)
+                }
+                None => {
+                    new.set_handle(*fresh_handle.get_or_insert_with(&mut fresh));
+                    build(
+                        slots.len() + 1,
+                        slots.iter().copied().chain(core::iter::once(new_ptr)),
+                    )
+                }
             };
             if self.swap_bucket(new.hash, cur, next, guard) {
                 return match old {
-                    Some((_, e)) => Published::Replaced(e),
+                    Some((i, e)) => Published::Replaced(slots[i], e),
                     None => Published::Added,
                 };
             }
@@ -386,22 +448,26 @@ impl<K, V> Index<K, V> {
     }
 
     /// Replaces the entry `expected` (by identity) with `new` (allocated by this thread, not yet
-    /// published), or unlinks it if `new` is `None`, provided it is still in its bucket. Returns
-    /// `false` if it is not. Lock-free.
+    /// published, and given `expected`'s handle here), or unlinks it if `new` is `None`,
+    /// provided it is still in its bucket. Returns its allocating pointer, for the caller to
+    /// retire: it left the index by this call. `None` if it is not in its bucket (another thread
+    /// unlinked it, and retires it). Lock-free.
     pub(super) fn replace(
         &self,
         expected: &Entry<K, V>,
         new: Option<EntryPtr<K, V>>,
         guard: &Guard,
-    ) -> bool {
+    ) -> Option<EntryPtr<K, V>> {
         let backoff = crate::sync::Backoff::new();
         let expected_ptr: EntryPtr<K, V> = expected;
+        if let Some(new) = new {
+            // SAFETY: allocated by the caller and not yet published: alive, and ours to write.
+            unsafe { &*new }.set_handle(expected.handle());
+        }
         loop {
             let (cur, bucket) = self.load(expected.hash, guard);
             let slots = bucket.entries();
-            let Some(i) = slots.iter().position(|&p| p == expected_ptr) else {
-                return false;
-            };
+            let i = slots.iter().position(|&p| p == expected_ptr)?;
             let next = match new {
                 Some(new) => with_slot(slots, i, new),
                 None => build(
@@ -414,7 +480,8 @@ impl<K, V> Index<K, V> {
                 ),
             };
             if self.swap_bucket(expected.hash, cur, next, guard) {
-                return true;
+                // The bucket's copy, not `expected_ptr`: it descends from the entry's allocation.
+                return Some(slots[i]);
             }
             backoff.spin();
         }
@@ -434,8 +501,8 @@ impl<K, V> Index<K, V> {
                 // contents, and neither an array nor an entry we loaded can be freed and its
                 // address reused while we are pinned. So the bucket held exactly what we read.
                 // SAFETY: `cur` left the bucket by our compare-and-swap, and readers that loaded
-                // it are pinned. Retiring an array drops no entry; an entry retires with its
-                // FIFO.
+                // it are pinned. Retiring an array drops no entry; an entry that left the index
+                // is retired by our caller.
                 unsafe { retire::<K, V>(cur, guard) };
                 true
             }
@@ -447,8 +514,9 @@ impl<K, V> Index<K, V> {
         }
     }
 
-    /// Empties every bucket and returns the entries that were in them (now unlinked).
-    pub(super) fn take_all<'g>(&self, guard: &'g Guard) -> Vec<&'g Entry<K, V>> {
+    /// Empties every bucket and returns the entries that were in them (now unlinked, for the
+    /// caller to retire): each entry's allocating pointer and a borrow of it.
+    pub(super) fn take_all<'g>(&self, guard: &'g Guard) -> Vec<Unlinked<'g, K, V>> {
         let mut taken = Vec::new();
         for bucket in self.buckets.iter() {
             // AcqRel: Acquire as in `load` (we read the entries), Release so that a later
@@ -458,18 +526,28 @@ impl<K, V> Index<K, V> {
             // and stays allocated meanwhile.
             let entries = unsafe { decode::<K, V>(word, guard) };
             // SAFETY: as in `find`.
-            taken.extend(entries.entries().iter().map(|&p| unsafe { &*p }));
+            taken.extend(entries.entries().iter().map(|&p| (p, unsafe { &*p })));
             // SAFETY: unreachable now; readers that loaded it are pinned.
             unsafe { retire::<K, V>(word, guard) };
         }
         taken
     }
 
-    /// Frees every bucket array (not the entries) through exclusive access.
-    pub(super) fn free_arrays(&mut self) {
+    /// Drops every entry still in the index, and frees every bucket array, through exclusive
+    /// access.
+    pub(super) fn drop_all(&mut self) {
         for bucket in self.buckets.iter() {
             // Relaxed: exclusive access.
             let word = bucket.swap(core::ptr::null_mut(), Ordering::Relaxed);
+            // SAFETY: exclusive access: the word is no other thread's, and nothing frees it
+            // before the `free` below, after the last use of `bucket`.
+            let entries = unsafe { decode_for::<K, V>(word) };
+            for &p in entries.entries() {
+                // SAFETY: an entry in the index has not been retired (whoever unlinks it retires
+                // it, and it is still linked); exclusive access means no reader holds it; it
+                // is in one bucket once, so dropped once. `p` descends from its allocation.
+                drop(unsafe { Entry::reclaim(p) });
+            }
             // SAFETY: unreachable now, and no other thread can hold it (exclusive access).
             unsafe { free::<K, V>(word) };
         }
@@ -480,8 +558,9 @@ impl<K, V> Index<K, V> {
 pub(super) enum Published<'g, K, V> {
     /// The key was absent: the new entry is in.
     Added,
-    /// The new entry took the place of this one, which is out of the index now.
-    Replaced(&'g Entry<K, V>),
+    /// The new entry took the place of this one (its allocating pointer and a borrow), which is
+    /// out of the index now, for the caller to retire.
+    Replaced(EntryPtr<K, V>, &'g Entry<K, V>),
     /// An entry holds the key and stays (`replace` was false); the new one was not published.
     Present,
 }

@@ -623,7 +623,9 @@ where
     /// Removes an entry found expired, telling the listener `Expired`; nothing if a concurrent
     /// writer unlinked it first (that writer settles it).
     fn expire(&self, e: &Entry<K, V>, guard: &Guard) {
-        if self.index.replace(e, None, guard) {
+        if let Some(p) = self.index.replace(e, None, guard) {
+            // SAFETY: unlinked by our own swap just now; retired once, here.
+            unsafe { self.policy.retire(p, guard) };
             self.settle(e, RemovalCause::Expired);
             self.sweep(guard);
         }
@@ -982,7 +984,8 @@ where
         let new_ptr = Entry::new(key, value, hash, weight, deadline).allocate();
         // SAFETY: as in `insert_pinned`.
         let new = unsafe { &*new_ptr };
-        while let Published::Present = self.index.publish(new_ptr, false, guard) {
+        let fresh = || self.policy.fresh_handle();
+        while let Published::Present = self.index.publish(new_ptr, false, fresh, guard) {
             // Present, unless what is there has expired: then it is removed, and we try again.
             if self.find_live(hash, &new.key, guard).is_none() {
                 continue;
@@ -996,7 +999,7 @@ where
         self.stats.inserts.increment();
         // Admitted before anything can call user code, as in `insert_pinned`. A new key: the
         // small FIFO, or main if the ghost list remembers it.
-        self.policy.admit((new_ptr, new), false);
+        self.policy.admit(new);
         self.evict_over_capacity(guard);
         Ok(())
     }
@@ -1019,37 +1022,43 @@ where
         // releases weight that was not added.
         self.count_in(weight);
         let new_ptr = Entry::new(key, value, hash, weight, self.deadline(ttl)).allocate();
-        // SAFETY: just allocated; it is freed only after it has been published, then unlinked,
-        // popped from its FIFO and retired, all of which happen after this borrow (`guard` keeps
-        // it allocated until then anyway).
+        // SAFETY: just allocated; it is freed only after it has been published, then unlinked and
+        // retired, all of which happen after this borrow (`guard` keeps it allocated until then
+        // anyway).
         let new = unsafe { &*new_ptr };
-        // An expired entry replaced is `stale`: the key counts as absent, and its value leaves as
-        // `Expired`.
-        let (old, stale) = match self.index.publish(new_ptr, true, guard) {
-            Published::Replaced(old) if self.is_expired(old) => (None, Some(old)),
-            Published::Replaced(old) => (Some(old), None),
+        let fresh = || self.policy.fresh_handle();
+        let replaced = match self.index.publish(new_ptr, true, fresh, guard) {
+            Published::Replaced(p, old) => Some((p, old)),
             // `Present` only comes back when `replace` is false.
-            Published::Added | Published::Present => (None, None),
+            Published::Added | Published::Present => None,
         };
         self.stats.inserts.increment();
-        if let Some(old) = old {
-            // A replacement has proven its key's reuse: it starts in main, keeping its count.
-            // Relaxed: a hint, as in `Entry::touch`.
-            new.freq
-                .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
+        let Some((old_ptr, old)) = replaced else {
+            // A new key. Admitted before anything can call user code (the listener, in
+            // `evict_over_capacity`): a panic there must not leave a published key that no FIFO
+            // holds.
+            self.policy.admit(new);
+            self.evict_over_capacity(guard);
+            return Ok(None);
+        };
+        // SAFETY: swapped out by our own publish just now; retired once, here, before any user
+        // code runs (a panicking listener must not leak it). `guard` keeps it readable below.
+        unsafe { self.policy.retire(old_ptr, guard) };
+        // The new entry inherited the key's handle, so its place in the FIFOs: nothing to queue.
+        if self.is_expired(old) {
+            // An expired entry replaced: the key counts as absent, and its value leaves as
+            // `Expired`.
+            self.settle(old, RemovalCause::Expired);
+            self.evict_over_capacity(guard);
+            return Ok(None);
         }
-        // Admitted before anything can call user code (the listener, in `release`): a panic there
-        // must not leave a published entry that no FIFO owns.
-        self.policy.admit((new_ptr, new), old.is_some());
-        if let Some(stale) = stale {
-            self.settle(stale, RemovalCause::Expired);
-        }
-        let replaced = old.map(|old| self.release(old, RemovalCause::Replaced));
+        // A replacement is an access: it keeps its key's count, plus one.
+        // Relaxed: a hint, as in `Entry::touch`.
+        let freq = old.freq.load(Ordering::Relaxed);
+        new.freq.store((freq + 1).min(3), Ordering::Relaxed);
+        let replaced = self.release(old, RemovalCause::Replaced);
         self.evict_over_capacity(guard);
-        if old.is_some() || stale.is_some() {
-            self.sweep(guard);
-        }
-        Ok(replaced)
+        Ok(Some(replaced))
     }
 
     /// Like [`insert`](Self::insert), but the entry expires `ttl` after now, whatever the
@@ -1128,8 +1137,8 @@ where
         self.insert_or_notify(key, value, Some(ttl), guard)
     }
 
-    /// Bookkeeping for an entry this thread unlinked from the index: marks it dead for its FIFO,
-    /// releases its weight, tells the listener, and returns a clone of its value.
+    /// Bookkeeping for an entry this thread unlinked from the index (and retired): releases its
+    /// weight, tells the listener, and returns a clone of its value.
     fn release(&self, e: &Entry<K, V>, cause: RemovalCause) -> V {
         self.settle(e, cause);
         e.value.clone()
@@ -1137,8 +1146,6 @@ where
 
     /// [`release`](Self::release) without the clone.
     fn settle(&self, e: &Entry<K, V>, cause: RemovalCause) {
-        // Release: pairs with the Acquire load in the policy, which retires dead entries.
-        e.dead.store(true, Ordering::Release);
         self.count_out(e.weight);
         self.notify(&e.key, &e.value, cause);
     }
@@ -1154,7 +1161,7 @@ where
                     self.stats.evictions.increment();
                     self.notify(&e.key, &e.value, RemovalCause::Evicted);
                 }
-                // Marked dead by the policy already; not counted as an eviction.
+                // Not counted as an eviction.
                 Evicted::Expired(e) => {
                     self.count_out(e.weight);
                     self.notify(&e.key, &e.value, RemovalCause::Expired);
@@ -1165,14 +1172,14 @@ where
         }
     }
 
-    /// After a removal or replacement left a dead entry in a FIFO: if the FIFOs hold more than
-    /// twice the live entries, retire dead entries from their fronts, so insert/remove churn that
-    /// evicts nothing cannot grow them without bound.
+    /// After a removal left a stale handle in a FIFO: if the FIFOs hold more than twice the live
+    /// entries, drop stale handles from their fronts, so insert/remove churn that evicts nothing
+    /// cannot grow them without bound.
     fn sweep(&self, guard: &Guard) {
         let live = self.len();
         if self.policy.queued() > 2 * live + 16 {
-            // Each removal adds one dead entry; two sweeps of each FIFO retire at least as many
-            // as long as dead entries are at least half of it, which the condition ensures.
+            // Each removal adds one stale handle; two sweeps of each FIFO drop at least as many
+            // as long as stale handles are at least half of it, which the condition ensures.
             self.sweep_once(guard);
             self.sweep_once(guard);
             self.evict_over_capacity(guard);
@@ -1188,7 +1195,7 @@ where
             .into_iter()
             .flatten()
         {
-            // Marked dead by the policy already.
+            // Unlinked and retired by the policy already.
             self.count_out(e.weight);
             self.notify(&e.key, &e.value, RemovalCause::Expired);
         }
@@ -1248,7 +1255,9 @@ where
         let hash = self.hash(key);
         loop {
             let e = self.find_live(hash, key, guard)?;
-            if self.index.replace(e, None, guard) {
+            if let Some(p) = self.index.replace(e, None, guard) {
+                // SAFETY: unlinked by our own swap just now; retired once, here.
+                unsafe { self.policy.retire(p, guard) };
                 let value = self.release(e, RemovalCause::Removed);
                 self.sweep(guard);
                 return Some(value);
@@ -1368,7 +1377,9 @@ where
                 for (e, cause) in rejected.drain(..) {
                     // Unlinked only if it is still the key's entry: a replacement is not judged
                     // here.
-                    if self.index.replace(e, None, &guard) {
+                    if let Some(p) = self.index.replace(e, None, &guard) {
+                        // SAFETY: unlinked by our own swap just now; retired once, here.
+                        unsafe { self.policy.retire(p, &guard) };
                         self.settle(e, cause);
                         self.sweep(&guard);
                     }
@@ -1504,16 +1515,17 @@ where
             let e = unsafe { &*p };
             // Counted before publication, as in `insert_pinned`.
             self.count_in(weight);
-            if self.index.replace(old, Some(p), guard) {
+            if let Some(old_ptr) = self.index.replace(old, Some(p), guard) {
                 self.stats.inserts.increment();
+                // SAFETY: swapped out by our own swap just now; retired once, here, before the
+                // listener runs, as in `insert_pinned`.
+                unsafe { self.policy.retire(old_ptr, guard) };
+                // An access, as in `insert_pinned`; the key's handle passed to `e` with the swap.
                 // Relaxed: a hint, as in `Entry::touch`.
-                e.freq
-                    .store(old.freq.load(Ordering::Relaxed), Ordering::Relaxed);
-                // Admitted before the listener runs, as in `insert_pinned`.
-                self.policy.admit((p, e), true);
+                let freq = old.freq.load(Ordering::Relaxed);
+                e.freq.store((freq + 1).min(3), Ordering::Relaxed);
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
-                self.sweep(guard);
                 return Ok(());
             }
             self.count_out(weight);
@@ -1672,7 +1684,9 @@ where
     }
 
     fn clear_pinned(&self, guard: &Guard) {
-        for e in self.index.take_all(guard) {
+        for (p, e) in self.index.take_all(guard) {
+            // SAFETY: swapped out of its bucket by our own `take_all`; retired once, here.
+            unsafe { self.policy.retire(p, guard) };
             let cause = if self.is_expired(e) {
                 RemovalCause::Expired
             } else {
@@ -1680,11 +1694,29 @@ where
             };
             self.settle(e, cause);
         }
-        // Retire the dead entries now rather than on later sweeps.
+        // Drop the stale handles now rather than on later sweeps.
         for _ in 0..self.policy.queued() {
             self.sweep_once(guard);
         }
         self.evict_over_capacity(guard);
+    }
+}
+
+/// For the model-checking suites (compiled in every build, as `src/sync.rs` alone may switch on
+/// the model checkers); not part of the API.
+impl<K, V, S> Cache<K, V, S> {
+    /// Checks, with no other thread using the cache, that every entry's key has exactly one
+    /// handle in the eviction policy's FIFOs: a key without one could never be evicted, and one
+    /// queued twice would be evicted early.
+    ///
+    /// # Panics
+    ///
+    /// If the check fails.
+    #[doc(hidden)]
+    pub fn __model_check_handles(&self) {
+        let guard = self.pin();
+        let live = self.policy.check_handles(&self.index, &guard);
+        assert_eq!(live, self.len(), "live keys without a queued handle");
     }
 }
 
@@ -1800,10 +1832,9 @@ impl<K, V, S> fmt::Debug for Cache<K, V, S> {
 
 impl<K, V, S> Drop for Cache<K, V, S> {
     fn drop(&mut self) {
-        // Every entry still alive is in exactly one FIFO (its inserter admitted it before
-        // returning; entries already popped and retired are the epoch's): dropping the FIFOs'
-        // entries drops each once. Then the bucket arrays, which own no entry.
-        self.policy.drop_all();
-        self.index.free_arrays();
+        // Every entry still alive is in the index (entries unlinked from it were retired by
+        // whoever unlinked them, and are the epoch's): dropping the index's entries drops each
+        // once. The FIFOs hold only handles.
+        self.index.drop_all();
     }
 }

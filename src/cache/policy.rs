@@ -10,11 +10,23 @@
 //! One-hit wonders thus leave through the small FIFO without disturbing the main one: the policy
 //! resists scans.
 //!
-//! What we changed: the FIFOs are the crate's own lock-free `MsQueue`s of entry pointers, and each
-//! FIFO owns its entries (an entry is retired to the epoch only when its FIFO pops it), so removal
-//! and replacement only mark an entry dead and the FIFO skips it lazily. The ghost list is a fixed
-//! ring of atomic hashes with a direct-mapped table beside it for O(1) membership. Eviction runs on
-//! the inserting thread, one victim at a time.
+//! What we changed: the FIFOs are the crate's own lock-free `MsQueue`s, and they hold keys'
+//! *handles*, not entries. A key gets a fresh handle when it is added, and every entry that
+//! replaces the key's value inherits it (copied before the compare-and-swap that swaps the old
+//! entry out, see `index`), so a replacement keeps its key's place and touches no FIFO. Whoever
+//! pops a handle finds the key's current entry by scanning the bucket of the handle's hash for an
+//! entry carrying it; a handle with no entry is stale (its key was removed or evicted) and is
+//! dropped. The handle's lineage is unbroken: from its key's addition until its removal an entry
+//! carrying it is in the index at every instant (a replacement swaps old for new in one
+//! compare-and-swap of the bucket), and once none is, none can come back (a replacement copies the
+//! handle of an entry that is in the index when its swap succeeds). So a handle found stale stays
+//! stale, and every live key has exactly one handle queued, but while its inserter is about to
+//! queue it or a popper holds it.
+//!
+//! Entries are owned by the index and retired by whoever unlinks them; removal and eviction leave
+//! a stale handle behind, which the FIFOs drop lazily (and the cache sweeps under churn). The
+//! ghost list is a fixed ring of atomic hashes with a direct-mapped table beside it for O(1)
+//! membership. Eviction runs on the inserting thread, one victim at a time.
 
 use super::index::{Entry, EntryPtr, Index};
 use crate::counter::ShardedCounter;
@@ -38,13 +50,14 @@ fn small_share(capacity: u64) -> u64 {
     u64::try_from(share).unwrap_or(u64::MAX).max(1)
 }
 
-/// An entry pointer held by a FIFO, which owns the entry.
-pub(super) struct Queued<K, V>(EntryPtr<K, V>);
-
-// SAFETY: the pointer is the FIFO's ownership of an `Entry<K, V>`; moving it between threads moves
-// (and eventually drops) the entry there, and readers on other threads share `&K`/`&V`: sound when
-// `K` and `V` are `Send + Sync`, which `Cache`'s own `Send`/`Sync` require.
-unsafe impl<K: Send + Sync, V: Send + Sync> Send for Queued<K, V> {}
+/// A key's place in a FIFO: its handle, the hash that finds its bucket, and the weight counted
+/// for it in the small FIFO's total when it was queued.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    hash: u64,
+    handle: u64,
+    weight: u64,
+}
 
 /// Where an entry sits, for the small FIFO's weight.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -63,10 +76,6 @@ pub(super) enum Evicted<'g, K, V> {
     /// Both FIFOs are empty.
     Nothing,
 }
-
-/// An entry this thread owns (newly admitted, or popped from a FIFO): its allocating pointer, to
-/// queue or retire it, and a borrow of it.
-pub(super) type Held<'g, K, V> = (EntryPtr<K, V>, &'g Entry<K, V>);
 
 /// A fixed ring of recently evicted key hashes, with a direct-mapped table for membership.
 struct Ghost {
@@ -121,16 +130,20 @@ impl Ghost {
 
 /// The two FIFOs and the ghost list.
 pub(super) struct Policy<K, V> {
-    small: MsQueue<Queued<K, V>>,
-    main: MsQueue<Queued<K, V>>,
-    /// Total weight of the entries in the small FIFO (dead ones included until popped).
+    small: MsQueue<Queued>,
+    main: MsQueue<Queued>,
+    /// Total weight of the handles in the small FIFO, as queued (stale ones included until
+    /// popped).
     small_weight: AtomicU64,
+    /// The next fresh handle.
+    next_handle: AtomicU64,
     /// Entries retired so far, per thread, to pace `retire`'s flushes: striped, so that the
     /// count adds no shared read-modify-write to every eviction.
     retired: ShardedCounter,
     /// The small FIFO's share of the capacity.
     small_target: u64,
     ghost: Ghost,
+    _entries: core::marker::PhantomData<EntryPtr<K, V>>,
 }
 
 impl<K, V> Policy<K, V> {
@@ -143,100 +156,96 @@ impl<K, V> Policy<K, V> {
             small: MsQueue::with_collector(collector.clone()),
             main: MsQueue::with_collector(collector.clone()),
             small_weight: AtomicU64::new(0),
+            next_handle: AtomicU64::new(0),
             retired: ShardedCounter::for_stats(),
             small_target: small_share(capacity),
             ghost: Ghost::new(entries),
+            _entries: core::marker::PhantomData,
         }
     }
 
-    /// Takes ownership of a newly published entry: `p` is the pointer its inserter allocated,
-    /// `e` a borrow of it. Into main if its key was recently evicted from small (or `to_main` says
-    /// it earned main, e.g. it replaced a value), else into small.
-    pub(super) fn admit(&self, (p, e): Held<'_, K, V>, to_main: bool)
-    where
-        K: Send + Sync,
-        V: Send + Sync,
-    {
-        let fifo = if to_main || self.ghost.contains(e.hash) {
+    /// A handle no key has had.
+    pub(super) fn fresh_handle(&self) -> u64 {
+        // Relaxed: only uniqueness matters, which the read-modify-write gives in any order.
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues the handle of a key just added to the index (`e`, its entry): into main if the key
+    /// was recently evicted from small, else into small.
+    pub(super) fn admit(&self, e: &Entry<K, V>) {
+        let fifo = if self.ghost.contains(e.hash) {
             Fifo::Main
         } else {
             Fifo::Small
         };
-        self.push(fifo, (p, e));
+        self.push(fifo, e);
     }
 
-    /// Queues an entry this thread owns: newly admitted, or popped by this thread.
-    fn push(&self, fifo: Fifo, (p, e): Held<'_, K, V>)
-    where
-        K: Send + Sync,
-        V: Send + Sync,
-    {
-        debug_assert!(
-            core::ptr::eq(p, e),
-            "an entry's pointer and its borrow differ"
-        );
+    /// Queues the handle of `e`'s key: newly admitted, or popped by this thread.
+    fn push(&self, fifo: Fifo, e: &Entry<K, V>) {
+        let q = Queued {
+            hash: e.hash,
+            handle: e.handle(),
+            weight: e.weight,
+        };
         match fifo {
             Fifo::Small => {
                 // Relaxed: a sizing statistic; no memory is published through it.
-                self.small_weight.fetch_add(e.weight, Ordering::Relaxed);
-                self.small.push(Queued(p));
+                self.small_weight.fetch_add(q.weight, Ordering::Relaxed);
+                self.small.push(q);
             }
-            Fifo::Main => self.main.push(Queued(p)),
+            Fifo::Main => self.main.push(q),
         }
     }
 
-    /// Pops an entry, which this thread then owns: its pointer (to push again or retire) and a
-    /// reference to it for `guard`'s life (the guard only bounds the borrow: the queue itself does
-    /// not need it).
-    fn pop<'g>(&self, fifo: Fifo, _guard: &'g Guard) -> Option<Held<'g, K, V>> {
-        let q = match fifo {
-            Fifo::Small => &self.small,
-            Fifo::Main => &self.main,
-        };
-        let Queued(p) = q.pop()?;
-        // SAFETY: a FIFO owns its entries: the entry is retired only by whoever pops it, which is
-        // now this thread, so it is allocated; it lives at least until this thread retires it
-        // under `guard`.
-        let e = unsafe { &*p };
-        if fifo == Fifo::Small {
-            // Relaxed: as in `push`.
-            self.small_weight.fetch_sub(e.weight, Ordering::Relaxed);
+    /// Pops a handle, which this thread then holds: it pushes it again or drops it.
+    fn pop(&self, fifo: Fifo) -> Option<Queued> {
+        match fifo {
+            Fifo::Small => {
+                let q = self.small.pop()?;
+                // Relaxed: as in `push`.
+                self.small_weight.fetch_sub(q.weight, Ordering::Relaxed);
+                Some(q)
+            }
+            Fifo::Main => self.main.pop(),
         }
-        Some((p, e))
     }
 
-    /// Retires an entry this thread popped and will not push again. Every `FLUSH_EVERY`-th
-    /// retirement counted in this thread's cell also flushes the thread's epoch garbage and collects: a caller that holds one
-    /// guard across many operations (the `*_with_guard` methods, re-pinned) never pins afresh, and
-    /// only a fresh pin collects on its own, so without this its retired entries would pile up
-    /// until it dropped the guard.
-    fn retire(&self, p: EntryPtr<K, V>, guard: &Guard) {
+    /// Retires an entry this thread unlinked from the index. Every `FLUSH_EVERY`-th retirement
+    /// counted in this thread's cell also flushes the thread's epoch garbage and collects: a
+    /// caller that holds one guard across many operations (the `*_with_guard` methods,
+    /// re-pinned) never pins afresh, and only a fresh pin collects on its own, so without this
+    /// its retired entries would pile up until it dropped the guard.
+    ///
+    /// # Safety
+    ///
+    /// `p` is the allocating pointer of an entry that this thread's own compare-and-swap just
+    /// swung out of the index (as [`Index::replace`], [`Index::publish`] and
+    /// [`Index::take_all`] report), and this is its one retirement.
+    pub(super) unsafe fn retire(&self, p: EntryPtr<K, V>, guard: &Guard) {
         if self.retired.add_to_cell(1) % FLUSH_EVERY == FLUSH_EVERY - 1 {
             guard.flush();
         }
-        // SAFETY: the entry was popped from its FIFO by this thread, so no FIFO holds it any more;
-        // it has left the index (dead, or unlinked by us), so no new reader can find it; readers
-        // that found it earlier are pinned, and the epoch drops it only after they unpin. Popping
-        // happens once per entry, so it is retired once. `p` is the allocating pointer, so the
-        // epoch frees it with the allocation's own permission.
+        // SAFETY: the entry has left the index, so no new reader can find it (no FIFO holds
+        // entries); readers that found it earlier are pinned, and the epoch drops it only after
+        // they unpin. An entry leaves the index once, by one thread's swap, whose thread retires
+        // it once (the caller's contract). `p` is the allocating pointer, so the epoch frees it
+        // with the allocation's own permission.
         unsafe { guard.defer_destroy(crate::sync::epoch::Shared::from(p)) };
     }
 
     /// Evicts one entry: pops from the small FIFO while it holds more than its share (or main is
-    /// empty), else from main, promoting or re-queuing read entries as S3-FIFO does, until one
-    /// entry is unlinked from `index`. Dead entries met on the way are retired. An entry expired
-    /// at `now` is evicted as if unread, whatever its access counter (0 for a cache without
-    /// expiry: nothing is then expired).
+    /// empty), else from main, promoting or re-queuing the handles of read entries as S3-FIFO
+    /// does, until one entry is unlinked from `index` (and retired: the caller may read it while
+    /// `guard` lives). Stale handles met on the way are dropped. An entry expired at `now` is
+    /// evicted as if unread, whatever its access counter (0 for a cache without expiry: nothing
+    /// is then expired).
     pub(super) fn evict_one<'g>(
         &self,
         index: &Index<K, V>,
         now: u64,
         guard: &'g Guard,
-    ) -> Evicted<'g, K, V>
-    where
-        K: Send + Sync,
-        V: Send + Sync,
-    {
+    ) -> Evicted<'g, K, V> {
         loop {
             // Relaxed: as in `push`.
             let small_over = self.small_weight.load(Ordering::Relaxed) > self.small_target;
@@ -245,62 +254,76 @@ impl<K, V> Policy<K, V> {
             } else {
                 [Fifo::Main, Fifo::Small]
             };
-            let Some((fifo, (p, e))) = order
-                .into_iter()
-                .find_map(|f| self.pop(f, guard).map(|popped| (f, popped)))
+            let Some((fifo, q)) = order.into_iter().find_map(|f| self.pop(f).map(|q| (f, q)))
             else {
                 return Evicted::Nothing;
             };
-            // Acquire: pairs with the Release store of whoever unlinked it, so that its unlink
-            // (and bookkeeping) is done before we retire it.
-            if e.dead.load(Ordering::Acquire) {
-                self.retire(p, guard);
-                continue;
-            }
-            // Relaxed: a hint, as in `Entry::touch`.
-            let f = e.freq.load(Ordering::Relaxed);
-            let expired = e.expired_at(now);
-            if f > 0 && !expired {
-                let (to, freq) = match fifo {
-                    // Read while in small: promoted to main, counting afresh.
-                    Fifo::Small => (Fifo::Main, 0),
-                    // Read while in main: one more pass.
-                    Fifo::Main => (Fifo::Main, f - 1),
-                };
-                e.freq.store(freq, Ordering::Relaxed);
-                self.push(to, (p, e));
-                continue;
-            }
-            if index.replace(e, None, guard) {
-                // Release: pairs with the Acquire load above in whichever thread pops it next
-                // (none: we retire it now) and documents that the entry left the index.
-                e.dead.store(true, Ordering::Release);
-                if expired {
-                    // Not evicted for room: the ghost list does not remember it.
-                    self.retire(p, guard);
-                    return Evicted::Expired(e);
+            // The key's entry now; again after a failed unlink, since a replacement may have
+            // swapped in another entry carrying the handle.
+            while let Some(e) = index.find_handle(q.hash, q.handle, guard) {
+                // Relaxed: a hint, as in `Entry::touch`.
+                let f = e.freq.load(Ordering::Relaxed);
+                let expired = e.expired_at(now);
+                if f > 0 && !expired {
+                    let (to, freq) = match fifo {
+                        // Read while in small: promoted to main, counting afresh.
+                        Fifo::Small => (Fifo::Main, 0),
+                        // Read while in main: one more pass.
+                        Fifo::Main => (Fifo::Main, f - 1),
+                    };
+                    e.freq.store(freq, Ordering::Relaxed);
+                    self.push(to, e);
+                    break;
                 }
-                if fifo == Fifo::Small {
-                    self.ghost.insert(e.hash);
+                if let Some(p) = index.replace(e, None, guard) {
+                    // SAFETY: unlinked by our own swap just now; retired once, here.
+                    unsafe { self.retire(p, guard) };
+                    if expired {
+                        // Not evicted for room: the ghost list does not remember it.
+                        return Evicted::Expired(e);
+                    }
+                    if fifo == Fifo::Small {
+                        self.ghost.insert(e.hash);
+                    }
+                    return Evicted::Victim(e);
                 }
-                self.retire(p, guard);
-                return Evicted::Victim(e);
             }
-            // Unlinked by a concurrent remove or replace, which owns its bookkeeping.
-            self.retire(p, guard);
+            // Stale (its key left the index, and its remover settled it), or re-queued.
         }
     }
 
-    /// The number of entries queued in both FIFOs, dead ones included.
+    /// Checks, in a quiescent cache, that every key in `index` has exactly one handle queued,
+    /// and returns how many live handles there are; panics on a key queued twice. Pops and
+    /// pushes back every handle, in order.
+    pub(super) fn check_handles(&self, index: &Index<K, V>, guard: &Guard) -> usize {
+        let mut live = Vec::new();
+        for q in [&self.small, &self.main] {
+            for _ in 0..q.len() {
+                let item = q.pop().expect("a quiescent FIFO shrank");
+                if index.find_handle(item.hash, item.handle, guard).is_some() {
+                    assert!(
+                        !live.contains(&item.handle),
+                        "handle {} queued twice",
+                        item.handle
+                    );
+                    live.push(item.handle);
+                }
+                q.push(item);
+            }
+        }
+        live.len()
+    }
+
+    /// The number of handles queued in both FIFOs, stale ones included.
     pub(super) fn queued(&self) -> usize {
         self.small.len() + self.main.len()
     }
 
-    /// Pops one entry from the front of each FIFO and retires it if dead, or puts it back at the
-    /// back of the same FIFO otherwise. Keeps the FIFOs' length bounded under insert/remove churn
-    /// that evicts nothing, wherever the dead entries sit. A live entry is out of its FIFO for a
-    /// moment: the caller evicts afterwards if the cache is over capacity, in case a concurrent
-    /// inserter found nothing to evict meanwhile.
+    /// Pops one handle from the front of each FIFO and drops it if stale, or puts it back at the
+    /// back of the same FIFO otherwise. Keeps the FIFOs' length bounded under insert/remove
+    /// churn that evicts nothing, wherever the stale handles sit. A live key's handle is out of
+    /// its FIFO for a moment: the caller evicts afterwards if the cache is over capacity, in case
+    /// a concurrent inserter found nothing to evict meanwhile.
     ///
     /// A live entry expired at `now` is unlinked from `index` and retired instead, and returned
     /// (at most one per FIFO): its weight, count and listener are the caller's to settle.
@@ -309,43 +332,24 @@ impl<K, V> Policy<K, V> {
         index: &Index<K, V>,
         now: u64,
         guard: &'g Guard,
-    ) -> [Option<&'g Entry<K, V>>; 2]
-    where
-        K: Send + Sync,
-        V: Send + Sync,
-    {
+    ) -> [Option<&'g Entry<K, V>>; 2] {
         let mut expired = [None, None];
         for (fifo, out) in [Fifo::Small, Fifo::Main].into_iter().zip(&mut expired) {
-            if let Some((p, e)) = self.pop(fifo, guard) {
-                // Acquire: as in `evict_one`.
-                if e.dead.load(Ordering::Acquire) {
-                    self.retire(p, guard);
-                } else if e.expired_at(now) {
-                    if index.replace(e, None, guard) {
-                        // Release: as in `evict_one`.
-                        e.dead.store(true, Ordering::Release);
-                        *out = Some(e);
-                    }
-                    // Else unlinked by a concurrent remove or replace, which owns its
-                    // bookkeeping; either way no index holds it and we popped it: ours to retire.
-                    self.retire(p, guard);
-                } else {
-                    self.push(fifo, (p, e));
+            let Some(q) = self.pop(fifo) else { continue };
+            // As in `evict_one`: look again after a failed unlink.
+            while let Some(e) = index.find_handle(q.hash, q.handle, guard) {
+                if !e.expired_at(now) {
+                    self.push(fifo, e);
+                    break;
+                }
+                if let Some(p) = index.replace(e, None, guard) {
+                    // SAFETY: unlinked by our own swap just now; retired once, here.
+                    unsafe { self.retire(p, guard) };
+                    *out = Some(e);
+                    break;
                 }
             }
         }
         expired
-    }
-
-    /// Drops every entry still queued, through exclusive access.
-    pub(super) fn drop_all(&mut self) {
-        for q in [&mut self.small, &mut self.main] {
-            for Queued(p) in q.drain() {
-                // SAFETY: `&mut self`: no other thread can reach the cache, so no reader holds the
-                // entry; the FIFO owned it, and it is popped (so dropped) exactly once. `p` is the
-                // pointer `Entry::allocate` returned.
-                drop(unsafe { Entry::reclaim(p) });
-            }
-        }
     }
 }
