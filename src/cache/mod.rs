@@ -1684,21 +1684,27 @@ where
     }
 
     fn clear_pinned(&self, guard: &Guard) {
-        for (p, e) in self.index.take_all(guard) {
+        let taken = self.index.take_all(guard);
+        // All retired and their weight released before the listener hears any, so that a
+        // listener that panics leaks no entry and leaves the accounting exact.
+        for &(p, e) in &taken {
             // SAFETY: swapped out of its bucket by our own `take_all`; retired once, here.
             unsafe { self.policy.retire(p, guard) };
-            let cause = if self.is_expired(e) {
-                RemovalCause::Expired
-            } else {
-                RemovalCause::Removed
-            };
-            self.settle(e, cause);
+            self.count_out(e.weight);
         }
         // Drop the stale handles now rather than on later sweeps.
         for _ in 0..self.policy.queued() {
             self.sweep_once(guard);
         }
         self.evict_over_capacity(guard);
+        for (_, e) in taken {
+            let cause = if self.is_expired(e) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Removed
+            };
+            self.notify(&e.key, &e.value, cause);
+        }
     }
 }
 
