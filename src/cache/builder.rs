@@ -7,7 +7,7 @@ use super::policy::Policy;
 use super::{Cache, DefaultHashBuilder, Listener, RemovalCause, Stats, Weigher};
 use crate::counter::AtomicCounter;
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch::Collector, AtomicBool, UNDER_MODEL_CHECKER};
+use crate::sync::{epoch::Collector, AtomicBool, CachePadded, UNDER_MODEL_CHECKER};
 use core::fmt;
 use core::time::Duration;
 
@@ -332,8 +332,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             policy: Policy::new(self.capacity, entries, reclaim.collector()),
             hasher: self.hasher,
             capacity: self.capacity,
-            weight: AtomicCounter::new(0),
-            len: self.weigher.is_some().then(|| AtomicCounter::new(0)),
+            weight: CachePadded::new(AtomicCounter::new(0)),
+            len: self
+                .weigher
+                .is_some()
+                .then(|| CachePadded::new(AtomicCounter::new(0))),
             weigher: self.weigher,
             listener: self.listener,
             stats: Stats::new(self.count_lookups),

@@ -67,7 +67,7 @@ pub use hash::{DefaultHashBuilder, DefaultHasher};
 
 use crate::counter::{AtomicCounter, ShardedCounter};
 use crate::reclaim::Reclaim;
-use crate::sync::{epoch, AtomicBool, Ordering};
+use crate::sync::{epoch, AtomicBool, CachePadded, Ordering};
 use core::borrow::Borrow;
 use core::convert::Infallible;
 use core::fmt;
@@ -329,10 +329,14 @@ pub struct Cache<K, V, S = DefaultHashBuilder> {
     capacity: u64,
     /// Total weight of the entries in the index (added before an entry is published, released
     /// after it is unlinked, so it never undercounts an entry that can still be evicted).
-    weight: AtomicCounter,
-    /// Entries in the index, counted like `weight`; `None` without a weigher, where every entry
-    /// weighs 1 and `weight` is the count (one shared read-modify-write less per write).
-    len: Option<AtomicCounter>,
+    /// Padded to a cache line of its own: every insert and eviction writes it, and sharing a line
+    /// with what every `get` reads (the hasher, the collector, the statistics switch) made each
+    /// write cost the other threads' next lookup a cache miss.
+    weight: CachePadded<AtomicCounter>,
+    /// Entries in the index, counted like `weight` (and padded likewise); `None` without a
+    /// weigher, where every entry weighs 1 and `weight` is the count (one shared
+    /// read-modify-write less per write).
+    len: Option<CachePadded<AtomicCounter>>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     stats: Stats,
@@ -348,7 +352,7 @@ pub struct Cache<K, V, S = DefaultHashBuilder> {
     clock: Box<dyn Clock>,
 }
 
-// SAFETY: the index and FIFOs hold raw pointers to entries that the cache owns; sending the cache
+// SAFETY: the index holds raw pointers to entries that the cache owns; sending the cache
 // sends the entries, which is sound when `K`, `V` are `Send`. `Sync` is required of them too,
 // because even an owned cache may have readers on other threads still pinned on its entries.
 unsafe impl<K: Send + Sync, V: Send + Sync, S: Send> Send for Cache<K, V, S> {}
@@ -506,7 +510,7 @@ impl<K, V, S> Cache<K, V, S> {
     fn entries(&self) -> u64 {
         self.len
             .as_ref()
-            .map_or_else(|| self.weight.get(), AtomicCounter::get)
+            .map_or_else(|| self.weight.get(), |len| len.get())
     }
 
     /// Counts an entry in, before it is published.
