@@ -5,8 +5,10 @@
 //!   pointer, or a pointer to an immutable array of them when keys collide, replaced
 //!   copy-on-write by compare-and-swap; old arrays and entries are reclaimed by crossbeam-epoch. `get` takes no lock, allocates nothing and never waits for a writer.
 //! - **Eviction** (`policy`): S3-FIFO (Yang et al., SOSP 2023) over two of the crate's own
-//!   [`MsQueue`](crate::queue::MsQueue)s and a ghost list of recently evicted key hashes. Reads
-//!   bump a 2-bit counter with a relaxed store; eviction runs on the inserting thread.
+//!   [`MsQueue`](crate::queue::MsQueue)s of per-key handles (a replacing entry inherits its
+//!   key's handle, so a replacement touches no FIFO) and a ghost list of recently evicted key
+//!   hashes. Reads bump a 2-bit counter with a relaxed store; eviction runs on the inserting
+//!   thread.
 //! - **Bookkeeping**: total weight and length are [`AtomicCounter`]s, statistics are
 //!   [`ShardedCounter`]s. Hits and misses are counted only when the builder asks
 //!   ([`CacheBuilder::count_lookups`]), so that by default a hit writes nothing shared.
@@ -45,8 +47,8 @@
 //!
 //! # Memory
 //!
-//! Each entry is one allocation holding the key, the value, its hash and weight, plus a FIFO slot
-//! (the queue allocates a block per 127). The index is an array of 8-byte buckets, four per
+//! Each entry is one allocation holding the key, the value, its hash, weight and handle, plus,
+//! per key, a 24-byte FIFO slot (the queue allocates a block per 127). The index is an array of 8-byte buckets, four per
 //! expected entry ([`CacheBuilder::estimated_entries`], [`CacheBuilder::index_buckets`]), so most
 //! buckets hold one entry or none; a write to a bucket shared by several keys allocates the
 //! bucket's next array. Removed, replaced
@@ -541,9 +543,9 @@ impl<K, V, S> Cache<K, V, S> {
     fn is_expired(&self, e: &Entry<K, V>) -> bool {
         // Relaxed: `expiring` is set before any entry with a deadline is allocated, and every
         // entry reaches this thread through a synchronising load: found in its bucket (Acquire,
-        // pairing with the Release compare-and-swap that published it) or popped from a FIFO
-        // (the queue's own Release push and Acquire pop). So the flag's store happens before
-        // this load, which then reads true for any entry that has a deadline.
+        // pairing with the Release compare-and-swap that published it; the eviction policy too
+        // finds entries there, by handle). So the flag's store happens before this load, which
+        // then reads true for any entry that has a deadline.
         self.expiring.load(Ordering::Relaxed)
             && e.deadline != u64::MAX
             && e.expired_at(self.clock.now())
