@@ -8,11 +8,10 @@
 # Builds go to target/miri and target/tsan, apart from the stable build. How these tools were
 # made to work on this kind of machine, and their pitfalls: ../shared/RELIABILITY.md.
 #
-# Measured on the 2-core machine, from a fresh clone inside .ci/run (2026-12-01): 18.2 minutes.
-# Miri 12.6 (build 2.5, then two groups at once of 8.7 and 10.1 minutes), TSan 5.6 (std and
-# dependencies instrumented 4.0, tests 1.6). The groups had grown to 16 minutes each as tests
-# were added; the Miri sizes of queue_stress, linearizability, queue_leak and differential were cut then, and
-# the cache's iter and retain pin once per 64 buckets since.
+# Measured on the 2-core machine, from a fresh clone inside .ci/run (2026-12-02): 15.5 minutes.
+# Miri 11.4 (build 2.3, then the tests one process each, two at once, 9.1), TSan 4.1 (std and
+# dependencies instrumented 2.8, tests 1.3). The day before, with Miri's tests as two libtest
+# groups at once, the tier took 18.2 to 28.7 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # skip, check (a failure recorded in `failed`, the next check still runs) and part (a timed part).
