@@ -2,9 +2,9 @@
 //! with a per-sequence key/value cache, a ReLU MLP, pre-layer norms.
 
 use candle_core::{Device, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, Module};
+use candle_nn::{Embedding, LayerNorm, Module};
 
-use crate::model::{index_tensor, LanguageModel, VOCAB};
+use crate::model::{index_tensor, Dense, LanguageModel, VOCAB};
 use crate::weights::SeededWeights;
 
 /// The transformer's sizes.
@@ -91,11 +91,11 @@ impl TransformerSeqState {
 #[derive(Debug)]
 struct Block {
     ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 /// The transformer language model, on the CPU, with seeded random weights.
@@ -111,7 +111,7 @@ pub struct TransformerLm {
     pos: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    head: Linear,
+    head: Dense,
 }
 
 impl TransformerLm {
@@ -145,11 +145,11 @@ impl TransformerLm {
                 let vb = vb.pp(format!("block{l}"));
                 Ok(Block {
                     ln1: candle_nn::layer_norm(d, 1e-5, vb.pp("ln1"))?,
-                    qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
-                    proj: candle_nn::linear(d, d, vb.pp("proj"))?,
+                    qkv: Dense::new(d, 3 * d, vb.pp("qkv"))?,
+                    proj: Dense::new(d, d, vb.pp("proj"))?,
                     ln2: candle_nn::layer_norm(d, 1e-5, vb.pp("ln2"))?,
-                    fc1: candle_nn::linear(d, 4 * d, vb.pp("fc1"))?,
-                    fc2: candle_nn::linear(4 * d, d, vb.pp("fc2"))?,
+                    fc1: Dense::new(d, 4 * d, vb.pp("fc1"))?,
+                    fc2: Dense::new(4 * d, d, vb.pp("fc2"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -159,7 +159,7 @@ impl TransformerLm {
             pos: candle_nn::embedding(c.context, d, vb.pp("pos"))?,
             blocks,
             ln_f: candle_nn::layer_norm(d, 1e-5, vb.pp("ln_f"))?,
-            head: candle_nn::linear(d, VOCAB, vb.pp("head"))?,
+            head: Dense::new(d, VOCAB, vb.pp("head"))?,
         })
     }
 
@@ -345,11 +345,7 @@ impl TransformerLm {
         let mut scratch = Vec::new();
         for (l, b) in self.blocks.iter().enumerate() {
             // [packed, 3 * d_model]: each token's queries, then keys, then values.
-            let qkv = b
-                .qkv
-                .forward(&b.ln1.forward(&x)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let qkv = b.qkv.forward_vec(&b.ln1.forward(&x)?, false)?;
             let mut y = vec![0.0f32; packed * d];
             for (row, &(start, new)) in rows.iter_mut().zip(&spans) {
                 if row.kv.len() <= l {
@@ -377,17 +373,16 @@ impl TransformerLm {
                 }
             }
             let y = Tensor::from_vec(y, (packed, d), dev)?;
-            x = (x + b.proj.forward(&y)?)?;
-            x = (&x
-                + b.fc2
-                    .forward(&b.fc1.forward(&b.ln2.forward(&x)?)?.relu()?)?)?;
+            x = (x + b.proj.forward(&y, false)?)?;
+            let hidden = b.fc1.forward(&b.ln2.forward(&x)?, true)?;
+            x = (&x + b.fc2.forward(&hidden, false)?)?;
         }
         for (row, t) in rows.iter_mut().zip(tokens) {
             row.tokens.extend_from_slice(t);
         }
         let last: Vec<usize> = spans.iter().map(|&(start, new)| start + new - 1).collect();
         let last = x.index_select(&index_tensor(&last)?, 0)?;
-        self.head.forward(&self.ln_f.forward(&last)?)
+        self.head.forward(&self.ln_f.forward(&last)?, false)
     }
 }
 
