@@ -10,9 +10,9 @@
 //! [`step`](StepHandler::step): one [`LanguageModel::feed`] over every row. A row still reading
 //! its prompt feeds the next [`LanguageModel::prompt_chunk`] tokens of it, the others their
 //! last pick, so prefill and decode share each step (the LSTM reads a prompt a token per step,
-//! which keeps every step as wide as the batch; the transformer packs up to 64 prompt tokens
-//! with the running rows' single tokens), and a join never stalls the running rows on a
-//! prefill of its own.
+//! which keeps every step as wide as the batch, but whole in a batch of one or two rows; the
+//! transformer packs up to 64 prompt tokens with the running rows' single tokens), and a join
+//! never stalls the running rows on a prefill of its own.
 //!
 //! A request's output is what [`Engine::serve`] gives it (the same greedy picks from the same
 //! logits, up to the rounding of batched sums): its prompt is fed, each picked byte is fed
@@ -226,7 +226,7 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
     }
 
     fn step(&mut self, items: &mut [Running<M::State>]) -> Vec<Step<u8, Answer>> {
-        let chunk = self.engine.model().prompt_chunk().max(1);
+        let chunk = self.engine.model().prompt_chunk(items.len()).max(1);
         // Each row's tokens for this step: the next part of its prompt, or its last pick.
         let feeds: Vec<Vec<u32>> = items
             .iter_mut()

@@ -416,10 +416,17 @@ impl LanguageModel for LstmLm {
         Ok(logits)
     }
 
-    fn prompt_chunk(&self) -> usize {
-        // An LSTM reads one token per step whatever the batch: a prompt fed a token per step
-        // keeps every step as wide as the batch.
-        1
+    fn prompt_chunk(&self, rows: usize) -> usize {
+        // An LSTM reads one token per step whatever the batch: in a wide batch a prompt fed a
+        // token per step keeps every step as wide as the batch. In a batch of one or two, a
+        // step's fixed cost (a round of the batcher, the tensors' set-up) is most of it, so
+        // the whole prompt goes in one step, as a request served alone reads it; the other row
+        // waits that long for its next token.
+        if rows <= 2 {
+            self.config.max_request_tokens
+        } else {
+            1
+        }
     }
 
     fn state_of(&self, batch: &LstmBatch, row: usize) -> Result<LstmSeqState> {

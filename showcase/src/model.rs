@@ -92,10 +92,12 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// sequence running past the model's context.
     fn feed(&self, batch: &mut Self::Batch, tokens: &[&[u32]]) -> Result<Tensor>;
 
-    /// The most prompt tokens a row feeds in one step of a continuous batch. One for a model
-    /// that reads a token at a time anyway (a step then costs every row the same); more for a
-    /// model whose prompt tokens run side by side in one product.
-    fn prompt_chunk(&self) -> usize;
+    /// The most prompt tokens a row feeds in one step of a continuous batch of `rows` rows.
+    /// Small for a model that reads a token at a time anyway, while the batch is wide (a step
+    /// then costs every row the same); more for a model whose prompt tokens run side by side
+    /// in one product, or when the batch is so narrow that a step's fixed cost outweighs what
+    /// a long step makes the other rows wait.
+    fn prompt_chunk(&self, rows: usize) -> usize;
 
     /// Row `row`'s state, in storage of its own (a batch's tensors are shared by all its
     /// rows, and must not be kept alive by a cached session).

@@ -290,7 +290,7 @@ impl LanguageModel for TransformerLm {
         self.forward(&mut batch.rows, tokens, 0)
     }
 
-    fn prompt_chunk(&self) -> usize {
+    fn prompt_chunk(&self, _rows: usize) -> usize {
         // Prompt tokens run side by side in the token-wise products, packed with the running
         // rows' single tokens; a chunk of 64 bounds how long one long prompt holds up a step.
         64
