@@ -67,8 +67,9 @@ struct Args {
     /// The most tokens (prompt plus generated) in one batch.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_batch_cost: u64,
-    /// The most requests waiting or running in the batcher; beyond it clients are refused and
-    /// retry after a millisecond.
+    /// The most requests waiting or running in the batcher; beyond it a request is refused. In
+    /// the closed loop its client retries after a millisecond; in the open loop it is counted
+    /// (the `refused` column) and dropped.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue: u64,
     /// Compute threads of the batcher's engine (candle splits large products between them).

@@ -165,7 +165,10 @@ pub struct Outcome {
     pub tokens: u64,
     /// Requests answered with an error, by error.
     pub errors: BTreeMap<String, u64>,
-    /// Times a client was refused with `Overloaded` and retried (batcher only).
+    /// Refusals with `Overloaded` (batchers only). In the closed loop, times a client was
+    /// refused and retried after a millisecond; in the open loop, requests refused and dropped,
+    /// as a server facing more arrivals than it can serve would: they count in neither `ok`
+    /// nor `errors`, and the latencies are the admitted requests'.
     pub refusals: u64,
     /// Latency of answered requests, in microseconds, from first submission to reply.
     pub latency: Histogram<u64>,
@@ -263,6 +266,8 @@ pub fn run<M: LanguageModel>(
 ) -> Result<Outcome, String> {
     let (batch, join, workers) = (&serving.batch, serving.join, serving.workers);
     let arrivals = serving.arrivals;
+    // In the open loop a refused request is dropped, not retried.
+    let open = matches!(arrivals, Arrivals::Open { .. });
     let classes = serving.high_share > 0.0;
     // With two classes, class 0 is the high one; `submit` and `call` use the last class.
     let with_classes = |b: latchless::batch::BatcherBuilder<Request, Answer>| {
@@ -384,6 +389,9 @@ pub fn run<M: LanguageModel>(
                         Ok(answer) => return Sent::whole(answer.map_err(|e| e.to_string())),
                         Err(CallError::Refused(SubmitError::Overloaded(back))) => {
                             refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if open {
+                                return Sent::refused();
+                            }
                             req = back;
                             thread::sleep(Duration::from_millis(1));
                         }
@@ -438,6 +446,9 @@ pub fn run<M: LanguageModel>(
                             Ok(stream) => break stream,
                             Err(SubmitError::Overloaded(back)) => {
                                 refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if open {
+                                    return Sent::refused();
+                                }
                                 req = back;
                                 thread::sleep(Duration::from_millis(1));
                             }
@@ -497,6 +508,9 @@ pub fn run<M: LanguageModel>(
         session_hit_ratio: engine.sessions().stats().hit_ratio(),
     };
     for (sent, latency) in answers {
+        if sent.refused {
+            continue;
+        }
         match sent.answer {
             Ok(reply) => {
                 outcome.ok += 1;
@@ -560,6 +574,8 @@ struct Sent {
     took: Duration,
     /// Whether it was sent at high priority (set by `send_all`).
     high: bool,
+    /// Whether it was refused and dropped (open loop): counted in `Outcome::refusals` only.
+    refused: bool,
 }
 
 impl Sent {
@@ -571,6 +587,15 @@ impl Sent {
             gaps: Vec::new(),
             took: Duration::ZERO,
             high: false,
+            refused: false,
+        }
+    }
+
+    /// A request refused and dropped.
+    fn refused() -> Self {
+        Self {
+            refused: true,
+            ..Self::whole(Err("refused".into()))
         }
     }
 }
