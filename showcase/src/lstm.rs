@@ -94,8 +94,8 @@ struct Layer {
 }
 
 impl Layer {
-    /// The layer named `prefix` with candle's default LSTM initialisation: the same weights as
-    /// `candle_nn::lstm(input, hidden, LSTMConfig::default(), vb)`.
+    /// The layer under `vb`'s prefix, with candle's default LSTM initialisation: the same
+    /// weights as `candle_nn::lstm(input, hidden, LSTMConfig::default(), vb)`.
     fn new(input: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         let config = LSTMConfig::default();
         let w_ih = vb.get_with_hints((4 * hidden, input), "weight_ih_l0", config.w_ih_init)?;
@@ -187,7 +187,7 @@ impl LstmLm {
         let layers = (0..config.layers)
             .map(|l| {
                 let input = if l == 0 { config.embed } else { config.hidden };
-                // One candle `LSTM` is one layer; each gets its own prefix.
+                // Each layer under its own prefix, with candle's `LSTM` names inside it.
                 Layer::new(input, config.hidden, vb.pp(format!("lstm{l}")))
             })
             .collect::<Result<Vec<_>>>()?;
