@@ -77,7 +77,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$addr/v1/completions" \
     -d '{"prompt": "x", "temperature": 1}')
 [ "$code" = 400 ] || fail "an unsupported parameter got $code, not 400"
 
-curl -fsS "$addr/metrics" | grep -q '^latchless_batch_completed_total 2$' ||
+# Read whole before searching: `curl | grep -q` under pipefail failed when grep matched and
+# exited before curl had written the rest (curl: (23) Failed writing body).
+metrics=$(curl -fsS "$addr/metrics") || fail "/metrics failed"
+grep -q '^latchless_batch_completed_total 2$' <<<"$metrics" ||
     fail "/metrics does not count the two completions"
 
 # The load generator against the binary, briefly: it must print its report and exit 0.
