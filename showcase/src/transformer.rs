@@ -67,13 +67,46 @@ pub struct TransformerSeqState {
     kv: Vec<LayerKv>,
 }
 
-/// One block's keys and values of a sequence: `[tokens, d_model]` each, a token's heads side by
-/// side, the layout the block's query-key-value projection produces, so a new token's keys and
-/// values are appended as they come out of it.
+/// One block's keys and values of a sequence.
+///
+/// Keys are kept in tiles of [`KEY_BLOCK`] tokens, each tile transposed, `[d_model, KEY_BLOCK]`:
+/// a tile's row `j` holds component `j` of its tokens' keys, so a query's scores against a
+/// tile's tokens are computed eight tokens to a vector, with no sum across a vector's lanes, and
+/// a head's part of a tile is one contiguous stretch of memory. The columns of the last tile
+/// past the tokens seen are zeros, so the score loop always runs whole tiles. Values stay
+/// `[tokens, d_model]`, a token's heads side by side, the layout the block's query-key-value
+/// projection produces.
 #[derive(Debug, Clone, Default)]
 struct LayerKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// Tokens per key tile: eight 8-lane vectors of sums.
+const KEY_BLOCK: usize = 64;
+
+impl LayerKv {
+    /// Appends token `at`'s key (`[d_model]`, `at` the number of keys already held) and value,
+    /// with room reserved for `room` tokens from `at` on.
+    fn push(&mut self, at: usize, key: &[f32], value: &[f32], room: usize) {
+        let d = key.len();
+        let tile = d * KEY_BLOCK;
+        if at.is_multiple_of(KEY_BLOCK) {
+            self.keys.reserve(room.max(1).div_ceil(KEY_BLOCK) * tile);
+            self.keys.resize(self.keys.len() + tile, 0.0);
+        }
+        let tile = &mut self.keys[(at / KEY_BLOCK) * tile..][..tile];
+        for (j, &k) in key.iter().enumerate() {
+            tile[j * KEY_BLOCK + at % KEY_BLOCK] = k;
+        }
+        self.values.reserve(room.max(1) * d);
+        self.values.extend_from_slice(value);
+    }
+
+    /// The bytes the keys and values hold.
+    fn bytes(&self) -> usize {
+        (self.keys.len() + self.values.len()) * 4
+    }
 }
 
 impl TransformerSeqState {
@@ -201,8 +234,8 @@ impl LanguageModel for TransformerLm {
     }
 
     fn state_bytes(&self, state: &TransformerSeqState) -> u64 {
-        let kv: usize = state.kv.iter().map(|l| l.k.len() + l.v.len()).sum();
-        (kv + state.tokens.len()) as u64 * 4
+        let kv: usize = state.kv.iter().map(LayerKv::bytes).sum();
+        (kv + state.tokens.len() * 4) as u64
     }
 
     fn fit(
@@ -353,12 +386,9 @@ impl TransformerLm {
                 }
                 let past = row.tokens.len();
                 let kv = &mut row.kv[l];
-                kv.k.reserve((new + reserve) * d);
-                kv.v.reserve((new + reserve) * d);
-                for j in start..start + new {
-                    let t = &qkv[j * 3 * d..(j + 1) * 3 * d];
-                    kv.k.extend_from_slice(&t[d..2 * d]);
-                    kv.v.extend_from_slice(&t[2 * d..]);
+                for j in 0..new {
+                    let t = &qkv[(start + j) * 3 * d..(start + j + 1) * 3 * d];
+                    kv.push(past + j, &t[d..2 * d], &t[2 * d..], new - j + reserve);
                 }
                 for j in 0..new {
                     let at = start + j;
@@ -393,9 +423,11 @@ impl TransformerLm {
 /// Plain loops over the row's own keys: at decode a query is one vector per head, where a
 /// batched matrix product would run one tiny product per row and head (and, over a padded
 /// batch, over the longest row's keys). Every row computes exactly what it would alone.
-/// Compiled twice, for the baseline target and for AVX2 with FMA, the version picked at run
-/// time: the wider vectors take about a third off (measured on the default workload's
-/// continuing sessions).
+///
+/// Scores run over the transposed key tiles, [`KEY_BLOCK`] tokens at a time, each token's sum in a
+/// lane of its own; the weighted sum of values runs over 16 components of a head at a time, four
+/// tokens interleaved, so that eight independent sums are in flight either way. Compiled twice,
+/// for the baseline target and for AVX2 with FMA, the version picked at run time.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn attend(
     q: &[f32],
@@ -403,63 +435,126 @@ fn attend(
     seen: usize,
     heads: usize,
     out: &mut [f32],
-    scores: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
 ) {
+    let fused = multiversion::target::target_cfg_f!(target_feature = "fma");
+    let madd = |a: f32, b: f32, c: f32| if fused { a.mul_add(b, c) } else { a * b + c };
     let d = q.len();
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
-    scores.resize(heads * seen, 0.0);
-    // Scores, key by key: each key row is read once, contiguously, for every head.
-    for (t, key) in kv.k[..seen * d].chunks_exact(d).enumerate() {
-        for h in 0..heads {
-            scores[h * seen + t] =
-                dot(&q[h * hd..(h + 1) * hd], &key[h * hd..(h + 1) * hd]) * scale;
-        }
-    }
-    for s in scores.chunks_exact_mut(seen) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        for x in s.iter_mut() {
-            *x /= sum;
-        }
-    }
-    out.fill(0.0);
-    for (t, value) in kv.v[..seen * d].chunks_exact(d).enumerate() {
-        for h in 0..heads {
-            let p = scores[h * seen + t];
-            for (o, &x) in out[h * hd..(h + 1) * hd]
-                .iter_mut()
-                .zip(&value[h * hd..(h + 1) * hd])
+    scratch.clear();
+    scratch.resize(heads * seen, 0.0);
+    for (h, scores) in scratch.chunks_exact_mut(seen).enumerate() {
+        let tiles = kv.keys.chunks_exact(d * KEY_BLOCK);
+        for (first, tile) in (0..seen).step_by(KEY_BLOCK).zip(tiles) {
+            let mut sums = [0.0f32; KEY_BLOCK];
+            let head = &tile[h * hd * KEY_BLOCK..(h + 1) * hd * KEY_BLOCK];
+            for (&qj, keys) in q[h * hd..(h + 1) * hd]
+                .iter()
+                .zip(head.chunks_exact(KEY_BLOCK))
             {
-                *o += p * x;
+                let qj = qj * scale;
+                let keys: &[f32; KEY_BLOCK] = keys.try_into().expect("a tile row");
+                for (s, &k) in sums.iter_mut().zip(keys) {
+                    *s = madd(qj, k, *s);
+                }
             }
+            let n = KEY_BLOCK.min(seen - first);
+            scores[first..first + n].copy_from_slice(&sums[..n]);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in scores.iter_mut() {
+            *x = exp(*x - max, madd);
+        }
+        // Eight running sums, so that the additions need not wait on each other.
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = scores.chunks_exact(8);
+        for chunk in chunks.by_ref() {
+            for (l, &x) in lanes.iter_mut().zip(chunk) {
+                *l += x;
+            }
+        }
+        let sum = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        for x in scores.iter_mut() {
+            *x *= inv;
+        }
+    }
+    const LANES: usize = 16;
+    const KEYS: usize = 4;
+    let values = &kv.values[..seen * d];
+    if !hd.is_multiple_of(LANES) {
+        // A head narrower than a chunk (only odd test sizes): token by token.
+        out.fill(0.0);
+        for (t, value) in values.chunks_exact(d).enumerate() {
+            for (j, (o, &v)) in out.iter_mut().zip(value).enumerate() {
+                *o = madd(scratch[(j / hd) * seen + t], v, *o);
+            }
+        }
+        return;
+    }
+    for (c, out) in out.chunks_exact_mut(LANES).enumerate() {
+        let col = c * LANES;
+        let p = &scratch[(col / hd) * seen..][..seen];
+        let mut sums = [[0.0f32; LANES]; KEYS];
+        let mut groups = p.chunks_exact(KEYS);
+        let mut t = 0;
+        for group in groups.by_ref() {
+            for (u, (sums, &w)) in sums.iter_mut().zip(group).enumerate() {
+                let value: &[f32; LANES] = values[(t + u) * d + col..][..LANES]
+                    .try_into()
+                    .expect("LANES components");
+                for (s, &v) in sums.iter_mut().zip(value) {
+                    *s = madd(w, v, *s);
+                }
+            }
+            t += KEYS;
+        }
+        for (u, &w) in groups.remainder().iter().enumerate() {
+            let value = &values[(t + u) * d + col..][..LANES];
+            for (s, &v) in sums[u].iter_mut().zip(value) {
+                *s = madd(w, v, *s);
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (sums[0][i] + sums[1][i]) + (sums[2][i] + sums[3][i]);
         }
     }
 }
 
-/// A dot product in eight independent lanes, which the compiler keeps in vector registers (a
-/// single running sum would serialise every addition).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
+/// `e^x` for `x <= 0` (a softmax's shifted scores), to about one unit in the last place: `x`
+/// split as `n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` by its Taylor polynomial to degree 6
+/// (truncation error under `1.2e-7` relative), times `2^n` built in the exponent bits. Written
+/// in plain arithmetic so that a loop of it compiles to vector instructions, where glibc's
+/// `expf` is a call per element: the calls were about a third of a query's attention over 150
+/// keys. Where the
+/// result is below `f32`'s smallest normal (`x` under about `-87.3`) it is that small or
+/// zero, which a softmax's sum, at least 1, absorbs.
+#[inline(always)]
+fn exp(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts, the first exact in few bits, so that `x - n ln 2` loses nothing.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to an integer, in any vector width.
+    const ROUND: f32 = 12_582_912.0;
+    // At -88, n is -127 and 2^n below is zero; past it the exponent field would wrap.
+    let x = x.max(-88.0);
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
+    let r = madd(-n, LN2_LO, madd(-n, LN2_HI, x));
+    let mut p = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd(p, r, c);
     }
-    lanes.iter().sum::<f32>() + tail
+    // n is in [-127, 0], and `rounded`'s low bits hold it (ROUND's bits plus n): the exponent
+    // field n + 127 makes 2^n, or zero at -127. Integer arithmetic on the bits, where a cast of
+    // n would saturate element by element.
+    let field = rounded
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    p * f32::from_bits(field << 23)
 }
 
 #[cfg(test)]
@@ -489,6 +584,81 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(diff < 1e-4, "logits differ by {diff}");
+    }
+
+    /// `attend` over the transposed keys computes what the textbook loops compute over keys
+    /// and values as they came, at lengths around the key block and for every head width path.
+    #[test]
+    fn attention_matches_the_textbook_loops() {
+        let value = |i: usize| ((i * 7919 % 263) as f32 / 263.0) - 0.5;
+        for (d, heads) in [(128, 4), (32, 2), (24, 3)] {
+            let hd = d / heads;
+            let mut kv = LayerKv::default();
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            for t in 0..150 {
+                let k: Vec<f32> = (0..d).map(|j| value(t * 3 * d + j)).collect();
+                let v: Vec<f32> = (0..d).map(|j| value(t * 5 * d + j + 1)).collect();
+                kv.push(t, &k, &v, 0);
+                keys.push(k);
+                values.push(v);
+                let seen = t + 1;
+                if ![1, 2, 5, 63, 64, 65, 127, 128, 150].contains(&seen) {
+                    continue;
+                }
+                let q: Vec<f32> = (0..d).map(|j| value(seen * 11 + j) * 2.0).collect();
+                let (mut got, mut scratch) = (vec![0.0; d], Vec::new());
+                attend(&q, &kv, seen, heads, &mut got, &mut scratch);
+                for h in 0..heads {
+                    let head = h * hd..(h + 1) * hd;
+                    let scores: Vec<f32> = keys
+                        .iter()
+                        .map(|k| {
+                            let dot: f32 = q[head.clone()]
+                                .iter()
+                                .zip(&k[head.clone()])
+                                .map(|(a, b)| a * b)
+                                .sum();
+                            dot / (hd as f32).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f32 = weights.iter().sum();
+                    for j in head.clone() {
+                        let want: f32 = weights
+                            .iter()
+                            .zip(&values)
+                            .map(|(w, v)| w * v[j])
+                            .sum::<f32>()
+                            / total;
+                        let g = got[j];
+                        assert!(
+                            (g - want).abs() < 1e-5,
+                            "d {d}, seen {seen}, component {j}: {g} against {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The polynomial `exp` agrees with the standard library's to a few units in the last
+    /// place over the whole range a softmax feeds it, and is exact at 0.
+    #[test]
+    fn exp_matches_the_standard_library() {
+        let madd = |a: f32, b: f32, c: f32| a * b + c;
+        assert_eq!(exp(0.0, madd), 1.0);
+        let mut worst = 0.0f32;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 100.0 / 200_000.0;
+            let (got, want) = (exp(x, madd), x.exp());
+            if want >= f32::MIN_POSITIVE {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                assert!(got <= f32::MIN_POSITIVE, "exp({x}) = {got}, want {want}");
+            }
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
     }
 
     #[test]
