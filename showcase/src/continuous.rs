@@ -151,14 +151,16 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
     fn join(&mut self, reqs: Vec<Request>) -> Vec<Joined<Running<M::State>, Answer>> {
         let mut out: Vec<Option<Joined<Running<M::State>, Answer>>> =
             reqs.iter().map(|_| None).collect();
-        // The requests that run: their index in `reqs`, their item, their starting state.
-        let mut admitted: Vec<(usize, Running<M::State>, M::State)> = Vec::new();
+        // The requests that run: their index in `reqs` and their item; and, in the same order,
+        // their starting states, which move into the batch.
+        let mut admitted: Vec<(usize, Running<M::State>)> = Vec::new();
+        let mut states = Vec::new();
         for (index, req) in reqs.into_iter().enumerate() {
             if let Err(e) = self.engine.validate(&req) {
                 out[index] = Some(Joined::Finished(Err(e)));
                 continue;
             }
-            if admitted.iter().any(|(_, a, _)| a.session == req.session) {
+            if admitted.iter().any(|(_, a)| a.session == req.session) {
                 let busy = ServeError::SessionBusy {
                     session: req.session,
                 };
@@ -185,7 +187,8 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
                 max_new: req.max_new,
                 joined_with: 0,
             };
-            admitted.push((index, item, state));
+            admitted.push((index, item));
+            states.push(state);
         }
         if admitted.is_empty() {
             return out
@@ -194,8 +197,7 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
                 .collect();
         }
         let joined_with = admitted.len();
-        let ids: Vec<u64> = admitted.iter().map(|(_, a, _)| a.id).collect();
-        let states = admitted.iter_mut().map(|(_, _, s)| s.clone()).collect();
+        let ids: Vec<u64> = admitted.iter().map(|(_, a)| a.id).collect();
         // No compute: the new rows read their prompts in the coming steps, with the others.
         let added = self.engine.model().batch_of(states).and_then(|new| {
             match self.batch.as_mut() {
@@ -207,7 +209,7 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
         match added {
             Ok(()) => {
                 self.rows.extend(ids);
-                for (index, mut item, _) in admitted {
+                for (index, mut item) in admitted {
                     item.joined_with = joined_with;
                     out[index] = Some(Joined::Running(item));
                 }
@@ -215,7 +217,7 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
             Err(e) => {
                 // The new rows never made it into the batch: they fail, the running ones are
                 // untouched (a failed append leaves the batch as it was).
-                for (index, _, _) in admitted {
+                for (index, _) in admitted {
                     out[index] = Some(Joined::Finished(Err(ServeError::Model(e.to_string()))));
                 }
             }
@@ -285,7 +287,7 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
             }
             // Its last byte (or, generating nothing, its prompt) has been fed: store and reply.
             let model = self.engine.model();
-            let answer = match self.batch.as_ref().map(|b| model.state_of(b, r)) {
+            let answer = match self.batch.as_mut().map(|b| model.take_state(b, r)) {
                 Some(Ok(state)) => {
                     let resumed = item.stored.is_some();
                     self.engine

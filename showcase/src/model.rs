@@ -106,6 +106,17 @@ pub trait LanguageModel: Send + Sync + 'static {
     ///
     /// A candle error.
     fn state_of(&self, batch: &Self::Batch, row: usize) -> Result<Self::State>;
+
+    /// Row `row`'s state, as [`state_of`](Self::state_of) gives it, for a row that has finished:
+    /// the row must not be fed again, and the next [`retain`](Self::retain) drops it. A model
+    /// whose rows own their state moves it out instead of copying it; the default copies.
+    ///
+    /// # Errors
+    ///
+    /// A candle error.
+    fn take_state(&self, batch: &mut Self::Batch, row: usize) -> Result<Self::State> {
+        self.state_of(batch, row)
+    }
 }
 
 /// One sequence's part in a call to [`generate`].
@@ -180,7 +191,7 @@ pub fn generate<M: LanguageModel + ?Sized>(model: &M, jobs: &mut [Job<M::State>]
             let job = &mut jobs[i];
             if job.output.len() == job.max_new {
                 // Its last token has been fed: done.
-                job.state = model.state_of(&batch, r)?;
+                job.state = model.take_state(&mut batch, r)?;
                 continue;
             }
             let picked = match &job.forced {

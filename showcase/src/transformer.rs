@@ -335,6 +335,16 @@ impl LanguageModel for TransformerLm {
             None => candle_core::bail!("row {row} of a batch of {}", batch.rows.len()),
         }
     }
+
+    fn take_state(&self, batch: &mut TransformerBatch, row: usize) -> Result<TransformerSeqState> {
+        // Rows own their keys and values: the finished row's move out, leaving it empty until
+        // the next `retain` drops it.
+        let rows = batch.rows.len();
+        match batch.rows.get_mut(row) {
+            Some(state) => Ok(std::mem::take(state)),
+            None => candle_core::bail!("row {row} of a batch of {rows}"),
+        }
+    }
 }
 
 impl TransformerLm {
