@@ -80,16 +80,15 @@ pub struct LstmLm {
 /// sigmoids, two tanh and four element-wise products and sums: a dozen tensor operations, each
 /// allocating its output, which cost more than the products themselves at the showcase's
 /// widths. Here a step is one product of the input and hidden state side by side against both
-/// weight matrices stacked, then one pass in plain Rust over the gates: the same arithmetic
-/// (the unit test below checks it against candle's `LSTM` to 1e-5).
+/// weight matrices stacked (the crate's packed [`Dense`] kernel, with both biases summed), then
+/// one pass in plain Rust over the gates: the same arithmetic (the unit test below checks it
+/// against candle's `LSTM` to 1e-5).
 #[derive(Debug)]
 struct Layer {
-    /// `[input + hidden, 4 * hidden]`, a transposed view of the input weights and the hidden
-    /// weights side by side (`[4 * hidden, input + hidden]`, contiguous): the gates come out in
-    /// candle's order, input, forget, cell, output.
-    weights: Tensor,
-    /// Both biases summed, `4 * hidden`.
-    bias: Vec<f32>,
+    /// `[input + hidden] -> [4 * hidden]`: the input weights and the hidden weights side by
+    /// side, both biases summed; the gates come out in candle's order, input, forget, cell,
+    /// output.
+    gates: Dense,
     hidden: usize,
 }
 
@@ -112,38 +111,40 @@ impl Layer {
                 bias.iter_mut().zip(b).for_each(|(sum, b)| *sum += b);
             }
         }
-        let weights = Tensor::cat(&[&w_ih, &w_hh], 1)?.t()?;
-        Ok(Self {
-            weights,
-            bias,
-            hidden,
-        })
+        let gates = Dense::from_parts(&Tensor::cat(&[&w_ih, &w_hh], 1)?, bias)?;
+        Ok(Self { gates, hidden })
     }
 
     /// One step for `x`, `[rows, input]`, from `state`.
     fn step(&self, x: &Tensor, state: &LSTMState) -> Result<LSTMState> {
-        let rows = x.dim(0)?;
+        let (rows, input) = x.dims2()?;
         let h = self.hidden;
-        let gates = Tensor::cat(&[x, &state.h], 1)?
-            .matmul(&self.weights)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (x, hs) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            state.h.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut joined = Vec::with_capacity(rows * (input + h));
+        for (x, hs) in x.chunks_exact(input).zip(hs.chunks_exact(h)) {
+            joined.extend_from_slice(x);
+            joined.extend_from_slice(hs);
+        }
+        let gates = self.gates.forward_slice(&joined, false)?;
         let c = state.c.flatten_all()?.to_vec1::<f32>()?;
         let mut next_h = vec![0.0f32; rows * h];
         let mut next_c = vec![0.0f32; rows * h];
         for r in 0..rows {
             let g = &gates[r * 4 * h..(r + 1) * 4 * h];
             for j in 0..h {
-                let input = sigmoid(g[j] + self.bias[j]);
-                let forget = sigmoid(g[h + j] + self.bias[h + j]);
-                let cell = tanh(g[2 * h + j] + self.bias[2 * h + j]);
-                let output = sigmoid(g[3 * h + j] + self.bias[3 * h + j]);
+                let input = sigmoid(g[j]);
+                let forget = sigmoid(g[h + j]);
+                let cell = tanh(g[2 * h + j]);
+                let output = sigmoid(g[3 * h + j]);
                 let c_next = forget * c[r * h + j] + input * cell;
                 next_c[r * h + j] = c_next;
                 next_h[r * h + j] = output * tanh(c_next);
             }
         }
-        let dev = x.device();
+        let dev = state.c.device();
         Ok(LSTMState::new(
             Tensor::from_vec(next_h, (rows, h), dev)?,
             Tensor::from_vec(next_c, (rows, h), dev)?,

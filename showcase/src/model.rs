@@ -264,7 +264,16 @@ impl Dense {
             Some(b) => b.to_vec1::<f32>()?,
             None => vec![0.0; output],
         };
-        let weight = linear.weight().to_vec2::<f32>()?; // [output][input]
+        Self::from_parts(linear.weight(), bias)
+    }
+
+    /// The layer of `weight`, `[out, in]` as candle's `Linear` keeps it, and `bias`, `[out]`.
+    pub(crate) fn from_parts(weight: &Tensor, bias: Vec<f32>) -> Result<Self> {
+        let (output, input) = weight.dims2()?;
+        if bias.len() != output {
+            candle_core::bail!("{} biases for {output} outputs", bias.len());
+        }
+        let weight = weight.to_vec2::<f32>()?;
         let panels = output.div_ceil(PANEL);
         let mut packed = vec![0.0; panels * input * PANEL];
         for (o, row) in weight.iter().enumerate() {
