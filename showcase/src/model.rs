@@ -317,6 +317,55 @@ impl Dense {
     }
 }
 
+/// A layer norm over each row's last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`,
+/// with candle's `LayerNorm` weights under the same names, in a plain loop over the rows.
+///
+/// candle's layer norm splits its rows over the current rayon pool; this one runs on the
+/// calling thread, so a model built of it and [`Dense`] computes wholly on the thread that calls
+/// it, and a batcher worker can run it without handing each step to a pool's thread.
+#[derive(Debug)]
+pub(crate) struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    /// The layer that `candle_nn::layer_norm(size, eps, vb)` would make.
+    pub(crate) fn new(size: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let norm = candle_nn::layer_norm(size, eps, vb)?;
+        let weight = norm.weight().to_vec1::<f32>()?;
+        let bias = match norm.bias() {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; size],
+        };
+        Ok(Self {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+
+    /// The norm of every row of `x`, `[rows, size]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let size = self.weight.len();
+        let rows = x.dim(0)?;
+        let mut y = x.flatten_all()?.to_vec1::<f32>()?;
+        if y.len() != rows * size {
+            candle_core::bail!("rows of {} for a norm over {size}", y.len() / rows.max(1));
+        }
+        for row in y.chunks_exact_mut(size) {
+            let mean = row.iter().sum::<f32>() / size as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / size as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, &w), &b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        }
+        Tensor::from_vec(y, (rows, size), x.device())
+    }
+}
+
 /// `y = x W^T + b` (then ReLU if asked) over `W` packed as [`Dense`] keeps it: `x` is
 /// `[rows, input]`, `y` `[rows, bias.len()]`, both row-major.
 ///
@@ -422,6 +471,27 @@ mod tests {
     use super::*;
     use crate::weights::SeededWeights;
     use candle_nn::Module;
+
+    /// `Norm` computes what candle's `LayerNorm` computes from the same weights.
+    #[test]
+    fn norm_matches_candles_layer_norm() {
+        let vb = SeededWeights::var_builder(4);
+        let ours = Norm::new(24, 1e-5, vb.pp("norm")).unwrap();
+        let theirs = candle_nn::layer_norm(24, 1e-5, vb.pp("norm")).unwrap();
+        let x: Vec<f32> = (0..5 * 24)
+            .map(|i| ((i * 7919 % 211) as f32 / 50.0) - 2.0)
+            .collect();
+        let x = Tensor::from_vec(x, (5, 24), &candle_core::Device::Cpu).unwrap();
+        let diff = (ours.forward(&x).unwrap() - theirs.forward(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "differs by {diff}");
+    }
 
     /// At sizes that leave partial row blocks and a partial panel, `Dense` still computes
     /// candle's product, and a row's result does not depend on the rows around it.

@@ -2,9 +2,9 @@
 //! with a per-sequence key/value cache, a ReLU MLP, pre-layer norms.
 
 use candle_core::{Device, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Module};
+use candle_nn::{Embedding, Module};
 
-use crate::model::{index_tensor, Dense, LanguageModel, VOCAB};
+use crate::model::{index_tensor, Dense, LanguageModel, Norm, VOCAB};
 use crate::weights::SeededWeights;
 
 /// The transformer's sizes.
@@ -123,10 +123,10 @@ impl TransformerSeqState {
 
 #[derive(Debug)]
 struct Block {
-    ln1: LayerNorm,
+    ln1: Norm,
     qkv: Dense,
     proj: Dense,
-    ln2: LayerNorm,
+    ln2: Norm,
     fc1: Dense,
     fc2: Dense,
 }
@@ -143,7 +143,7 @@ pub struct TransformerLm {
     tok: Embedding,
     pos: Embedding,
     blocks: Vec<Block>,
-    ln_f: LayerNorm,
+    ln_f: Norm,
     head: Dense,
 }
 
@@ -177,10 +177,10 @@ impl TransformerLm {
             .map(|l| {
                 let vb = vb.pp(format!("block{l}"));
                 Ok(Block {
-                    ln1: candle_nn::layer_norm(d, 1e-5, vb.pp("ln1"))?,
+                    ln1: Norm::new(d, 1e-5, vb.pp("ln1"))?,
                     qkv: Dense::new(d, 3 * d, vb.pp("qkv"))?,
                     proj: Dense::new(d, d, vb.pp("proj"))?,
-                    ln2: candle_nn::layer_norm(d, 1e-5, vb.pp("ln2"))?,
+                    ln2: Norm::new(d, 1e-5, vb.pp("ln2"))?,
                     fc1: Dense::new(d, 4 * d, vb.pp("fc1"))?,
                     fc2: Dense::new(4 * d, d, vb.pp("fc2"))?,
                 })
@@ -191,7 +191,7 @@ impl TransformerLm {
             tok: candle_nn::embedding(VOCAB, d, vb.pp("tok"))?,
             pos: candle_nn::embedding(c.context, d, vb.pp("pos"))?,
             blocks,
-            ln_f: candle_nn::layer_norm(d, 1e-5, vb.pp("ln_f"))?,
+            ln_f: Norm::new(d, 1e-5, vb.pp("ln_f"))?,
             head: Dense::new(d, VOCAB, vb.pp("head"))?,
         })
     }
