@@ -105,25 +105,18 @@ fn launch<M: LanguageModel>(model: M, config: &ServerConfig) -> Result<Backend, 
     }
     let delay = config.step_delay;
     let sessions: Arc<dyn Sessions> = Arc::clone(&engine) as _;
+    // Each worker computes a step on its own thread (the showcase's models run every kernel on
+    // the calling thread), so no worker queues behind another's kernels and no step is handed
+    // to another thread and back, as in the showcase's continuous mode.
     let batcher = if config.workers <= 1 {
         builder.spawn_steps(Paced {
-            inner: Continuous::new(engine, None),
+            inner: Continuous::on_worker_thread(engine),
             delay,
         })
     } else {
-        builder.spawn_steps_pool(config.workers, move || {
-            // Each worker computes on a one-thread pool of its own, so that no worker queues
-            // behind another's kernels (as the showcase's continuous mode does). Made on the
-            // worker's thread; if it cannot be built, the worker uses the engine's thread.
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|i| format!("server-compute-{i}"))
-                .build()
-                .ok();
-            Paced {
-                inner: Continuous::new(Arc::clone(&engine), pool),
-                delay,
-            }
+        builder.spawn_steps_pool(config.workers, move || Paced {
+            inner: Continuous::on_worker_thread(Arc::clone(&engine)),
+            delay,
         })
     }
     .map_err(|e| format!("starting the batcher: {e}"))?;

@@ -84,13 +84,23 @@ pub struct Running<S> {
 /// ```
 pub struct Continuous<M: LanguageModel> {
     engine: Arc<Engine<M>>,
-    /// Where the kernels run: a pool of this handler's own, or the engine's compute thread.
-    pool: Option<rayon::ThreadPool>,
+    /// Where the kernels run.
+    compute: Compute,
     /// The running sequences' batch, `None` while nothing runs.
     batch: Option<M::Batch>,
     /// The id of each row of `batch`, in row order.
     rows: Vec<u64>,
     next_id: u64,
+}
+
+/// Where a [`Continuous`] handler runs its kernels.
+enum Compute {
+    /// A rayon pool of the handler's own.
+    Pool(rayon::ThreadPool),
+    /// The engine's compute thread.
+    Engine,
+    /// The thread that calls the handler.
+    Caller,
 }
 
 impl<M: LanguageModel> std::fmt::Debug for Continuous<M> {
@@ -107,9 +117,51 @@ impl<M: LanguageModel> Continuous<M> {
     /// thread if `None` (a batcher with several workers gives each worker a pool of its own, so
     /// that no worker queues behind another's kernels).
     pub fn new(engine: Arc<Engine<M>>, pool: Option<rayon::ThreadPool>) -> Self {
+        let compute = match pool {
+            Some(pool) => Compute::Pool(pool),
+            None => Compute::Engine,
+        };
+        Self::with(engine, compute)
+    }
+
+    /// A handler over `engine` that runs its kernels on the thread that calls it, the batcher
+    /// worker's own: no step is handed to another thread and back.
+    ///
+    /// For a model whose kernels run on the calling thread, as both of the showcase's do (their
+    /// products, attention and norms are the showcase's own). A model built on candle's matrix
+    /// product or layer norm runs them in the current rayon pool: called here, outside any pool,
+    /// they would spread over rayon's global pool; give such a model [`new`](Self::new) and a
+    /// pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, Streamed};
+    /// use latchless_showcase::continuous::Continuous;
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    /// use latchless_showcase::serve::{Engine, Request};
+    /// use std::sync::Arc;
+    ///
+    /// let model = Arc::new(LstmLm::new(LstmConfig::tiny(), 1).unwrap());
+    /// let engine = Arc::new(Engine::new(model, 1 << 20).unwrap());
+    /// let batcher = Batcher::builder()
+    ///     .spawn_steps_pool(2, move || Continuous::on_worker_thread(Arc::clone(&engine)))
+    ///     .unwrap();
+    /// let items: Vec<_> = batcher
+    ///     .submit(Request { session: 1, prompt: b"hi".to_vec(), max_new: 3 })
+    ///     .unwrap()
+    ///     .collect();
+    /// let Some(Streamed::Done(Ok(Ok(reply)))) = items.last() else { panic!("{items:?}") };
+    /// assert_eq!(reply.text.len(), 3);
+    /// ```
+    pub fn on_worker_thread(engine: Arc<Engine<M>>) -> Self {
+        Self::with(engine, Compute::Caller)
+    }
+
+    fn with(engine: Arc<Engine<M>>, compute: Compute) -> Self {
         Self {
             engine,
-            pool,
+            compute,
             batch: None,
             rows: Vec::new(),
             next_id: 0,
@@ -253,10 +305,11 @@ impl<M: LanguageModel> StepHandler for Continuous<M> {
             let Some(batch) = batch else {
                 candle_core::bail!("{} running requests and no batch", items.len());
             };
-            let run = || engine.model().feed(batch, &tokens)?.to_vec2::<f32>();
-            match &self.pool {
-                Some(pool) => pool.install(run),
-                None => engine.on_compute_thread(run),
+            let mut run = || engine.model().feed(batch, &tokens)?.to_vec2::<f32>();
+            match &self.compute {
+                Compute::Pool(pool) => pool.install(run),
+                Compute::Engine => engine.on_compute_thread(run),
+                Compute::Caller => run(),
             }
         });
         let logits = match fed {

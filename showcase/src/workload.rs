@@ -416,15 +416,23 @@ pub fn run<M: LanguageModel>(
                     .cost(Request::cost)
                     .join_policy(join),
             );
-            let batcher = if workers <= 1 {
+            // One compute thread a worker: the worker's own. The showcase's models run every
+            // kernel on the calling thread, so a step needs no hand-off to a pool's thread and
+            // back (with more threads, each worker gets a pool of its own).
+            let threads = engine.compute_threads();
+            let batcher = if workers <= 1 && threads <= 1 {
+                builder.spawn_steps(Continuous::on_worker_thread(Arc::clone(&engine)))
+            } else if workers <= 1 {
                 builder.spawn_steps(Continuous::new(Arc::clone(&engine), None))
             } else {
-                let threads = engine.compute_threads();
                 builder.spawn_steps_pool(workers, move || {
+                    let engine = Arc::clone(&handler_engine);
+                    if threads <= 1 {
+                        return Continuous::on_worker_thread(engine);
+                    }
                     // Made on the worker's thread; a pool that cannot be built panics here, and
                     // the batcher fails the items of that join and tries again.
-                    let pool = compute_pool(threads, "continuous");
-                    Continuous::new(Arc::clone(&handler_engine), Some(pool))
+                    Continuous::new(engine, Some(compute_pool(threads, "continuous")))
                 })
             }
             .map_err(|e| e.to_string())?;
