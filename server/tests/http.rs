@@ -274,7 +274,7 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_chunks_concatenate_to_the_whole_completion() {
-    // The transformer with two batcher workers, each computing on a pool of its own.
+    // The transformer with two batcher workers, each computing on its own thread.
     for (model, workers) in [(ModelKind::Lstm, 1), (ModelKind::Transformer, 2)] {
         let server = start(ServerConfig {
             model,

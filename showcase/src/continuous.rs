@@ -115,7 +115,8 @@ impl<M: LanguageModel> std::fmt::Debug for Continuous<M> {
 impl<M: LanguageModel> Continuous<M> {
     /// A handler over `engine` that runs its kernels on `pool`, or on the engine's compute
     /// thread if `None` (a batcher with several workers gives each worker a pool of its own, so
-    /// that no worker queues behind another's kernels).
+    /// that no worker queues behind another's kernels). For a model whose kernels run on the
+    /// calling thread, [`on_worker_thread`](Self::on_worker_thread) spares each step the trip.
     pub fn new(engine: Arc<Engine<M>>, pool: Option<rayon::ThreadPool>) -> Self {
         let compute = match pool {
             Some(pool) => Compute::Pool(pool),

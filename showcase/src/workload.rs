@@ -249,10 +249,13 @@ fn micros(d: Duration) -> u64 {
 type ClientAnswer = Result<Reply, String>;
 
 /// Serves `work` (one list per client) in `mode` and measures it. `engine` should be fresh, so
-/// that every mode starts with an empty session cache. The batchers run `workers` workers: one
+/// that every mode starts with an empty session cache. The batchers run `workers` workers, so
+/// that no worker queues behind another's kernels. The whole-request batcher's one worker
 /// computes on `engine`'s own compute pool; several each compute on a rayon pool of their own
-/// with as many threads as `engine`'s, so that no worker queues behind another's kernels. The
-/// continuous mode lets waiting requests join a running batch under `join`.
+/// with as many threads as `engine`'s. The continuous mode's workers compute on their own
+/// threads when `engine` has one compute thread (the models run every kernel on the calling
+/// thread), on pools as above otherwise, and let waiting requests join a running batch under
+/// `join`.
 ///
 /// # Errors
 ///
