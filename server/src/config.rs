@@ -97,6 +97,12 @@ pub struct ServerConfig {
     pub workers: usize,
     /// The most requests running in one worker's batch at once. Default: 16.
     pub max_batch_size: usize,
+    /// The most bytes of state (a transformer's keys and values, an LSTM's hidden states) one
+    /// worker's running requests hold between them, each counted at its largest
+    /// (`Engine::row_bytes`), so that what every decode step reads stays in cache; a request
+    /// that alone needs more is refused as too costly. Default: the showcase's
+    /// `DEFAULT_STATE_BUDGET`, 2 MiB.
+    pub state_budget: u64,
     /// The most requests admitted (waiting or running); beyond it a request is refused with
     /// 429. Default: 256.
     pub max_queue: usize,
@@ -131,6 +137,7 @@ impl Default for ServerConfig {
             seed: 1,
             workers: 1,
             max_batch_size: 16,
+            state_budget: latchless_showcase::workload::DEFAULT_STATE_BUDGET,
             max_queue: 256,
             priority_classes: 2,
             timeout: Duration::from_secs(30),
@@ -171,6 +178,9 @@ impl ServerConfig {
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
+        }
+        if self.state_budget == 0 {
+            return Err("state_budget must be at least 1".into());
         }
         if self.priority_classes > 64 {
             return Err("priority_classes must be at most 64".into());

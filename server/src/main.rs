@@ -31,6 +31,9 @@ struct Args {
     /// The most requests running in one worker's batch.
     #[arg(long, default_value_t = 16)]
     max_batch_size: usize,
+    /// The most bytes of state one worker's running requests hold between them.
+    #[arg(long, default_value_t = latchless_showcase::workload::DEFAULT_STATE_BUDGET)]
+    state_budget: u64,
     /// The most requests admitted at once; beyond it, 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
@@ -81,6 +84,7 @@ async fn main() -> ExitCode {
         seed: args.seed,
         workers: args.workers,
         max_batch_size: args.max_batch_size,
+        state_budget: args.state_budget,
         max_queue: args.max_queue,
         timeout: Duration::from_millis(args.timeout_ms),
         priority_classes: args.priority_classes,

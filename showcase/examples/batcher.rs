@@ -20,7 +20,9 @@ use latchless_showcase::lstm::{LstmConfig, LstmLm};
 use latchless_showcase::model::LanguageModel;
 use latchless_showcase::serve::{Engine, Request};
 use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
-use latchless_showcase::workload::{self, Arrivals, Mode, Outcome, Serving, Workload};
+use latchless_showcase::workload::{
+    self, Arrivals, Mode, Outcome, Serving, Workload, DEFAULT_STATE_BUDGET,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ModelChoice {
@@ -64,9 +66,14 @@ struct Args {
     /// How long a batch may wait for more requests, in milliseconds.
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
-    /// The most tokens (prompt plus generated) in one batch.
+    /// The most tokens (prompt plus generated) in one batch of the whole-request batcher.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_batch_cost: u64,
+    /// Continuous batching: the most bytes of state (a transformer's keys and values, an LSTM's
+    /// hidden states) a worker's running rows hold between them, each row counted at its largest,
+    /// so that what every step reads stays in cache.
+    #[arg(long, default_value_t = DEFAULT_STATE_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    state_budget: u64,
     /// The most requests waiting or running in the batcher; beyond it a request is refused. In
     /// the closed loop its client retries after a millisecond; in the open loop it is counted
     /// (the `refused` column) and dropped.
@@ -190,7 +197,7 @@ fn run(args: &Args) -> Result<(), String> {
     join.validate().map_err(|e| e.to_string())?;
     println!(
         "{} clients, {} requests per model and mode, prompts of {}-{} bytes, {}-{} bytes generated; \
-         batcher: up to {} requests or {} tokens per batch, {} ms max wait, {} worker(s) of {} compute thread(s); {} cores",
+         batcher: up to {} requests or {} tokens per batch ({} KiB of row state per continuous batch), {} ms max wait, {} worker(s) of {} compute thread(s); {} cores",
         work.clients,
         work.requests,
         args.min_prompt,
@@ -199,6 +206,7 @@ fn run(args: &Args) -> Result<(), String> {
         args.max_new,
         batch.max_batch_size,
         batch.max_batch_cost,
+        args.state_budget >> 10,
         args.max_wait_ms,
         workers(args),
         args.compute_threads,
@@ -233,6 +241,7 @@ fn serve_model<M: LanguageModel>(
         workers: workers(args),
         arrivals: Arrivals::Closed,
         high_share: args.high_share,
+        state_budget: args.state_budget,
     };
     let (outcomes, batcher_engine) = measure(&model, args, &requests, &serving, &modes)?;
     match &batcher_engine {

@@ -262,6 +262,11 @@ impl LanguageModel for LstmLm {
             .sum()
     }
 
+    fn row_bytes(&self, _state: Option<&LstmSeqState>, _prompt: usize, _max_new: usize) -> u64 {
+        // `h` and `c` of each layer, whatever the sequence's length.
+        (self.config.layers * 2 * self.config.hidden * 4) as u64
+    }
+
     fn fit(
         &self,
         state: LstmSeqState,

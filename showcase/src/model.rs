@@ -30,6 +30,13 @@ pub trait LanguageModel: Send + Sync + 'static {
     /// How many bytes the state's tensors hold (the session cache's weight).
     fn state_bytes(&self, state: &Self::State) -> u64;
 
+    /// The most bytes of state a row holds while it serves a request that continues `state`
+    /// (`None`: a fresh sequence), feeds `prompt` tokens and generates `max_new`: what the row
+    /// brings to a continuous batch's working set, which every step reads whole. A
+    /// transformer's keys and values grow with every token (up to its context); an LSTM's
+    /// state does not grow.
+    fn row_bytes(&self, state: Option<&Self::State>, prompt: usize, max_new: usize) -> u64;
+
     /// Makes room for a request that feeds `prompt` and generates `max_new` tokens: returns the
     /// state to start from and the tokens to feed. A model with a bounded context may start
     /// over from the most recent part of the sequence here.

@@ -261,6 +261,33 @@ impl<M: LanguageModel> Engine<M> {
         }
     }
 
+    /// The most bytes of state `req`'s row holds in a continuous batch
+    /// ([`LanguageModel::row_bytes`]), from its session's stored state as it is now (looked up
+    /// without counting as an access): a cost for the continuous batcher's budget.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless_showcase::serve::{Engine, Request};
+    /// use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
+    /// use std::sync::Arc;
+    ///
+    /// let model = Arc::new(TransformerLm::new(TransformerConfig::tiny(), 1).unwrap());
+    /// let engine = Engine::new(model, 1 << 20).unwrap();
+    /// let short = Request { session: 1, prompt: b"hi".to_vec(), max_new: 2 };
+    /// let long = Request { session: 2, prompt: b"hello there".to_vec(), max_new: 20 };
+    /// // A transformer's keys and values grow with every token.
+    /// assert!(engine.row_bytes(&short) < engine.row_bytes(&long));
+    /// ```
+    pub fn row_bytes(&self, req: &Request) -> u64 {
+        let stored = self.sessions.peek(&req.session);
+        self.model.row_bytes(
+            stored.as_ref().map(Session::state),
+            req.prompt.len(),
+            req.max_new,
+        )
+    }
+
     /// Runs `f` on the engine's compute thread, where candle's kernels run single-threaded.
     pub fn on_compute_thread<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

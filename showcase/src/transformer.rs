@@ -238,6 +238,21 @@ impl LanguageModel for TransformerLm {
         (kv + state.tokens.len() * 4) as u64
     }
 
+    fn row_bytes(&self, state: Option<&TransformerSeqState>, prompt: usize, max_new: usize) -> u64 {
+        let seen = state.map_or(0, TransformerSeqState::len);
+        // The tokens held at the end: all of them, or, past the context, what `fit` keeps.
+        let c = self.config.context;
+        let end = if seen + prompt + max_new <= c {
+            seen + prompt + max_new
+        } else {
+            (c / 2).min(c.saturating_sub(prompt + max_new)).min(seen) + prompt + max_new
+        };
+        // Per block: keys in whole tiles, values row by row, `f32`s; and the tokens.
+        let d = self.config.d_model;
+        let per_block = (end.div_ceil(KEY_BLOCK) * KEY_BLOCK + end) * d * 4;
+        (self.config.layers * per_block + end * 4) as u64
+    }
+
     fn fit(
         &self,
         state: TransformerSeqState,

@@ -133,6 +133,11 @@ pub enum Arrivals {
     },
 }
 
+/// The default of [`Serving::state_budget`]: 2 MiB, twice a core's L2 cache on the machines
+/// measured (BENCHMARKS.md), about six of the showcase transformer's rows at its full context.
+/// The LSTM's rows hold 4 KiB each, so `max_batch_size` bounds its batches first.
+pub const DEFAULT_STATE_BUDGET: u64 = 2 << 20;
+
 /// How the batching modes are set up, and how requests arrive.
 #[derive(Debug, Clone)]
 pub struct Serving {
@@ -148,6 +153,11 @@ pub struct Serving {
     /// run two priority classes (the high one first, with aging), the other modes serve in
     /// arrival order. 0 for one class.
     pub high_share: f64,
+    /// The continuous batch's budget of row state, in bytes: a worker's running rows hold at
+    /// most this much state between them ([`Engine::row_bytes`] is a request's cost, in place of
+    /// `batch.max_batch_cost`), so that what every step reads stays in cache. `u64::MAX` for no
+    /// bound but `batch.max_batch_size`.
+    pub state_budget: u64,
 }
 
 /// What one mode measured.
@@ -413,10 +423,13 @@ pub fn run<M: LanguageModel>(
         }
         Mode::Continuous => {
             let handler_engine = Arc::clone(&engine);
+            let cost_engine = Arc::clone(&engine);
+            let mut config = batch.clone();
+            config.max_batch_cost = serving.state_budget;
             let builder = with_classes(
                 Batcher::builder()
-                    .config(batch.clone())
-                    .cost(Request::cost)
+                    .config(config)
+                    .cost(move |r: &Request| cost_engine.row_bytes(r))
                     .join_policy(join),
             );
             // One compute thread a worker: the worker's own. The showcase's models run every

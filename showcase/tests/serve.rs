@@ -123,6 +123,43 @@ fn a_transformer_session_slides_its_window_instead_of_failing() {
 }
 
 #[test]
+fn a_rows_bytes_are_the_state_its_request_leaves() {
+    // The continuous batcher's budget counts each row at `row_bytes`, computed before the
+    // request runs: for a transformer, exactly the keys and values its session holds after it,
+    // before and after the window slides.
+    let model = Arc::new(TransformerLm::new(TransformerConfig::tiny(), 3).unwrap());
+    let engine = Engine::new(Arc::clone(&model), 1 << 24).unwrap();
+    let mut sizes = Vec::new();
+    for turn in 0..8 {
+        let r = req(1, &[b'q'; 12], 6);
+        let bytes = engine.row_bytes(&r);
+        engine.serve(vec![r]).pop().unwrap().unwrap();
+        let stored = engine.sessions().peek(&1).unwrap();
+        assert_eq!(
+            model.state_bytes(stored.state()),
+            bytes,
+            "turn {turn}: {} tokens",
+            stored.state().len()
+        );
+        sizes.push(bytes);
+    }
+    assert!(
+        sizes.windows(2).any(|w| w[1] > w[0]),
+        "{sizes:?}: never grew"
+    );
+    assert!(
+        sizes.windows(2).any(|w| w[1] < w[0]),
+        "{sizes:?}: never slid"
+    );
+    // An LSTM's rows hold the same whatever they read.
+    let lstm = lstm_engine(1 << 20);
+    assert_eq!(
+        lstm.row_bytes(&req(1, b"a", 1)),
+        lstm.row_bytes(&req(2, &[b'a'; 40], 20))
+    );
+}
+
+#[test]
 fn many_clients_through_the_batcher_each_get_their_own_replies() {
     const CLIENTS: u64 = 8;
     const TURNS: usize = 12;

@@ -1,5 +1,6 @@
 //! The workload driver's accounting of refusals: dropped and counted in the open loop, retried
-//! in the closed loop, and never mixed into the answered requests' figures.
+//! in the closed loop, and never mixed into the answered requests' figures; and the continuous
+//! batch's state budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 use latchless::batch::{BatchConfig, JoinPolicy};
 use latchless_showcase::lstm::{LstmConfig, LstmLm};
-use latchless_showcase::serve::Engine;
+use latchless_showcase::serve::{Engine, Request};
 use latchless_showcase::workload::{run, Arrivals, Mode, Serving, Workload};
 
 fn workload() -> Workload {
@@ -36,6 +37,7 @@ fn serving(arrivals: Arrivals) -> Serving {
         workers: 1,
         arrivals,
         high_share: 0.0,
+        state_budget: u64::MAX,
     }
 }
 
@@ -90,4 +92,46 @@ fn the_closed_loop_retries_refused_requests_until_served() {
             "{mode:?}: eight clients never found the batcher full"
         );
     }
+}
+
+#[test]
+fn the_state_budget_bounds_the_rows_of_a_continuous_step() {
+    let work = workload();
+    let requests = work.requests();
+    let engine = engine();
+    // An LSTM row holds the same state whatever it reads: a budget of two rows' worth.
+    let row = engine.row_bytes(&Request {
+        session: 0,
+        prompt: b"x".to_vec(),
+        max_new: 1,
+    });
+    let widest = |budget: u64| {
+        let mut serving = serving(Arrivals::Closed);
+        serving.batch.max_queue = 64;
+        serving.batch.max_batch_size = 8;
+        serving.state_budget = budget;
+        let outcome = run(
+            Mode::Continuous,
+            Arc::clone(&engine),
+            &requests,
+            &serving,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        assert_eq!(
+            outcome.ok,
+            requests.iter().map(Vec::len).sum::<usize>() as u64
+        );
+        outcome
+            .histograms
+            .expect("the batcher's histograms")
+            .batch_size
+            .max()
+    };
+    let bounded = widest(2 * row);
+    assert!(bounded <= 2, "{bounded} rows in a step with room for 2");
+    // Without the budget the same eight clients fill wider steps: the bound is what held.
+    let free = widest(u64::MAX);
+    assert!(free > 2, "only {free} rows in a step without a budget");
 }

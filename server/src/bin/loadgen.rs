@@ -1181,6 +1181,7 @@ fn local_run<M: LanguageModel>(
         workers: config.workers,
         arrivals: Arrivals::Closed,
         high_share: 0.0,
+        state_budget: config.state_budget,
     };
     let progress = indicatif::ProgressBar::hidden();
     let o = workload::run(Mode::Continuous, engine, work, &serving, &progress)?;
