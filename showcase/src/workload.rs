@@ -133,9 +133,11 @@ pub enum Arrivals {
     },
 }
 
-/// The default of [`Serving::state_budget`]: 2 MiB, twice a core's L2 cache on the machines
-/// measured (BENCHMARKS.md), about six of the showcase transformer's rows at its full context.
-/// The LSTM's rows hold 4 KiB each, so `max_batch_size` bounds its batches first.
+/// The default of [`Serving::state_budget`]: 2 MiB, twice a core's L2 cache on the AMD host
+/// measured, and the best of the budgets swept there (BENCHMARKS.md). That is four of the
+/// showcase transformer's rows at its full context (512 KiB each), five or six at the closed
+/// loop's usual session lengths. The LSTM's rows hold 4 KiB each, so `max_batch_size` bounds
+/// its batches first.
 pub const DEFAULT_STATE_BUDGET: u64 = 2 << 20;
 
 /// How the batching modes are set up, and how requests arrive.
