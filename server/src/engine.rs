@@ -90,12 +90,11 @@ fn launch<M: LanguageModel>(model: M, config: &ServerConfig) -> Result<Backend, 
             .map_err(|e| format!("starting the compute thread: {e}"))?,
     );
     // A request's cost is the state its row holds at most, against the state budget.
-    let cost_engine = Arc::clone(&engine);
     let mut builder = Batcher::builder()
         .max_batch_size(config.max_batch_size)
         .max_batch_cost(config.state_budget)
         .max_queue(config.max_queue)
-        .cost(move |r: &Request| cost_engine.row_bytes(r));
+        .cost(Engine::row_cost(&engine));
     // Each class's bound and timeout are the batcher's own: a request submitted without a
     // deadline gets its class's.
     for c in 0..config.priority_classes {

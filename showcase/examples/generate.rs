@@ -76,11 +76,10 @@ fn run<M: LanguageModel>(model: M, args: &Args) -> Result<(), String> {
     // state between them (each request counted at its row's largest), since every step reads
     // all of it: a transformer's keys and values grow with its session.
     let handler_engine = Arc::clone(&engine);
-    let cost_engine = Arc::clone(&engine);
     let batcher = Batcher::builder()
         .max_batch_size(32)
         .max_batch_cost(DEFAULT_STATE_BUDGET)
-        .cost(move |r: &Request| cost_engine.row_bytes(r))
+        .cost(Engine::row_cost(&engine))
         .spawn_steps_pool(args.workers as usize, move || {
             Continuous::on_worker_thread(Arc::clone(&handler_engine))
         })

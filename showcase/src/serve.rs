@@ -288,6 +288,32 @@ impl<M: LanguageModel> Engine<M> {
         )
     }
 
+    /// [`row_bytes`](Self::row_bytes) as a batcher's cost function: the continuous batcher's
+    /// budget (its `max_batch_cost`) is then a budget of row state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::Batcher;
+    /// use latchless_showcase::continuous::Continuous;
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    /// use latchless_showcase::serve::Engine;
+    /// use std::sync::Arc;
+    ///
+    /// let model = Arc::new(LstmLm::new(LstmConfig::tiny(), 1).unwrap());
+    /// let engine = Arc::new(Engine::new(model, 1 << 20).unwrap());
+    /// let batcher = Batcher::builder()
+    ///     .max_batch_cost(2 << 20)
+    ///     .cost(Engine::row_cost(&engine))
+    ///     .spawn_steps(Continuous::on_worker_thread(engine))
+    ///     .unwrap();
+    /// # drop(batcher);
+    /// ```
+    pub fn row_cost(engine: &Arc<Self>) -> impl Fn(&Request) -> u64 + Send + Sync + 'static {
+        let engine = Arc::clone(engine);
+        move |r| engine.row_bytes(r)
+    }
+
     /// Runs `f` on the engine's compute thread, where candle's kernels run single-threaded.
     pub fn on_compute_thread<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

@@ -107,6 +107,12 @@ impl LayerKv {
     fn bytes(&self) -> usize {
         (self.keys.len() + self.values.len()) * 4
     }
+
+    /// The bytes the keys and values of `tokens` tokens of width `d` hold: keys in whole tiles,
+    /// values token by token, `f32`s.
+    fn bytes_for(tokens: usize, d: usize) -> usize {
+        (tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK + tokens) * d * 4
+    }
 }
 
 impl TransformerSeqState {
@@ -240,16 +246,9 @@ impl LanguageModel for TransformerLm {
 
     fn row_bytes(&self, state: Option<&TransformerSeqState>, prompt: usize, max_new: usize) -> u64 {
         let seen = state.map_or(0, TransformerSeqState::len);
-        // The tokens held at the end: all of them, or, past the context, what `fit` keeps.
-        let c = self.config.context;
-        let end = if seen + prompt + max_new <= c {
-            seen + prompt + max_new
-        } else {
-            (c / 2).min(c.saturating_sub(prompt + max_new)).min(seen) + prompt + max_new
-        };
-        // Per block: keys in whole tiles, values row by row, `f32`s; and the tokens.
-        let d = self.config.d_model;
-        let per_block = (end.div_ceil(KEY_BLOCK) * KEY_BLOCK + end) * d * 4;
+        // The tokens held at the end: those seen that `fit` keeps, then the request's own.
+        let end = self.kept(seen, prompt + max_new).unwrap_or(seen) + prompt + max_new;
+        let per_block = LayerKv::bytes_for(end, self.config.d_model);
         (self.config.layers * per_block + end * 4) as u64
     }
 
@@ -259,14 +258,10 @@ impl LanguageModel for TransformerLm {
         prompt: &[u32],
         max_new: usize,
     ) -> (TransformerSeqState, Vec<u32>) {
-        if state.len() + prompt.len() + max_new <= self.config.context {
+        let Some(keep) = self.kept(state.len(), prompt.len() + max_new) else {
             return (state, prompt.to_vec());
-        }
-        // Slide the window: start over from the most recent tokens, at most half the context,
-        // so that the next few requests fit again without recomputing the window each time.
-        let keep = (self.config.context / 2)
-            .min(self.config.context.saturating_sub(prompt.len() + max_new))
-            .min(state.len());
+        };
+        // Slide the window: start over from the most recent `keep` tokens.
         let mut tokens = state.tokens[state.len() - keep..].to_vec();
         tokens.extend_from_slice(prompt);
         (self.fresh_state(), tokens)
@@ -363,6 +358,15 @@ impl LanguageModel for TransformerLm {
 }
 
 impl TransformerLm {
+    /// How many of a sequence's `seen` tokens a request that feeds and generates `more` keeps:
+    /// `None` if all of them fit in the context with it, else the most recent ones, at most half
+    /// the context, so that the next few requests fit again without recomputing the window
+    /// each time ([`LanguageModel::fit`] recomputes their keys and values).
+    fn kept(&self, seen: usize, more: usize) -> Option<usize> {
+        let c = self.config.context;
+        (seen + more > c).then(|| (c / 2).min(c.saturating_sub(more)).min(seen))
+    }
+
     /// Feeds each row its `tokens` (at least one each), appending their keys and values to the
     /// row's state, with room for `reserve` more tokens; returns the logits after each row's last
     /// token, `[rows, VOCAB]`.

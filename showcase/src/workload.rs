@@ -425,13 +425,12 @@ pub fn run<M: LanguageModel>(
         }
         Mode::Continuous => {
             let handler_engine = Arc::clone(&engine);
-            let cost_engine = Arc::clone(&engine);
             let mut config = batch.clone();
             config.max_batch_cost = serving.state_budget;
             let builder = with_classes(
                 Batcher::builder()
                     .config(config)
-                    .cost(move |r: &Request| cost_engine.row_bytes(r))
+                    .cost(Engine::row_cost(&engine))
                     .join_policy(join),
             );
             // One compute thread a worker: the worker's own. The showcase's models run every
