@@ -195,6 +195,10 @@ mod sync;
 #[doc(hidden)]
 pub use sync::census as __model_census;
 
+/// The cache's frequency sketch, for the loom models of its counters; not part of the API.
+#[doc(hidden)]
+pub use cache::sketch::Sketch as __ModelSketch;
+
 /// The README's examples, run as doctests: it is the first page most users read.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -152,7 +152,8 @@ fn eviction_races_get_on_victim() {
 /// At most one preemption: the cache's FIFOs cross a queue block boundary at nearly every push
 /// under loom (two-slot blocks), and at two preemptions the model ran past 500 s (it took 148 s
 /// with the former node-based queue). The queue's own boundary races are its models' to check.
-// Measured: 122,931 executions, 27.3s (release, one preemption, CI machine).
+// Measured: 85,495 executions, 19.2s (release, one preemption, a shared 2-core machine; 122,931
+// before the frequency sketch).
 #[test]
 fn two_inserters_evicting() {
     latchless_loom_tests::model_with_bound(1, || {

@@ -77,9 +77,11 @@ impl<K, V> Entry<K, V> {
         self.deadline != u64::MAX && now >= self.deadline
     }
 
-    /// Records an access: S3-FIFO's counter saturates at 3.
+    /// Records an access: S3-FIFO's counter saturates at 3. Returns whether this was the
+    /// entry's first read since it was queued (or since the eviction policy last took a pass
+    /// off it down to 0).
     #[inline]
-    pub(super) fn touch(&self) {
+    pub(super) fn touch(&self) -> bool {
         // Relaxed: the counter is a hint for the eviction policy; no memory is published through
         // it. A load and a store instead of a read-modify-write keep hot entries' cache lines
         // shared between readers; two racing readers may count once, which the policy tolerates.
@@ -87,6 +89,7 @@ impl<K, V> Entry<K, V> {
         if f < 3 {
             self.freq.store(f + 1, Ordering::Relaxed);
         }
+        f == 0
     }
 
     /// The key's handle (see the field).

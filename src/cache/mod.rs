@@ -7,11 +7,14 @@
 //! - **Eviction** (`policy`): S3-FIFO (Yang et al., SOSP 2023) over two of the crate's own
 //!   [`MsQueue`](crate::queue::MsQueue)s of per-key handles (a replacing entry inherits its
 //!   key's handle, so a replacement touches no FIFO) and a ghost list of recently evicted key
-//!   hashes. Reads bump a 2-bit counter with a relaxed store; eviction runs on the inserting
-//!   thread.
+//!   hashes, with TinyLFU's frequency sketch (`sketch`) admitting keys asked for often straight
+//!   to the main FIFO. Reads bump a 2-bit counter with a relaxed store; an entry's first read
+//!   since it was queued (or passed over by the eviction) also counts its key in the sketch;
+//!   eviction runs on the inserting thread.
 //! - **Bookkeeping**: total weight and length are [`AtomicCounter`]s, statistics are
 //!   [`ShardedCounter`]s. Hits and misses are counted only when the builder asks
-//!   ([`CacheBuilder::count_lookups`]), so that by default a hit writes nothing shared.
+//!   ([`CacheBuilder::count_lookups`]), so that by default a hit on an entry read before writes
+//!   nothing shared.
 //! - **Hashing**: [`DefaultHashBuilder`] (foldhash, randomly seeded) unless the builder is given
 //!   another hasher.
 //! - **Expiry**: a time-to-live from the builder ([`CacheBuilder::time_to_live`]) or per entry
@@ -62,6 +65,7 @@ mod flight;
 mod hash;
 mod index;
 mod policy;
+pub(crate) mod sketch;
 
 pub use builder::CacheBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -691,7 +695,9 @@ where
     {
         match self.find_live(self.hash(key), key, guard) {
             Some(e) => {
-                e.touch();
+                if e.touch() {
+                    self.policy.record_read(e);
+                }
                 self.stats.hit();
                 Some(e.value.clone())
             }
