@@ -228,10 +228,9 @@ impl<K, V> Policy<K, V> {
     /// Queues the handle of a key just added to the index (`e`, its entry): into main if the key
     /// was recently evicted from small, or if the sketch counts it asked for at least
     /// [`ADMIT_FREQUENCY`] times and more often than the last key evicted from main; else into
-    /// small. Then counts the request in the sketch.
+    /// small. Counts the request in the sketch, which reports the count from before it.
     pub(super) fn admit(&self, e: &Entry<K, V>) {
-        let frequency = self.sketch.frequency(e.hash);
-        self.sketch.increment(e.hash);
+        let frequency = self.sketch.increment(e.hash);
         // Relaxed: a hint, as the ghost list is.
         let to_beat = self.victim_frequency.load(Ordering::Relaxed);
         let fifo = if self.ghost.contains(e.hash)
@@ -253,7 +252,7 @@ impl<K, V> Policy<K, V> {
     #[cold]
     #[inline(never)]
     pub(super) fn record_read(&self, e: &Entry<K, V>) {
-        self.sketch.increment(e.hash);
+        let _ = self.sketch.increment(e.hash);
     }
 
     /// Queues the handle of `e`'s key: newly admitted, or popped by this thread.

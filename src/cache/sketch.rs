@@ -105,9 +105,13 @@ impl Sketch {
     /// Counts one request for `hash`: each of its counters below 15 goes up by one. When the
     /// additions since the last halving reach the sample size, the thread that got there halves
     /// every counter.
-    pub fn increment(&self, hash: u64) {
+    ///
+    /// Returns the estimate from just before this request ([`frequency`](Self::frequency) as
+    /// the increments found it), so that a caller wanting both reads the counters once.
+    pub fn increment(&self, hash: u64) -> u64 {
         let (block, at) = self.counters(hash);
         let mut added = false;
+        let mut before = MAX;
         for &(w, shift) in &at[..SKETCH_DEPTH] {
             let word = &block.0[w];
             // Relaxed: see `frequency`.
@@ -115,12 +119,16 @@ impl Sketch {
                 ((v >> shift) & MAX < MAX).then(|| v + (1 << shift))
             });
             added |= bumped.is_ok();
+            // Both arms hold the word as the update found it.
+            let (Ok(v) | Err(v)) = bumped;
+            before = before.min((v >> shift) & MAX);
         }
         // Each addition returns a distinct previous count, so exactly one thread sees
         // `sample - 1` each time the count climbs to the sample size.
         if added && self.additions.fetch_add(1, Ordering::Relaxed) == self.sample - 1 {
             self.halve();
         }
+        before
     }
 
     /// Halves every counter, then takes half the sample off the additions (those made meanwhile
@@ -156,7 +164,8 @@ mod tests {
     fn counts_up_to_fifteen() {
         let sketch = Sketch::new(64, u64::MAX);
         for n in 1..=20 {
-            sketch.increment(42);
+            let before = sketch.increment(42);
+            assert_eq!(before, (n - 1).min(15), "estimate before increment {n}");
             assert_eq!(sketch.frequency(42), n.min(15), "after {n} increments");
         }
     }
