@@ -3,7 +3,9 @@
 //! code to", Batcher):
 //!
 //! - streams: every chunk in order, then exactly one final item, then nothing; the blocking
-//!   iterator and the `futures_core::Stream` (driven by a ten-line executor) agree;
+//!   iterator and the `futures_core::Stream` (driven by a ten-line executor) agree; a stream that
+//!   skips its chunks yields its final item alone, drops every chunk once, and is woken for the
+//!   final item only;
 //! - join limits, checked step by step with a scripted handler that the test advances one step at
 //!   a time: at most `max_batch_size` running items; the cost budget of running items, with no
 //!   later item overtaking one that does not fit; the join policy's waiting-served ratio and
@@ -325,6 +327,142 @@ fn stream_impl_yields_the_same_items() {
     want.push(Streamed::Done(Ok(3)));
     assert_eq!(items, want);
     assert!(futures_core::FusedStream::is_terminated(&s));
+}
+
+/// Counts wake-ups.
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_stream_skipping_its_chunks_is_woken_for_the_final_item_only() {
+    let (script, handler) = scripted();
+    let b = Batcher::builder()
+        .join_policy(JoinPolicy::eager())
+        .spawn_steps(handler)
+        .unwrap();
+    let mut s = b.submit(req(5, 3)).unwrap();
+    s.skip_chunks();
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&wakes));
+    let mut cx = Context::from_waker(&waker);
+    let mut poll =
+        |s: &mut ChunkStream<u64, u32>| futures_core::Stream::poll_next(Pin::new(s), &mut cx);
+    // Registers the waker: nothing has come yet.
+    assert_eq!(poll(&mut s), Poll::Pending);
+    script.expect(Event::Joined(vec![5]));
+    // Three steps that each make a chunk: a step starts only after the previous one's chunks
+    // were sent, so by the fourth step's start all three were, and none woke the reader.
+    for _ in 0..3 {
+        script.expect(Event::Step(vec![5]));
+        script.permit();
+    }
+    script.expect(Event::Step(vec![5]));
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        0,
+        "woken for a skipped chunk"
+    );
+    assert_eq!(s.try_next(), None, "a skipped chunk was kept");
+    // The step that finishes the item: one wake-up, and the final item alone.
+    script.permit();
+    let start = Instant::now();
+    while wakes.0.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < GUARD, "never woken for the final item");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(poll(&mut s), Poll::Ready(Some(Streamed::Done(Ok(5)))));
+    assert_eq!(poll(&mut s), Poll::Ready(None));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    b.shutdown();
+    assert_eq!(b.stats().completed, 1);
+}
+
+/// A chunk that counts its drops.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Makes `n` [`Counted`] chunks for request `n`, one per step, then answers `n`; counts the
+/// chunks it made.
+struct MakesCounted {
+    made: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl StepHandler for MakesCounted {
+    type Req = u32;
+    type State = (u32, u32);
+    type Chunk = Counted;
+    type Out = u32;
+
+    fn join(&mut self, ns: Vec<u32>) -> Vec<Joined<(u32, u32), u32>> {
+        ns.into_iter().map(|n| Joined::Running((n, n))).collect()
+    }
+
+    fn step(&mut self, items: &mut [(u32, u32)]) -> Vec<Step<Counted, u32>> {
+        items
+            .iter_mut()
+            .map(|(left, n)| {
+                if *left == 0 {
+                    Step::Finish(*n)
+                } else {
+                    *left -= 1;
+                    self.made.fetch_add(1, Ordering::SeqCst);
+                    Step::Chunk(Counted(Arc::clone(&self.dropped)))
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn skipped_chunks_are_dropped_once_whether_read_late_or_never_queued() {
+    let made = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let b = Batcher::builder()
+        .spawn_steps(MakesCounted {
+            made: Arc::clone(&made),
+            dropped: Arc::clone(&dropped),
+        })
+        .unwrap();
+    // Skipped at once: every chunk is dropped by the worker as it is made.
+    let mut early = b.submit(40).unwrap();
+    early.skip_chunks();
+    // Skipped after one chunk was read and the rest were made: the unread ones are dropped by
+    // `skip_chunks`.
+    let mut late = b.submit(30).unwrap();
+    assert!(matches!(late.next(), Some(Streamed::Chunk(_))));
+    // Returns once every accepted item has its final item: all 70 chunks are made.
+    b.shutdown();
+    late.skip_chunks();
+    assert_eq!(late.next().map(strip), Some(Streamed::Done(Ok(30))));
+    assert_eq!(early.next().map(strip), Some(Streamed::Done(Ok(40))));
+    assert!(early.next().is_none() && late.next().is_none());
+    // Skipping again, or after the end, changes nothing.
+    late.skip_chunks();
+    assert_eq!(made.load(Ordering::SeqCst), 70);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        70,
+        "each chunk dropped exactly once"
+    );
+}
+
+/// A stream item with its chunk replaced by `()`, to compare.
+fn strip(item: Streamed<Counted, u32>) -> Streamed<(), u32> {
+    match item {
+        Streamed::Chunk(_) => Streamed::Chunk(()),
+        Streamed::Done(d) => Streamed::Done(d),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

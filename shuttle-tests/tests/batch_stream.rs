@@ -1,5 +1,6 @@
 //! shuttle tests of continuous batching (`StreamBatcher`): three client threads submit streaming
-//! requests of different lengths (one client drops one stream after its first item) while a
+//! requests of different lengths (one client drops one stream after its first item, another
+//! asks for its streams' final items only) while a
 //! fourth thread submits and shuts the batcher down, and the worker (or each of a pool of two)
 //! joins items between steps with at most two running. Every accepted stream ends with exactly one final item after its own
 //! chunks in order, refusals hand the request back, nothing accepted is lost on shutdown, and the
@@ -65,6 +66,14 @@ fn read(r: u32, stream: ChunkStream<u32, u32>) {
     }
 }
 
+/// Asks `r`'s stream for its final item only: `Ok(r)` and nothing else, whatever chunks were
+/// made before or while it asked.
+fn read_final(r: u32, mut stream: ChunkStream<u32, u32>) {
+    stream.skip_chunks();
+    let items: Vec<_> = stream.collect();
+    assert_eq!(items, [Streamed::Done(Ok(r))], "request {r}");
+}
+
 fn clients_and_shutdown(workers: usize) {
     let builder = Batcher::builder()
         .max_batch_size(2)
@@ -101,7 +110,12 @@ fn clients_and_shutdown(workers: usize) {
                     let _ = s.next();
                 }
                 for (r, s) in streams {
-                    read(r, s);
+                    // Client 1 wants whole replies: it skips its streams' chunks.
+                    if c == 1 {
+                        read_final(r, s);
+                    } else {
+                        read(r, s);
+                    }
                 }
                 accepted
             })

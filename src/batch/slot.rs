@@ -99,19 +99,24 @@ impl<T> Mailbox<T> {
     }
 
     /// The send path of both slots: puts `value` into the state with `put`, under the lock, and
-    /// wakes the reader after the lock is released. If the reader gave up, drops `value`
-    /// instead, after the lock is released and catching a panic in its `Drop` (a user type's: it
-    /// must not unwind the worker).
-    pub(super) fn send<V>(&self, value: V, put: impl FnOnce(&mut T, V)) {
+    /// wakes the reader after the lock is released. If the reader gave up, or `put` hands the
+    /// value back (the reader does not want it: a stream that skips its chunks), drops `value`
+    /// instead and wakes nobody, after the lock is released and catching a panic in its `Drop`
+    /// (a user type's: it must not unwind the worker).
+    pub(super) fn send<V>(&self, value: V, put: impl FnOnce(&mut T, V) -> Result<(), V>) {
         let (waker, sleeping) = {
             let mut state = self.lock();
             // Relaxed: written under the lock we hold, which orders it.
-            if self.cancelled.load(Ordering::Relaxed) {
+            let refused = if self.cancelled.load(Ordering::Relaxed) {
+                Err(value)
+            } else {
+                put(&mut state.data, value)
+            };
+            if let Err(value) = refused {
                 drop(state);
                 drop_quietly(value);
                 return;
             }
-            put(&mut state.data, value);
             (state.waiter.waker.take(), state.waiter.sleeping)
         };
         if sleeping {
@@ -226,6 +231,7 @@ impl<Resp> Slot<Resp> {
             // Release: a hint for `Pending::wait`'s spin; the reply itself is read under the
             // mutex, which orders it.
             self.sent.store(true, Ordering::Release);
+            Ok(())
         });
     }
 }

@@ -60,6 +60,9 @@ struct State<C, O> {
     chunks: VecDeque<C>,
     /// The final item, until the reader takes it (after every chunk).
     done: Option<Result<O, BatchError>>,
+    /// The reader wants the final item only ([`ChunkStream::skip_chunks`]): chunks are dropped
+    /// as they come, and wake nobody.
+    skip_chunks: bool,
 }
 
 /// One streaming request's slot: its state in a [`Mailbox`], whose cancellation flag says the
@@ -74,14 +77,21 @@ impl<C, O> StreamSlot<C, O> {
             mailbox: Mailbox::new(State {
                 chunks: VecDeque::new(),
                 done: None,
+                skip_chunks: false,
             }),
         })
     }
 
-    /// Streams a chunk (dropped, a panic in its `Drop` caught, if the stream was).
+    /// Streams a chunk (dropped, a panic in its `Drop` caught, if the stream was, or skips its
+    /// chunks: the reader is then not woken).
     pub(super) fn push(&self, chunk: C) {
-        self.mailbox
-            .send(chunk, |state, chunk| state.chunks.push_back(chunk));
+        self.mailbox.send(chunk, |state, chunk| {
+            if state.skip_chunks {
+                return Err(chunk);
+            }
+            state.chunks.push_back(chunk);
+            Ok(())
+        });
     }
 
     /// Sends the final item (dropped, a panic in its `Drop` caught, if the stream was).
@@ -89,6 +99,7 @@ impl<C, O> StreamSlot<C, O> {
         self.mailbox.send(result, |state, result| {
             debug_assert!(state.done.is_none(), "one final item per request");
             state.done = Some(result);
+            Ok(())
         });
     }
 }
@@ -111,7 +122,8 @@ impl<C, O> Reply for StreamSlot<C, O> {
 ///
 /// Dropping it before the final item cancels the request: it leaves the batch at the next step
 /// (or is skipped, if it has not joined yet). Chunks not yet read wait in the stream, unbounded:
-/// a reader that falls behind holds at most one item's chunks.
+/// a reader that falls behind holds at most one item's chunks. A reader that wants the final item
+/// alone calls [`skip_chunks`](Self::skip_chunks): no chunk is kept for it, and it is woken once.
 ///
 /// # Examples
 ///
@@ -216,6 +228,58 @@ impl<Chunk, Out> ChunkStream<Chunk, Out> {
     /// ```
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// Asks for the final item only: the chunks not yet read are dropped now (on this thread),
+    /// later ones are dropped as the worker makes them, and the worker no longer wakes this
+    /// reader for them, only for the final item. The stream then yields its
+    /// [`Done`](Streamed::Done) and nothing else. The request still runs step by step with its
+    /// batch; a client that wants a whole reply (a non-streaming API, say) is spared a wake-up
+    /// per chunk. Nothing changes for a stream that has ended; calling it again does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::batch::{Batcher, Joined, Step, StepHandler, Streamed};
+    ///
+    /// /// Counts down from `n`, a chunk per step, then answers `n`.
+    /// struct Countdown;
+    /// impl StepHandler for Countdown {
+    ///     type Req = u32;
+    ///     type State = (u32, u32);
+    ///     type Chunk = u32;
+    ///     type Out = u32;
+    ///     fn join(&mut self, ns: Vec<u32>) -> Vec<Joined<(u32, u32), u32>> {
+    ///         ns.into_iter().map(|n| Joined::Running((n, n))).collect()
+    ///     }
+    ///     fn step(&mut self, items: &mut [(u32, u32)]) -> Vec<Step<u32, u32>> {
+    ///         items
+    ///             .iter_mut()
+    ///             .map(|(left, n)| match *left {
+    ///                 0 => Step::Finish(*n),
+    ///                 _ => { *left -= 1; Step::Chunk(*left) }
+    ///             })
+    ///             .collect()
+    ///     }
+    /// }
+    ///
+    /// let b = Batcher::builder().spawn_steps(Countdown).unwrap();
+    /// let mut stream = b.submit(1000).unwrap();
+    /// stream.skip_chunks();
+    /// assert_eq!(stream.next(), Some(Streamed::Done(Ok(1000))));
+    /// assert_eq!(stream.next(), None);
+    /// ```
+    pub fn skip_chunks(&mut self) {
+        if self.ended {
+            return;
+        }
+        let unread = {
+            let mut state = self.slot.mailbox.lock();
+            state.data.skip_chunks = true;
+            core::mem::take(&mut state.data.chunks)
+        };
+        // Dropped outside the lock, as in `Drop`.
+        drop(unread);
     }
 
     /// The next item in the state, chunks first.
