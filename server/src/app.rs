@@ -180,6 +180,8 @@ async fn completions(
     app.metrics.overhead(Phase::Admit, arrived.elapsed());
     let timeout_ms = app.config.class(class).1.as_millis();
     if !stream {
+        // A whole reply: the worker need not wake this task for every byte.
+        chunks.skip_chunks();
         while let Some(item) = next_item(&mut chunks).await {
             if let Streamed::Done(done) = item {
                 return whole(done, &meta, timeout_ms, guard, forget, &app.metrics);
