@@ -36,6 +36,10 @@ pub enum Mode {
     /// latchless's `StreamBatcher` (continuous batching): each worker runs one batch that
     /// requests join and leave between decode steps, streaming each byte as it is made.
     Continuous,
+    /// The same continuous batcher, with clients that want the whole reply, as every other mode
+    /// gives it: each skips its stream's chunks (`ChunkStream::skip_chunks`), so it is woken
+    /// once, for the final item, instead of once per byte. Like for like with the pool.
+    ContinuousWhole,
 }
 
 impl Mode {
@@ -46,6 +50,7 @@ impl Mode {
             Self::Pool => "rayon pool",
             Self::Batcher => "batcher",
             Self::Continuous => "continuous",
+            Self::ContinuousWhole => "continuous, whole",
         }
     }
 }
@@ -423,7 +428,8 @@ pub fn run<M: LanguageModel>(
                 histograms,
             )
         }
-        Mode::Continuous => {
+        Mode::Continuous | Mode::ContinuousWhole => {
+            let whole = mode == Mode::ContinuousWhole;
             let handler_engine = Arc::clone(&engine);
             let mut config = batch.clone();
             config.max_batch_cost = serving.state_budget;
@@ -480,6 +486,11 @@ pub fn run<M: LanguageModel>(
                             Err(e) => return Sent::whole(Err(e.to_string())),
                         }
                     };
+                    let mut stream = stream;
+                    if whole {
+                        // The final item only: its time is the first byte's, as in the pool.
+                        stream.skip_chunks();
+                    }
                     let mut sent = Sent::whole(Err("the stream ended without a final item".into()));
                     let mut last = None;
                     for item in stream {

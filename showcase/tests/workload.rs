@@ -53,7 +53,7 @@ fn the_open_loop_drops_and_counts_refused_requests() {
     let total: usize = requests.iter().map(Vec::len).sum();
     // A million arrivals a second: all 64 come within a fraction of a millisecond.
     let open = Arrivals::Open { rate: 1e6, seed: 1 };
-    for mode in [Mode::Batcher, Mode::Continuous] {
+    for mode in [Mode::Batcher, Mode::Continuous, Mode::ContinuousWhole] {
         let outcome = run(
             mode,
             engine(),
@@ -76,7 +76,7 @@ fn the_closed_loop_retries_refused_requests_until_served() {
     let work = workload();
     let requests = work.requests();
     let total: usize = requests.iter().map(Vec::len).sum();
-    for mode in [Mode::Batcher, Mode::Continuous] {
+    for mode in [Mode::Batcher, Mode::Continuous, Mode::ContinuousWhole] {
         let outcome = run(
             mode,
             engine(),
