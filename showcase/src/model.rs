@@ -129,7 +129,8 @@ pub trait LanguageModel: Send + Sync + 'static {
 /// One sequence's part in a call to [`generate`].
 #[derive(Debug, Clone)]
 pub struct Job<S> {
-    /// In: the state to continue from. Out: the state after the prompt and every generated token.
+    /// In: the state to continue from. Out: the state after the prompt and every generated token
+    /// (a fresh state if [`generate`] failed).
     pub state: S,
     /// The tokens to feed first. Must not be empty.
     pub prompt: Vec<u32>,
@@ -176,7 +177,8 @@ impl<S> Job<S> {
 ///
 /// # Errors
 ///
-/// A candle error, or a job with an empty prompt (checked before any work).
+/// A candle error, or a job with an empty prompt (checked before any work). After an error the
+/// jobs' states are fresh ones: their states moved into the batch that failed.
 pub fn generate<M: LanguageModel + ?Sized>(model: &M, jobs: &mut [Job<M::State>]) -> Result<()> {
     if jobs.iter().any(|j| j.prompt.is_empty()) {
         candle_core::bail!("a job has an empty prompt");
@@ -184,7 +186,12 @@ pub fn generate<M: LanguageModel + ?Sized>(model: &M, jobs: &mut [Job<M::State>]
     if jobs.is_empty() {
         return Ok(());
     }
-    let states = jobs.iter().map(|j| j.state.clone()).collect();
+    // Moved into the batch, not copied (a transformer's state is its keys and values): each
+    // job gets its final state back from the batch when its last token is fed.
+    let states = jobs
+        .iter_mut()
+        .map(|j| std::mem::replace(&mut j.state, model.fresh_state()))
+        .collect();
     let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.prompt.as_slice()).collect();
     let steps = jobs.iter().map(|j| j.max_new).max().unwrap_or(0);
     let (mut batch, logits) = model.prefill(states, &prompts, steps)?;
