@@ -84,7 +84,7 @@ miri() {
     local queue_and_counters=(--test queue_stress --test counter_stress --test queue_api
         --test queue_drops --test queue_leak --test send_sync --test differential)
     local cache=(--test cache_stress --test cache_drops --test cache_leak --test cache_api
-        --test cache_iter --test cache_expiry --test linearizability)
+        --test cache_iter --test cache_expiry --test cache_idle --test linearizability)
     export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance"
     if cargo nextest --version >/dev/null 2>&1; then
         local nextest=(cargo +nightly miri nextest run -p latchless --target-dir target/miri --lib
@@ -131,7 +131,7 @@ miri_groups() {
 
 # ---------------------------------------------------------------------------------------------
 # ThreadSanitizer: data races between threads at native speed, over the concurrency tests (the
-# counters' unit tests, queue_stress, counter_stress, queue_drops, cache_stress, cache_drops, cache_api, cache_iter, cache_expiry, batch, batch_pool,
+# counters' unit tests, queue_stress, counter_stress, queue_drops, cache_stress, cache_drops, cache_api, cache_iter, cache_expiry, cache_idle, batch, batch_pool,
 # batch_priority and linearizability) at their full, non-Miri sizes. std is rebuilt instrumented (`-Zbuild-std`, which is
 # why rust-src is needed): an uninstrumented std makes TSan report false races. crossbeam-epoch
 # notices the sanitizer (its build script sets `crossbeam_sanitize_thread`) and avoids the
@@ -152,7 +152,7 @@ tsan() (
     local cargo=(cargo +nightly test -Zbuild-std --target "$host" -p latchless
         --target-dir target/tsan --lib --test queue_stress --test counter_stress --test queue_drops
         --test cache_stress
-        --test cache_drops --test cache_api --test cache_iter --test cache_expiry --test batch --test batch_pool
+        --test cache_drops --test cache_api --test cache_iter --test cache_expiry --test cache_idle --test batch --test batch_pool
         --test batch_priority --test batch_stream --test linearizability)
     mkdir -p target/tsan
     export RUSTFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1"

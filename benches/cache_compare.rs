@@ -40,7 +40,9 @@
 //! 10,000; then the first four again as `cache/one_hasher/...`, where every contender hashes
 //! with latchless's `DefaultHashBuilder` (foldhash, randomly seeded), so that the hasher is not
 //! what separates them. Each run builds a fresh cache with default settings (random hashers; latchless counts
-//! no lookups by default, and runs once more with `count_lookups(true)`), prefills it with
+//! no lookups by default, and runs once more with `count_lookups(true)`, once with a time-to-live
+//! and once with a time-to-idle of an hour, which nothing reaches, so that those rows show what
+//! expiry costs; moka runs once more with the same time-to-idle), prefills it with
 //! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
 //! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
 //! `insert`; `LATCHLESS_BENCH_OPS` ops per run, shared by the threads. It prints, per scenario
@@ -76,7 +78,8 @@
 mod common;
 
 use common::caches::{
-    BenchCache, LatchlessCounted, LatchlessPinned, LruOneHasher, MokaOneHasher, QuickOneHasher,
+    BenchCache, LatchlessCounted, LatchlessIdle, LatchlessLive, LatchlessPinned, LruOneHasher,
+    MokaIdle, MokaOneHasher, QuickOneHasher,
 };
 use common::harness::{self, fixed2, machine, median, rotate_rounds, Invocation, Tally};
 use common::workers::{run_workers, share_len, thread_cpu_time, Sample};
@@ -514,8 +517,20 @@ fn contenders(one_hasher: bool) -> Vec<Contender> {
             run: run_cache::<LatchlessPinned>,
         },
         Contender {
+            name: "latchless Cache (time_to_live 1 h)",
+            run: run_cache::<LatchlessLive>,
+        },
+        Contender {
+            name: "latchless Cache (time_to_idle 1 h)",
+            run: run_cache::<LatchlessIdle>,
+        },
+        Contender {
             name: "moka::sync::Cache",
             run: run_cache::<moka::sync::Cache<u64, u64>>,
+        },
+        Contender {
+            name: "moka::sync::Cache (time_to_idle 1 h)",
+            run: run_cache::<MokaIdle>,
         },
         Contender {
             name: BASELINE,

@@ -23,8 +23,10 @@
 //!     the listener reports is removed (after checking it held that value), and every result
 //!     must equal the model's; `Replaced` and `Removed` reports must match what the call
 //!     returned.
-//! - `Cache` with expiry (a `ManualClock`, a builder TTL of 1 to 6 ns or none, no eviction) vs a
-//!   `HashMap` of values and deadlines: the cache operations above plus `AdvanceClock`,
+//! - `Cache` with expiry (a `ManualClock`, a builder TTL of 1 to 6 ns or none, on half the seeds
+//!   a time-to-idle of 1 to 8 ns, no eviction) vs a `HashMap` of values, deadlines and latest
+//!   accesses (a time-to-idle under 16 ns is kept to the nanosecond, so the model is exact; a
+//!   `get` that hits is an access): the cache operations above plus `AdvanceClock`,
 //!   `insert_with_ttl` (0 to 6 ns) and `purge_expired`. Every read must be the live model value
 //!   (never an expired one); the model holds expired entries until the listener reports them, so
 //!   each lazy removal is checked: an `Expired` report must name the model's entry for that key
@@ -882,12 +884,15 @@ enum ExpiryStep {
     PurgeExpired,
 }
 
-/// The model's entry: the value, and its deadline (`None`: never).
-type Timed = (Value, Option<u64>);
+/// The model's entry: the value, its deadline (`None`: never), and the time of its latest
+/// access (its insertion, or a `get` that found it).
+type Timed = (Value, Option<u64>, u64);
 
-/// Whether a model entry is alive at `now`, as the cache decides it.
-fn alive(&(_, deadline): &Timed, now: u64) -> bool {
-    deadline.is_none_or(|d| now < d)
+/// Whether a model entry is alive at `now`, as the cache decides it, in a cache with time-to-idle
+/// `tti` (if any). The time-to-idle is under 16 ns, so the cache's access ticks are single
+/// nanoseconds and its idle expiry is exact.
+fn alive(&(_, deadline, last): &Timed, now: u64, tti: Option<u64>) -> bool {
+    deadline.is_none_or(|d| now < d) && tti.is_none_or(|t| now < last + t)
 }
 
 #[test]
@@ -900,6 +905,8 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
             // A builder TTL of 1 to 6 ns on most seeds; none on one in four (only
             // `insert_with_ttl` entries then expire).
             let ttl = (rng.below(4) != 0).then(|| 1 + rng.below(6));
+            // A builder time-to-idle of 1 to 8 ns on half the seeds.
+            let tti = (rng.below(2) == 0).then(|| 1 + rng.below(8));
             let clock = ManualClock::new();
             let events: Events = Arc::default();
             let sink = Arc::clone(&events);
@@ -913,6 +920,9 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                 });
             if let Some(ttl) = ttl {
                 builder = builder.time_to_live(Duration::from_nanos(ttl));
+            }
+            if let Some(tti) = tti {
+                builder = builder.time_to_idle(Duration::from_nanos(tti));
             }
             let cache = builder.build();
             // Every entry the cache holds, expired or not: an entry leaves the model only when
@@ -931,13 +941,16 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                     ),
                     16 => ExpiryStep::PurgeExpired,
                     _ => ExpiryStep::Cache(cache_step(&mut rng, KEYS, KEYS, 0, 2, |k| {
-                        model.get(&k).map(|&(v, _)| v)
+                        model.get(&k).map(|&(v, ..)| v)
                     })),
                 };
                 trace.step(step, &op);
                 // The value a reader should see for `k`: only a live one.
                 let live = |model: &HashMap<Key, Timed>, k: Key| {
-                    model.get(&k).filter(|e| alive(e, now)).map(|&(v, _)| v)
+                    model
+                        .get(&k)
+                        .filter(|e| alive(e, now, tti))
+                        .map(|&(v, ..)| v)
                 };
                 // What this step stores, applied after the listener's reports: (key, entry).
                 let mut stored: Option<(Key, Timed)> = None;
@@ -950,18 +963,25 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                         let want = live(&model, k);
                         let got = cache.insert_with_ttl(k, v, Duration::from_nanos(t));
                         assert_eq!(got, want, "insert_with_ttl's replaced value");
-                        stored = Some((k, (v, Some(now + t))));
+                        stored = Some((k, (v, Some(now + t), now)));
                     }
                     ExpiryStep::PurgeExpired => cache.purge_expired(),
                     ExpiryStep::Cache(op) => match op {
-                        CacheStep::Get(k) => assert_eq!(cache.get(&k), live(&model, k)),
+                        CacheStep::Get(k) => {
+                            let want = live(&model, k);
+                            assert_eq!(cache.get(&k), want);
+                            // A hit is an access: the idle time starts again.
+                            if want.is_some() {
+                                model.get_mut(&k).expect("live").2 = now;
+                            }
+                        }
                         CacheStep::Peek(k) => assert_eq!(cache.peek(&k), live(&model, k)),
                         CacheStep::ContainsKey(k) => {
                             assert_eq!(cache.contains_key(&k), live(&model, k).is_some());
                         }
                         CacheStep::Insert(k, v) => {
                             assert_eq!(cache.insert(k, v), live(&model, k));
-                            stored = Some((k, (v, default_deadline(now))));
+                            stored = Some((k, (v, default_deadline(now), now)));
                         }
                         CacheStep::InsertIfAbsent(k, v) => {
                             let want = live(&model, k);
@@ -971,7 +991,7 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                                 live_refusals += 1;
                             } else {
                                 assert_eq!(got, Ok(()));
-                                stored = Some((k, (v, default_deadline(now))));
+                                stored = Some((k, (v, default_deadline(now), now)));
                             }
                         }
                         CacheStep::Remove(k) => assert_eq!(cache.remove(&k), live(&model, k)),
@@ -980,7 +1000,7 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                             let got = cache.compare_exchange(&k, &current, new);
                             if want == Some(current) {
                                 assert_eq!(got, Ok(()));
-                                stored = Some((k, (new, default_deadline(now))));
+                                stored = Some((k, (new, default_deadline(now), now)));
                             } else {
                                 let e = got.expect_err("exchange succeeded against the model");
                                 assert_eq!((e.current, e.new), (want, new));
@@ -993,8 +1013,8 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                         CacheStep::Iter => {
                             let mut want: Vec<(Key, Value)> = model
                                 .iter()
-                                .filter(|(_, e)| alive(e, now))
-                                .map(|(&k, &(v, _))| (k, v))
+                                .filter(|(_, e)| alive(e, now, tti))
+                                .map(|(&k, &(v, ..))| (k, v))
                                 .collect();
                             want.sort_unstable();
                             assert_eq!(contents(&cache), want, "iter vs the live model");
@@ -1019,11 +1039,14 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                     assert_eq!(e.0, v, "{cause:?} reported a value the cache did not hold");
                     match cause {
                         RemovalCause::Expired => {
-                            assert!(!alive(&e, now), "a live entry reported expired");
+                            assert!(!alive(&e, now, tti), "a live entry reported expired");
                             expired_reports += 1;
                         }
                         RemovalCause::Replaced | RemovalCause::Removed => {
-                            assert!(alive(&e, now), "an expired entry reported as {cause:?}");
+                            assert!(
+                                alive(&e, now, tti),
+                                "an expired entry reported as {cause:?}"
+                            );
                         }
                         other => panic!("unexpected {other:?} without eviction"),
                     }
@@ -1044,13 +1067,16 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                 };
                 if let Some(k) = k_of(&op) {
                     if let Some(e) = model.get(&k) {
-                        assert!(alive(e, now), "a lookup of key {k} left its expired entry");
+                        assert!(
+                            alive(e, now, tti),
+                            "a lookup of key {k} left its expired entry"
+                        );
                     }
                 }
                 match op {
                     ExpiryStep::PurgeExpired | ExpiryStep::Cache(CacheStep::Retain(_)) => {
                         assert!(
-                            model.values().all(|e| alive(e, now)),
+                            model.values().all(|e| alive(e, now, tti)),
                             "an expired entry survived {op:?}"
                         );
                     }
@@ -1059,7 +1085,7 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                 }
                 if let ExpiryStep::Cache(CacheStep::Retain(m)) = op {
                     assert!(
-                        model.values().all(|&(v, _)| kept(v, m)),
+                        model.values().all(|&(v, ..)| kept(v, m)),
                         "retain kept a reject"
                     );
                 }
@@ -1081,10 +1107,13 @@ fn cache_with_expiry_matches_a_map_of_deadlines_through_the_listener() {
                 assert_eq!(model.remove(&k).map(|e| e.0), Some(v));
                 expired_reports += 1;
             }
-            assert!(model.values().all(|e| alive(e, now)), "left: {model:?}");
+            assert!(
+                model.values().all(|e| alive(e, now, tti)),
+                "left: {model:?}"
+            );
             assert_eq!(cache.len(), model.len());
             println!(
-                "seed {seed:#x}, ttl {ttl:?}: {expired_reports} expiries reported, \
+                "seed {seed:#x}, ttl {ttl:?}, tti {tti:?}: {expired_reports} expiries reported, \
                  {live_refusals} insert_if_absent refusals"
             );
             if !cfg!(miri) {

@@ -1,5 +1,6 @@
 //! The cache contenders of `benches/cache.rs` and `benches/cache_compare.rs`: latchless's
-//! `Cache` (plain, and through `*_with_guard` with a pinned guard), `moka::sync::Cache`,
+//! `Cache` (plain, through `*_with_guard` with a pinned guard, and with a time-to-live or a
+//! time-to-idle), `moka::sync::Cache` (plain, and with a time-to-idle),
 //! `quick_cache::sync::Cache` and `Mutex<lru::LruCache>`, each built with its library's default
 //! settings, behind [`BenchCache`]; and the same contenders again with one hasher for all
 //! (latchless's `DefaultHashBuilder`).
@@ -72,6 +73,71 @@ impl BenchCache for LatchlessCounted {
     }
     fn insert(&self, (): &mut (), key: u64, value: u64) {
         self.0.insert(key, value);
+    }
+}
+
+/// How long the expiring contenders' entries live or may idle: longer than any run, so that
+/// they measure what expiry costs a cache in which nothing expires.
+const EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// latchless's `Cache` with a time-to-live (of an hour, on the system clock): what a deadline
+/// costs a hit (a clock read) and an insert (a clock read for the deadline).
+pub(crate) struct LatchlessLive(Cache<u64, u64>);
+
+impl BenchCache for LatchlessLive {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(Cache::builder(capacity).time_to_live(EXPIRY).build())
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
+/// latchless's `Cache` with a time-to-idle (of an hour, on the system clock): a clock read per
+/// hit, and a store to the entry when its access tick (225 s here) moves on.
+pub(crate) struct LatchlessIdle(Cache<u64, u64>);
+
+impl BenchCache for LatchlessIdle {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(Cache::builder(capacity).time_to_idle(EXPIRY).build())
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
+/// moka's cache with the same time-to-idle, its expiry's cost to compare with latchless's.
+pub(crate) struct MokaIdle(moka::sync::Cache<u64, u64>);
+
+impl BenchCache for MokaIdle {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(EXPIRY)
+                .build(),
+        )
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+    fn settle(&self) {
+        self.0.run_pending_tasks();
     }
 }
 

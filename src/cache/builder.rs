@@ -2,7 +2,7 @@
 
 use super::clock::{Clock, SystemClock};
 use super::flight::Flights;
-use super::index::Index;
+use super::index::{Idle, Index};
 use super::policy::Policy;
 use super::{Cache, DefaultHashBuilder, Listener, RemovalCause, Stats, Weigher};
 use crate::counter::AtomicCounter;
@@ -60,6 +60,7 @@ pub struct CacheBuilder<K, V, S = DefaultHashBuilder> {
     pub(super) collector: Option<Collector>,
     pub(super) count_lookups: bool,
     pub(super) time_to_live: Option<Duration>,
+    pub(super) time_to_idle: Option<Duration>,
     pub(super) clock: Option<Box<dyn Clock>>,
 }
 
@@ -143,6 +144,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             collector: self.collector,
             count_lookups: self.count_lookups,
             time_to_live: self.time_to_live,
+            time_to_idle: self.time_to_idle,
             clock: self.clock,
         }
     }
@@ -253,8 +255,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///
     /// A zero `ttl` is valid and means what it says: entries expire as soon as they are stored
     /// (they are counted and admitted, then never returned). A `ttl` too long to add to the
-    /// clock's time means never. Without a time-to-live here or per entry, the cache never reads
-    /// its clock.
+    /// clock's time means never. Without a time-to-live here or per entry, or a time-to-idle,
+    /// the cache never reads its clock.
     ///
     /// # Examples
     ///
@@ -274,6 +276,54 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     #[must_use]
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
         self.time_to_live = Some(ttl);
+        self
+    }
+
+    /// Expires every entry that goes `tti` without an access: a [`Cache::get`] (or a hit of
+    /// [`Cache::get_or_insert_with`]) that finds it, or its insertion (a replacement is a new
+    /// entry, and starts afresh). [`Cache::peek`], [`Cache::contains_key`] and iteration are not
+    /// accesses. An entry that has gone idle is never returned,
+    /// and leaves the cache as one past its [`time_to_live`](Self::time_to_live) does, as
+    /// [`RemovalCause::Expired`]. With both set, an entry expires at whichever comes first.
+    ///
+    /// Precision: an entry expires once its time-to-idle has passed since its latest access,
+    /// never before, and at most a sixteenth of `tti` after. That slack is what keeps a hit from
+    /// writing shared memory: an entry records its latest access to the nearest sixteenth of
+    /// `tti`, so a `get` stores to an entry at most once per sixteenth (and otherwise only reads
+    /// it, as in a cache without a time-to-idle), at the price of one clock read per hit. An
+    /// access counts for every check that happens after it; a `get` racing an expiry check on
+    /// another thread may be seen by it or not, as if it had come just after the check.
+    ///
+    /// A zero `tti` is valid: entries expire as soon as they are stored. A `tti` too long to add
+    /// to the clock's time means never.
+    ///
+    /// [`Cache::get`]: super::Cache::get
+    /// [`Cache::get_or_insert_with`]: super::Cache::get_or_insert_with
+    /// [`Cache::peek`]: super::Cache::peek
+    /// [`Cache::contains_key`]: super::Cache::contains_key
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use latchless::cache::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let cache = Cache::builder(10)
+    ///     .time_to_idle(Duration::from_secs(16))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// cache.insert("kept", 1);
+    /// cache.insert("idle", 2);
+    /// for _ in 0..4 {
+    ///     clock.advance(Duration::from_secs(10));
+    ///     assert_eq!(cache.get("kept"), Some(1)); // read every 10 s: never idle for 16 s
+    /// }
+    /// assert_eq!(cache.get("idle"), None); // not read for 40 s
+    /// ```
+    #[must_use]
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.time_to_idle = Some(tti);
         self
     }
 
@@ -345,7 +395,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             time_to_live: self
                 .time_to_live
                 .map(|ttl| u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
-            expiring: AtomicBool::new(self.time_to_live.is_some()),
+            idle: self
+                .time_to_idle
+                .map(|tti| Idle::new(u64::try_from(tti.as_nanos()).unwrap_or(u64::MAX))),
+            expiring: AtomicBool::new(self.time_to_live.is_some() || self.time_to_idle.is_some()),
             clock: self.clock.unwrap_or_else(|| Box::new(SystemClock)),
         }
     }
@@ -361,6 +414,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("index_buckets", &self.index_buckets)
             .field("count_lookups", &self.count_lookups)
             .field("time_to_live", &self.time_to_live)
+            .field("time_to_idle", &self.time_to_idle)
             .field("clock", &self.clock.is_some())
             .finish_non_exhaustive()
     }

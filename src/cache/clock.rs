@@ -1,10 +1,11 @@
-//! The clock a [`Cache`](super::Cache) reads its time-to-live deadlines against: [`Clock`], the
-//! [`SystemClock`] every cache uses by default and the [`ManualClock`] that tests drive.
+//! The clock a [`Cache`](super::Cache) reads its expiry against: [`Clock`], the [`SystemClock`]
+//! every cache uses by default and the [`ManualClock`] that tests drive.
 //!
 //! Time is a `u64` of nanoseconds since an origin fixed by the clock: monotonic, so that a
 //! deadline once passed stays passed. A cache reads its clock only for entries that carry a
-//! deadline (see [`CacheBuilder::time_to_live`](super::CacheBuilder::time_to_live)): a cache
-//! with no time-to-live anywhere never calls it.
+//! deadline (see [`CacheBuilder::time_to_live`](super::CacheBuilder::time_to_live)) and, with a
+//! time-to-idle ([`CacheBuilder::time_to_idle`](super::CacheBuilder::time_to_idle)), on every
+//! hit and insert: a cache with neither never calls it.
 
 use crate::sync::{Arc, AtomicU64, Ordering};
 use core::time::Duration;
@@ -14,7 +15,7 @@ use core::time::Duration;
 ///
 /// [`now`](Clock::now) must never go backwards (two calls, the second happening after the first,
 /// return non-decreasing values), and must be cheap: a cache with a time-to-live calls it on
-/// every lookup of an entry that has a deadline.
+/// every lookup of an entry that has a deadline, and one with a time-to-idle on every lookup.
 ///
 /// # Examples
 ///

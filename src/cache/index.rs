@@ -22,15 +22,15 @@
 //! given to a key when it is added and copied into every entry that replaces it, so that a
 //! replacement keeps its key's place in the FIFOs without touching them (see `policy`).
 
-use crate::sync::{epoch, AtomicPtr, AtomicU64, AtomicU8, Ordering, Track};
+use crate::sync::{epoch, AtomicPtr, AtomicU64, Ordering, Track};
 use core::borrow::Borrow;
 use core::marker::PhantomData;
 use epoch::Guard;
 use std::alloc::{self, Layout};
 
-/// One key-value pair, immutable once published but for `freq`.
+/// One key-value pair, immutable once published but for `access`.
 ///
-/// `repr(C)` keeps what a hit reads (the hash, the key, the value, the access counter) together
+/// `repr(C)` keeps what a hit reads (the hash, the key, the value, the access word) together
 /// at the front, in that order, and the weight, which only writers read, behind them, then the
 /// expiry deadline, which a hit reads only in a cache that has ever set one, then the handle,
 /// which only the eviction policy reads: entries
@@ -42,8 +42,12 @@ pub(super) struct Entry<K, V> {
     pub(super) hash: u64,
     pub(super) key: K,
     pub(super) value: V,
-    /// S3-FIFO's 2-bit saturating access counter (0..=3), bumped by reads.
-    pub(super) freq: AtomicU8,
+    /// The access word: S3-FIFO's 2-bit saturating access counter (0..=3, bumped by reads) in
+    /// its low [`FREQ_BITS`] bits, and above them, in a cache with a time-to-idle, the tick of
+    /// the entry's latest access (see [`Idle`]; always 0 otherwise). One word, so that a hit
+    /// that refreshes both does it with one compare-and-swap, and a cache without a time-to-idle
+    /// pays no byte for it: the word takes the room the counter's alignment padding took.
+    access: AtomicU64,
     pub(super) weight: u64,
     /// When the entry expires, in nanoseconds of the cache's clock: it is expired once the clock
     /// reads this or later. `u64::MAX` for never.
@@ -57,39 +61,158 @@ pub(super) struct Entry<K, V> {
     _track: Track<()>,
 }
 
+/// The low bits of [`Entry::access`] that hold the access counter.
+const FREQ_BITS: u32 = 2;
+/// The counter's mask in [`Entry::access`].
+const FREQ: u64 = (1 << FREQ_BITS) - 1;
+
+/// How many ticks a time-to-idle spans: an entry's latest access is recorded to a tick of
+/// 1/`GRAINS` of the time-to-idle, so it expires at most that much after its time-to-idle, and a
+/// hit stores to the entry at most once per tick.
+const GRAINS: u64 = 16;
+
+/// A time-to-idle, and the ticks its entries record their latest access in.
+///
+/// An entry expires once it has gone `limit` nanoseconds without an access (a read by `get`, or
+/// its insertion). Recording the exact time of every access would make every hit store to its
+/// entry; instead an entry keeps the tick (`grain` nanoseconds, `limit / GRAINS`) of its latest
+/// access, and a hit stores only when the tick has moved on. The latest access then lies
+/// somewhere in its tick, so the entry expires once the tick's *last* nanosecond is `limit` old:
+/// never before its time-to-idle has passed, and less than one tick after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Idle {
+    limit: u64,
+    grain: u64,
+}
+
+impl Idle {
+    /// A time-to-idle of `limit` nanoseconds.
+    pub(super) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            grain: (limit / GRAINS).max(1),
+        }
+    }
+
+    /// The tick of time `now`: as many as fit above the counter's bits (they run out after
+    /// 2^62 ticks, 146 years of nanoseconds).
+    #[inline]
+    pub(super) fn tick(self, now: u64) -> u64 {
+        (now / self.grain).min(u64::MAX >> FREQ_BITS)
+    }
+
+    /// Whether an entry whose latest access fell in `tick` is idle past the limit at `now`.
+    #[inline]
+    fn expired(self, tick: u64, now: u64) -> bool {
+        // The tick's last nanosecond, the latest the access can have been; `tick * grain` is at
+        // most the time the tick was taken, so it does not overflow.
+        let last = (tick * self.grain).saturating_add(self.grain - 1);
+        now >= last.saturating_add(self.limit)
+    }
+}
+
+/// The time a cache judges expiry at, and its time-to-idle if it has one.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Moment {
+    pub(super) now: u64,
+    pub(super) idle: Option<Idle>,
+}
+
 impl<K, V> Entry<K, V> {
-    pub(super) fn new(key: K, value: V, hash: u64, weight: u64, deadline: u64) -> Self {
+    /// An entry not yet published. `tick` is its access tick (see [`Idle`]), 0 in a cache
+    /// without a time-to-idle.
+    pub(super) fn new(key: K, value: V, hash: u64, weight: u64, deadline: u64, tick: u64) -> Self {
         Self {
             key,
             value,
             hash,
             weight,
             deadline,
-            freq: AtomicU8::new(0),
+            access: AtomicU64::new(tick << FREQ_BITS),
             handle: AtomicU64::new(0),
             _track: Track::new(()),
         }
     }
 
-    /// Whether the entry has expired at `now` (never, if it has no deadline).
+    /// Whether the entry has expired at `at`: past its deadline, if it has one, or idle too long
+    /// in a cache with a time-to-idle.
     #[inline]
-    pub(super) fn expired_at(&self, now: u64) -> bool {
-        self.deadline != u64::MAX && now >= self.deadline
+    pub(super) fn expired_at(&self, at: Moment) -> bool {
+        (self.deadline != u64::MAX && at.now >= self.deadline)
+            || at.idle.is_some_and(|idle| {
+                // Relaxed: the access tick is a time, not a publication. A reader that must see
+                // an access (one that happens before its check) sees it by coherence: the
+                // access's store happens before the check's load.
+                idle.expired(self.access.load(Ordering::Relaxed) >> FREQ_BITS, at.now)
+            })
+    }
+
+    /// The access counter (0..=3).
+    #[inline]
+    pub(super) fn freq(&self) -> u8 {
+        // Relaxed: a hint for the eviction policy; no memory is published through it.
+        (self.access.load(Ordering::Relaxed) & FREQ) as u8
+    }
+
+    /// Sets the access counter to `freq` (at most 3). With `keep_tick` (a cache with a
+    /// time-to-idle) the access tick is kept, by a compare-and-swap, so that a racing hit's
+    /// refresh is never undone; without, a plain store (the tick is always 0 there).
+    #[inline]
+    pub(super) fn set_freq(&self, freq: u8, keep_tick: bool) {
+        let freq = u64::from(freq.min(3));
+        // Relaxed: a hint, as in `freq`; the tick is a time, as in `expired_at`.
+        if keep_tick {
+            let _ = self
+                .access
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    Some((w & !FREQ) | freq)
+                });
+        } else {
+            self.access.store(freq, Ordering::Relaxed);
+        }
     }
 
     /// Records an access: S3-FIFO's counter saturates at 3. Returns whether this was the
     /// entry's first read since it was queued (or since the eviction policy last took a pass
-    /// off it down to 0).
+    /// off it down to 0). For a cache without a time-to-idle.
     #[inline]
     pub(super) fn touch(&self) -> bool {
         // Relaxed: the counter is a hint for the eviction policy; no memory is published through
         // it. A load and a store instead of a read-modify-write keep hot entries' cache lines
         // shared between readers; two racing readers may count once, which the policy tolerates.
-        let f = self.freq.load(Ordering::Relaxed);
+        // The tick bits are 0 in a cache without a time-to-idle, so the store keeps them.
+        let w = self.access.load(Ordering::Relaxed);
+        let f = w & FREQ;
         if f < 3 {
-            self.freq.store(f + 1, Ordering::Relaxed);
+            self.access.store(w + 1, Ordering::Relaxed);
         }
         f == 0
+    }
+
+    /// [`touch`](Self::touch) in a cache with a time-to-idle: also moves the access tick up to
+    /// `tick`. Stores nothing when neither changes (a hot entry's counter is saturated and its
+    /// tick is current), so a hit writes its entry at most once per tick; when something does
+    /// change, a compare-and-swap, so that a racing hit's later tick or the policy's counter is
+    /// never lost. Lock-free: a failed swap means another thread changed the word.
+    #[inline]
+    pub(super) fn touch_at(&self, tick: u64) -> bool {
+        // Relaxed: as in `touch` and `expired_at`.
+        let mut w = self.access.load(Ordering::Relaxed);
+        loop {
+            let f = w & FREQ;
+            let t = (w >> FREQ_BITS).max(tick);
+            let next = (t << FREQ_BITS) | (f + 1).min(3);
+            if next == w {
+                return f == 0;
+            }
+            match self
+                .access
+                .compare_exchange_weak(w, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return f == 0,
+                Err(now) => w = now,
+            }
+        }
     }
 
     /// The key's handle (see the field).
@@ -566,4 +689,78 @@ pub(super) enum Published<'g, K, V> {
     Replaced(EntryPtr<K, V>, &'g Entry<K, V>),
     /// An entry holds the key and stays (`replace` was false); the new one was not published.
     Present,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Entry, Idle, Moment, FREQ_BITS};
+    use crate::sync::Ordering;
+
+    fn entry(tick: u64) -> Entry<u32, u32> {
+        Entry::new(1, 1, 0, 1, u64::MAX, tick)
+    }
+
+    fn access(e: &Entry<u32, u32>) -> (u64, u8) {
+        (e.access.load(Ordering::Relaxed) >> FREQ_BITS, e.freq())
+    }
+
+    #[test]
+    fn an_idle_entry_expires_after_its_ticks_last_nanosecond() {
+        // 160 ns: ticks of 10 ns. Accessed in tick 3 (30..=39 ns): expired from 39 + 160.
+        let idle = Idle::new(160);
+        assert_eq!((idle.tick(30), idle.tick(39), idle.tick(40)), (3, 3, 4));
+        let e = entry(3);
+        let at = |now| Moment {
+            now,
+            idle: Some(idle),
+        };
+        assert!(!e.expired_at(at(198)));
+        assert!(e.expired_at(at(199)));
+        // Without a time-to-idle the tick means nothing.
+        assert!(!e.expired_at(Moment {
+            now: u64::MAX,
+            idle: None,
+        }));
+        // Under 16 ns the tick is a nanosecond: exact.
+        let exact = Idle::new(5);
+        assert_eq!(exact.tick(7), 7);
+        assert!(!exact.expired(7, 11) && exact.expired(7, 12));
+        // Zero: expired at once. Huge: never, without overflow.
+        assert!(Idle::new(0).expired(Idle::new(0).tick(9), 9));
+        let never = Idle::new(u64::MAX);
+        assert!(!never.expired(never.tick(u64::MAX - 1), u64::MAX - 1));
+    }
+
+    #[test]
+    fn touch_at_counts_moves_the_tick_up_only_and_reports_the_first_read() {
+        let e = entry(5);
+        assert!(e.touch_at(5), "the first read");
+        assert_eq!(access(&e), (5, 1));
+        assert!(!e.touch_at(4), "an older tick");
+        assert_eq!(access(&e), (5, 2), "counted, tick kept");
+        assert!(!e.touch_at(9));
+        assert_eq!(access(&e), (9, 3));
+        let before = e.access.load(Ordering::Relaxed);
+        assert!(!e.touch_at(9));
+        assert_eq!(
+            e.access.load(Ordering::Relaxed),
+            before,
+            "saturated and current: nothing changes"
+        );
+    }
+
+    #[test]
+    fn set_freq_keeps_the_tick_when_asked() {
+        let e = entry(7);
+        e.touch_at(8);
+        e.set_freq(0, true);
+        assert_eq!(access(&e), (8, 0));
+        e.set_freq(9, true);
+        assert_eq!(access(&e), (8, 3), "saturates at 3");
+        // Without a time-to-idle the tick is 0, and a plain store keeps it so.
+        let plain = entry(0);
+        assert!(plain.touch());
+        plain.set_freq(2, false);
+        assert_eq!(access(&plain), (0, 2));
+    }
 }

@@ -24,13 +24,18 @@
 //!   (which evicts one it reaches as if unread), by the sweep of the FIFOs, or by
 //!   [`Cache::purge_expired`]. A cache that never set a deadline never reads its clock; with a
 //!   deadline on the [`SystemClock`], a hit on it also reads the clock, an `Instant::now` (one
-//!   thread, 10,000 entries: about 12 ns a hit without a TTL, 50 ns with one).
+//!   thread, 10,000 entries: about 12 ns a hit without a TTL, 50 ns with one). A time-to-idle
+//!   ([`CacheBuilder::time_to_idle`]) expires entries not read for that long: each entry keeps
+//!   the tick (a sixteenth of the time-to-idle) of its latest access in the word that holds its
+//!   access counter, and a hit stores a new tick only when the tick has moved on, so it still
+//!   writes nothing shared in steady state; an idle entry expires never early and at most one
+//!   tick late.
 //!
 //! # Progress
 //!
 //! | method | progress |
 //! |---|---|
-//! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin, unless it removes an expired entry) |
+//! | [`get`](Cache::get), [`peek`](Cache::peek), [`contains_key`](Cache::contains_key) | lock-free (wait-free but for the epoch pin, unless it removes an expired entry or, with a time-to-idle, a `get` races another thread's refresh of the same entry) |
 //! | [`insert`](Cache::insert), [`insert_with_ttl`](Cache::insert_with_ttl), [`insert_if_absent`](Cache::insert_if_absent), [`remove`](Cache::remove), [`compare_exchange`](Cache::compare_exchange), [`clear`](Cache::clear) | lock-free |
 //! | [`get_or_insert_with`](Cache::get_or_insert_with) | a hit is lock-free; a miss waits for the caller computing the same key |
 //! | [`iter`](Cache::iter) (each `next`), [`retain`](Cache::retain), [`purge_expired`](Cache::purge_expired) | lock-free; weakly consistent, one bucket at a time |
@@ -80,7 +85,7 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use epoch::Guard;
 use flight::{Flights, Joined};
-use index::{Entry, EntryPtr, Index, Published};
+use index::{Entry, EntryPtr, Idle, Index, Moment, Published};
 use policy::{Evicted, Policy};
 
 /// How many buckets [`Cache::iter`] and [`Cache::retain`] visit under one pin: most buckets are
@@ -351,8 +356,10 @@ pub struct Cache<K, V, S = DefaultHashBuilder> {
     reclaim: Reclaim,
     /// The builder's time-to-live in nanoseconds, if any.
     time_to_live: Option<u64>,
-    /// Whether any entry may have a deadline: set at build with a time-to-live, or by the first
-    /// `insert_with_ttl`, never cleared. While it is false no lookup reads the clock.
+    /// The builder's time-to-idle, if any.
+    idle: Option<Idle>,
+    /// Whether any entry may expire: set at build with a time-to-live or a time-to-idle, or by
+    /// the first `insert_with_ttl`, never cleared. While it is false no lookup reads the clock.
     expiring: AtomicBool,
     /// Where deadlines are read from.
     clock: Box<dyn Clock>,
@@ -407,6 +414,7 @@ impl<K, V> Cache<K, V, DefaultHashBuilder> {
             collector: None,
             count_lookups: false,
             time_to_live: None,
+            time_to_idle: None,
             clock: None,
         }
     }
@@ -541,34 +549,74 @@ impl<K, V, S> Cache<K, V, S> {
         self.reclaim.pin()
     }
 
-    /// Whether `e` has expired. Reads the clock only for an entry with a deadline, in a cache
-    /// where one was ever set.
+    /// Whether `e` has expired. Reads the clock only for an entry with a deadline, or in a cache
+    /// with a time-to-idle.
     #[inline]
     fn is_expired(&self, e: &Entry<K, V>) -> bool {
-        // Relaxed: `expiring` is set before any entry with a deadline is allocated, and every
-        // entry reaches this thread through a synchronising load: found in its bucket (Acquire,
-        // pairing with the Release compare-and-swap that published it; the eviction policy too
-        // finds entries there, by handle). So the flag's store happens before this load, which
-        // then reads true for any entry that has a deadline.
-        self.expiring.load(Ordering::Relaxed)
-            && e.deadline != u64::MAX
-            && e.expired_at(self.clock.now())
+        self.expired_now(e).0
     }
 
-    /// The time the eviction policy judges expiry at: the clock's, or 0 (nothing expired) in a
-    /// cache that never set a deadline, which then reads no clock.
-    fn eviction_now(&self) -> u64 {
+    /// Whether `e` has expired, and the clock's time if that was read (0 if not: an entry with
+    /// no deadline in a cache without a time-to-idle, or a cache where nothing ever expired).
+    #[inline]
+    fn expired_now(&self, e: &Entry<K, V>) -> (bool, u64) {
+        // Relaxed: `expiring` is set at build for a time-to-live or a time-to-idle, and
+        // otherwise before any entry with a deadline is allocated; every entry reaches this
+        // thread through a synchronising load: found in its bucket (Acquire, pairing with the
+        // Release compare-and-swap that published it; the eviction policy too finds entries
+        // there, by handle). So the flag's store happens before this load, which then reads true
+        // for any entry that can expire.
+        if !(self.expiring.load(Ordering::Relaxed)
+            && (e.deadline != u64::MAX || self.idle.is_some()))
+        {
+            return (false, 0);
+        }
+        let now = self.clock.now();
+        let at = Moment {
+            now,
+            idle: self.idle,
+        };
+        (e.expired_at(at), now)
+    }
+
+    /// The moment the eviction policy judges expiry at: the clock's time, or 0 (nothing
+    /// expired) in a cache where nothing can expire, which then reads no clock.
+    fn eviction_now(&self) -> Moment {
         // Relaxed: a stale `false` only misses an expiry, which a later lookup or sweep finds.
-        if self.expiring.load(Ordering::Relaxed) {
+        let now = if self.expiring.load(Ordering::Relaxed) {
             self.clock.now()
         } else {
             0
+        };
+        Moment {
+            now,
+            idle: self.idle,
         }
     }
 
-    /// The deadline of an entry stored now with `ttl` nanoseconds to live (`None`: never).
-    fn deadline(&self, ttl: Option<u64>) -> u64 {
-        ttl.map_or(u64::MAX, |ttl| self.clock.now().saturating_add(ttl))
+    /// The deadline of an entry stored now with `ttl` nanoseconds to live (`u64::MAX` for
+    /// `None`: never), and its first access tick (0 without a time-to-idle). Reads the clock
+    /// once, and only if either needs it.
+    fn stamp(&self, ttl: Option<u64>) -> (u64, u64) {
+        if ttl.is_none() && self.idle.is_none() {
+            return (u64::MAX, 0);
+        }
+        let now = self.clock.now();
+        (
+            ttl.map_or(u64::MAX, |ttl| now.saturating_add(ttl)),
+            self.idle.map_or(0, |idle| idle.tick(now)),
+        )
+    }
+
+    /// Records a read of `e` for the eviction policy and, with a time-to-idle, as its latest
+    /// access at `now` (the time the expiry check read). Returns whether it was the entry's first
+    /// read since it was queued.
+    #[inline]
+    fn record_access(&self, e: &Entry<K, V>, now: u64) -> bool {
+        match self.idle {
+            None => e.touch(),
+            Some(idle) => e.touch_at(idle.tick(now)),
+        }
     }
 
     #[track_caller]
@@ -607,27 +655,44 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let e = self.index.find(hash, key, guard)?;
-        // The flag first, inline: a cache that never set a deadline pays one load and a branch
-        // per lookup; the rest is out of line.
-        // Relaxed: as in `is_expired`.
-        if self.expiring.load(Ordering::Relaxed) && self.expire_if_due(e, guard) {
-            return None;
-        }
-        Some(e)
+        self.find_live_at(hash, key, guard).map(|(e, _)| e)
     }
 
-    /// `find_live`'s check of an entry in a cache with deadlines: removes `e` if it has expired
-    /// and says whether it had. Out of line, so that the lookups of caches without a time-to-live
-    /// keep their code tight.
+    /// [`find_live`](Self::find_live), also returning the time its expiry check read from the
+    /// clock (0 if it read none).
+    #[inline]
+    fn find_live_at<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Option<(&'g Entry<K, V>, u64)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let e = self.index.find(hash, key, guard)?;
+        // The flag first, inline: a cache where nothing can expire pays one load and a branch
+        // per lookup; the rest is out of line.
+        // Relaxed: as in `expired_now`.
+        if !self.expiring.load(Ordering::Relaxed) {
+            return Some((e, 0));
+        }
+        self.expire_if_due(e, guard).map(|now| (e, now))
+    }
+
+    /// `find_live`'s check of an entry in a cache where entries can expire: removes `e` if it
+    /// has expired (`None`), else returns the time the check read (0 if none). Out of line, so
+    /// that the lookups of caches without expiry keep their code tight.
     #[cold]
     #[inline(never)]
-    fn expire_if_due(&self, e: &Entry<K, V>, guard: &Guard) -> bool {
-        if !self.is_expired(e) {
-            return false;
+    fn expire_if_due(&self, e: &Entry<K, V>, guard: &Guard) -> Option<u64> {
+        let (expired, now) = self.expired_now(e);
+        if !expired {
+            return Some(now);
         }
         self.expire(e, guard);
-        true
+        None
     }
 
     /// Removes an entry found expired, telling the listener `Expired`; nothing if a concurrent
@@ -693,9 +758,9 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.find_live(self.hash(key), key, guard) {
-            Some(e) => {
-                if e.touch() {
+        match self.find_live_at(self.hash(key), key, guard) {
+            Some((e, now)) => {
+                if self.record_access(e, now) {
                     self.policy.record_read(e);
                 }
                 self.stats.hit();
@@ -992,8 +1057,8 @@ where
         }
         // Counted before the entry is published, as in `insert_pinned`; given back if it is not.
         self.count_in(weight);
-        let deadline = self.deadline(self.time_to_live);
-        let new_ptr = Entry::new(key, value, hash, weight, deadline).allocate();
+        let (deadline, tick) = self.stamp(self.time_to_live);
+        let new_ptr = Entry::new(key, value, hash, weight, deadline, tick).allocate();
         // SAFETY: as in `insert_pinned`.
         let new = unsafe { &*new_ptr };
         let fresh = || self.policy.fresh_handle();
@@ -1033,7 +1098,8 @@ where
         // Counted before the entry is published, so that a concurrent eviction of it never
         // releases weight that was not added.
         self.count_in(weight);
-        let new_ptr = Entry::new(key, value, hash, weight, self.deadline(ttl)).allocate();
+        let (deadline, tick) = self.stamp(ttl);
+        let new_ptr = Entry::new(key, value, hash, weight, deadline, tick).allocate();
         // SAFETY: just allocated; it is freed only after it has been published, then unlinked and
         // retired, all of which happen after this borrow (`guard` keeps it allocated until then
         // anyway).
@@ -1065,9 +1131,7 @@ where
             return Ok(None);
         }
         // A replacement is an access: it keeps its key's count, plus one.
-        // Relaxed: a hint, as in `Entry::touch`.
-        let freq = old.freq.load(Ordering::Relaxed);
-        new.freq.store((freq + 1).min(3), Ordering::Relaxed);
+        new.set_freq(old.freq() + 1, self.idle.is_some());
         let replaced = self.release(old, RemovalCause::Replaced);
         self.evict_over_capacity(guard);
         Ok(Some(replaced))
@@ -1517,8 +1581,8 @@ where
             let p = match pending {
                 Ok(p) => p,
                 Err(new) => {
-                    let deadline = self.deadline(self.time_to_live);
-                    Entry::new(key.clone(), new, hash, weight, deadline).allocate()
+                    let (deadline, tick) = self.stamp(self.time_to_live);
+                    Entry::new(key.clone(), new, hash, weight, deadline, tick).allocate()
                 }
             };
             pending = Ok(p);
@@ -1533,9 +1597,7 @@ where
                 // listener runs, as in `insert_pinned`.
                 unsafe { self.policy.retire(old_ptr, guard) };
                 // An access, as in `insert_pinned`; the key's handle passed to `e` with the swap.
-                // Relaxed: a hint, as in `Entry::touch`.
-                let freq = old.freq.load(Ordering::Relaxed);
-                e.freq.store((freq + 1).min(3), Ordering::Relaxed);
+                e.set_freq(old.freq() + 1, self.idle.is_some());
                 self.release(old, RemovalCause::Replaced);
                 self.evict_over_capacity(guard);
                 return Ok(());

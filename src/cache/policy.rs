@@ -34,7 +34,7 @@
 //! ghost list is a fixed ring of atomic hashes with a direct-mapped table beside it for O(1)
 //! membership. Eviction runs on the inserting thread, one victim at a time.
 
-use super::index::{Entry, EntryPtr, Index};
+use super::index::{Entry, EntryPtr, Index, Moment};
 use super::sketch::Sketch;
 use crate::counter::ShardedCounter;
 use crate::queue::MsQueue;
@@ -312,12 +312,12 @@ impl<K, V> Policy<K, V> {
     /// empty), else from main, promoting or re-queuing the handles of read entries as S3-FIFO
     /// does, until one entry is unlinked from `index` (and retired: the caller may read it while
     /// `guard` lives). Stale handles met on the way are dropped. An entry expired at `now` is
-    /// evicted as if unread, whatever its access counter (0 for a cache without expiry: nothing
-    /// is then expired).
+    /// evicted as if unread, whatever its access counter (a time of 0 and no time-to-idle for a
+    /// cache without expiry: nothing is then expired).
     pub(super) fn evict_one<'g>(
         &self,
         index: &Index<K, V>,
-        now: u64,
+        now: Moment,
         guard: &'g Guard,
     ) -> Evicted<'g, K, V> {
         loop {
@@ -335,8 +335,7 @@ impl<K, V> Policy<K, V> {
             // The key's entry now; again after a failed unlink, since a replacement may have
             // swapped in another entry carrying the handle.
             while let Some(e) = index.find_handle(q.hash, q.handle, guard) {
-                // Relaxed: a hint, as in `Entry::touch`.
-                let f = e.freq.load(Ordering::Relaxed);
+                let f = e.freq();
                 let expired = e.expired_at(now);
                 if f > 0 && !expired {
                     let (to, freq) = match fifo {
@@ -345,7 +344,8 @@ impl<K, V> Policy<K, V> {
                         // Read while in main: one more pass.
                         Fifo::Main => (Fifo::Main, f - 1),
                     };
-                    e.freq.store(freq, Ordering::Relaxed);
+                    // With a time-to-idle, the counter's store keeps a racing hit's access tick.
+                    e.set_freq(freq, now.idle.is_some());
                     self.push(to, e);
                     break;
                 }
@@ -408,7 +408,7 @@ impl<K, V> Policy<K, V> {
     pub(super) fn sweep_one<'g>(
         &self,
         index: &Index<K, V>,
-        now: u64,
+        now: Moment,
         guard: &'g Guard,
     ) -> [Option<&'g Entry<K, V>>; 2] {
         let mut expired = [None, None];
