@@ -180,11 +180,11 @@ impl<K, V> Entry<K, V> {
         // Relaxed: the counter is a hint for the eviction policy; no memory is published through
         // it. A load and a store instead of a read-modify-write keep hot entries' cache lines
         // shared between readers; two racing readers may count once, which the policy tolerates.
-        // The tick bits are 0 in a cache without a time-to-idle, so the store keeps them.
-        let w = self.access.load(Ordering::Relaxed);
-        let f = w & FREQ;
+        // The tick bits are 0 in a cache without a time-to-idle, so the word is the counter.
+        let f = self.access.load(Ordering::Relaxed);
+        debug_assert!(f <= FREQ, "touch in a cache with a time-to-idle");
         if f < 3 {
-            self.access.store(w + 1, Ordering::Relaxed);
+            self.access.store(f + 1, Ordering::Relaxed);
         }
         f == 0
     }

@@ -608,17 +608,6 @@ impl<K, V, S> Cache<K, V, S> {
         )
     }
 
-    /// Records a read of `e` for the eviction policy and, with a time-to-idle, as its latest
-    /// access at `now` (the time the expiry check read). Returns whether it was the entry's first
-    /// read since it was queued.
-    #[inline]
-    fn record_access(&self, e: &Entry<K, V>, now: u64) -> bool {
-        match self.idle {
-            None => e.touch(),
-            Some(idle) => e.touch_at(idle.tick(now)),
-        }
-    }
-
     #[track_caller]
     fn check_guard(&self, guard: &Guard) {
         self.reclaim
@@ -655,30 +644,14 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.find_live_at(hash, key, guard).map(|(e, _)| e)
-    }
-
-    /// [`find_live`](Self::find_live), also returning the time its expiry check read from the
-    /// clock (0 if it read none).
-    #[inline]
-    fn find_live_at<'g, Q>(
-        &self,
-        hash: u64,
-        key: &Q,
-        guard: &'g Guard,
-    ) -> Option<(&'g Entry<K, V>, u64)>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
         let e = self.index.find(hash, key, guard)?;
         // The flag first, inline: a cache where nothing can expire pays one load and a branch
         // per lookup; the rest is out of line.
         // Relaxed: as in `expired_now`.
-        if !self.expiring.load(Ordering::Relaxed) {
-            return Some((e, 0));
+        if self.expiring.load(Ordering::Relaxed) && self.expire_if_due(e, guard).is_none() {
+            return None;
         }
-        self.expire_if_due(e, guard).map(|now| (e, now))
+        Some(e)
     }
 
     /// `find_live`'s check of an entry in a cache where entries can expire: removes `e` if it
@@ -693,6 +666,20 @@ where
         }
         self.expire(e, guard);
         None
+    }
+
+    /// `get`'s check of an entry it found in a cache where entries can expire: `expire_if_due`
+    /// (`None` if `e` had expired), then the access recorded (with a time-to-idle, at the time
+    /// the check read). Returns whether this was the entry's first read since it was queued.
+    /// Out of line, as `expire_if_due`.
+    #[cold]
+    #[inline(never)]
+    fn access_expiring(&self, e: &Entry<K, V>, guard: &Guard) -> Option<bool> {
+        let now = self.expire_if_due(e, guard)?;
+        Some(match self.idle {
+            Some(idle) => e.touch_at(idle.tick(now)),
+            None => e.touch(),
+        })
     }
 
     /// Removes an entry found expired, telling the listener `Expired`; nothing if a concurrent
@@ -758,19 +745,27 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.find_live_at(self.hash(key), key, guard) {
-            Some((e, now)) => {
-                if self.record_access(e, now) {
-                    self.policy.record_read(e);
-                }
-                self.stats.hit();
-                Some(e.value.clone())
-            }
-            None => {
+        // `find_live`, with the access recorded on the way: in a cache where nothing can expire,
+        // the expiry costs one load and a branch, and everything else is out of line.
+        let Some(e) = self.index.find(self.hash(key), key, guard) else {
+            self.stats.miss();
+            return None;
+        };
+        // Relaxed: as in `expired_now`.
+        let first = if self.expiring.load(Ordering::Relaxed) {
+            let Some(first) = self.access_expiring(e, guard) else {
                 self.stats.miss();
-                None
-            }
+                return None;
+            };
+            first
+        } else {
+            e.touch()
+        };
+        if first {
+            self.policy.record_read(e);
         }
+        self.stats.hit();
+        Some(e.value.clone())
     }
 
     /// Returns a clone of the value for `key` without recording an access or a hit.
