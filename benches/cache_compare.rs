@@ -42,7 +42,8 @@
 //! what separates them. Each run builds a fresh cache with default settings (random hashers; latchless counts
 //! no lookups by default, and runs once more with `count_lookups(true)`, once with a time-to-live
 //! and once with a time-to-idle of an hour, which nothing reaches, so that those rows show what
-//! expiry costs; moka runs once more with the same time-to-idle), prefills it with
+//! expiry costs, and both again on the `CoarseClock`; moka runs once more with the same
+//! time-to-idle), prefills it with
 //! the 10,000 most frequent keys, then releases the workers; the key streams are generated once
 //! per scenario, before any run, one per thread with its own seed. An "op" is one `get` or one
 //! `insert`; `LATCHLESS_BENCH_OPS` ops per run, shared by the threads. It prints, per scenario
@@ -78,8 +79,8 @@
 mod common;
 
 use common::caches::{
-    BenchCache, LatchlessCounted, LatchlessIdle, LatchlessLive, LatchlessPinned, LruOneHasher,
-    MokaIdle, MokaOneHasher, QuickOneHasher,
+    BenchCache, LatchlessCounted, LatchlessIdle, LatchlessIdleCoarse, LatchlessLive,
+    LatchlessLiveCoarse, LatchlessPinned, LruOneHasher, MokaIdle, MokaOneHasher, QuickOneHasher,
 };
 use common::harness::{self, fixed2, machine, median, rotate_rounds, Invocation, Tally};
 use common::workers::{run_workers, share_len, thread_cpu_time, Sample};
@@ -523,6 +524,14 @@ fn contenders(one_hasher: bool) -> Vec<Contender> {
         Contender {
             name: "latchless Cache (time_to_idle 1 h)",
             run: run_cache::<LatchlessIdle>,
+        },
+        Contender {
+            name: "latchless Cache (time_to_live 1 h, CoarseClock)",
+            run: run_cache::<LatchlessLiveCoarse>,
+        },
+        Contender {
+            name: "latchless Cache (time_to_idle 1 h, CoarseClock)",
+            run: run_cache::<LatchlessIdleCoarse>,
         },
         Contender {
             name: "moka::sync::Cache",

@@ -1,6 +1,7 @@
 //! The cache contenders of `benches/cache.rs` and `benches/cache_compare.rs`: latchless's
 //! `Cache` (plain, through `*_with_guard` with a pinned guard, and with a time-to-live or a
-//! time-to-idle), `moka::sync::Cache` (plain, and with a time-to-idle),
+//! time-to-idle on the system clock or the coarse one), `moka::sync::Cache` (plain, and with a
+//! time-to-idle),
 //! `quick_cache::sync::Cache` and `Mutex<lru::LruCache>`, each built with its library's default
 //! settings, behind [`BenchCache`]; and the same contenders again with one hasher for all
 //! (latchless's `DefaultHashBuilder`).
@@ -106,6 +107,50 @@ impl BenchCache for LatchlessIdle {
     type Local = ();
     fn make(capacity: u64) -> Self {
         Self(Cache::builder(capacity).time_to_idle(EXPIRY).build())
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
+/// [`LatchlessLive`] on the coarse clock (`CoarseClock`): what the clock read costs.
+pub(crate) struct LatchlessLiveCoarse(Cache<u64, u64>);
+
+impl BenchCache for LatchlessLiveCoarse {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(
+            Cache::builder(capacity)
+                .time_to_live(EXPIRY)
+                .clock(latchless::cache::CoarseClock)
+                .build(),
+        )
+    }
+    fn local(&self) {}
+    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+        self.0.get(&key)
+    }
+    fn insert(&self, (): &mut (), key: u64, value: u64) {
+        self.0.insert(key, value);
+    }
+}
+
+/// [`LatchlessIdle`] on the coarse clock (`CoarseClock`).
+pub(crate) struct LatchlessIdleCoarse(Cache<u64, u64>);
+
+impl BenchCache for LatchlessIdleCoarse {
+    type Local = ();
+    fn make(capacity: u64) -> Self {
+        Self(
+            Cache::builder(capacity)
+                .time_to_idle(EXPIRY)
+                .clock(latchless::cache::CoarseClock)
+                .build(),
+        )
     }
     fn local(&self) {}
     fn get(&self, (): &mut (), key: u64) -> Option<u64> {
