@@ -74,6 +74,23 @@ fn small_share(capacity: u64) -> u64 {
 /// 0.9 behind there, and lost 4.7 on P3 at 131,072).
 const ADMIT_FREQUENCY: u64 = 3;
 
+/// The least count in the frequency sketch for which a new key that does not beat main's last
+/// victim still starts in main, once in [`LUCKY_ONE_IN`], at random: TinyLFU's defence against
+/// hash flooding, as Caffeine's. An attacker who makes a victim's count look high (keys whose
+/// counters collide with it) would otherwise keep every frequent key out of main's direct way
+/// in; the randomness makes that a delay, not a wall. The numbers are Caffeine's.
+const LUCKY_FREQUENCY: u64 = 6;
+
+/// How rare the lucky admission is (a power of two).
+const LUCKY_ONE_IN: u64 = 128;
+
+/// SplitMix64's finaliser: every bit of `x` moves every bit of the result.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// A key's place in a FIFO: its handle, the hash that finds its bucket, and the weight counted
 /// for it in the small FIFO's total when it was queued.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +213,9 @@ pub(super) struct Policy<K, V> {
     /// The sketch's estimate for the key last evicted from the main FIFO: what a new key must
     /// beat to start in main (see `admit`).
     victim_frequency: AtomicU64,
+    /// Candidates that could have been admitted by luck so far: with the key's hash, the noise
+    /// that draws the lucky ones (see `lucky`).
+    draws: AtomicU64,
     _entries: core::marker::PhantomData<EntryPtr<K, V>>,
 }
 
@@ -215,6 +235,7 @@ impl<K, V> Policy<K, V> {
             ghost: Ghost::new(entries),
             sketch: Sketch::for_entries(entries),
             victim_frequency: AtomicU64::new(0),
+            draws: AtomicU64::new(0),
             _entries: core::marker::PhantomData,
         }
     }
@@ -228,19 +249,39 @@ impl<K, V> Policy<K, V> {
     /// Queues the handle of a key just added to the index (`e`, its entry): into main if the key
     /// was recently evicted from small, or if the sketch counts it asked for at least
     /// [`ADMIT_FREQUENCY`] times and more often than the last key evicted from main; else into
-    /// small. Counts the request in the sketch, which reports the count from before it.
+    /// small. Counts the request in the sketch, which reports the count from before it. A key
+    /// counted often that does not beat the victim may still start in main, by luck (see
+    /// [`LUCKY_FREQUENCY`]).
     pub(super) fn admit(&self, e: &Entry<K, V>) {
         let frequency = self.sketch.increment(e.hash);
         // Relaxed: a hint, as the ghost list is.
         let to_beat = self.victim_frequency.load(Ordering::Relaxed);
         let fifo = if self.ghost.contains(e.hash)
-            || (frequency >= ADMIT_FREQUENCY && frequency > to_beat)
+            || (frequency >= ADMIT_FREQUENCY
+                && (frequency > to_beat || self.lucky(frequency, e.hash)))
         {
             Fifo::Main
         } else {
             Fifo::Small
         };
         self.push(fifo, e);
+    }
+
+    /// Whether a candidate counted `frequency` times, with hash `hash`, that lost to main's last
+    /// victim starts in main anyway: once in [`LUCKY_ONE_IN`] if `frequency` reaches
+    /// [`LUCKY_FREQUENCY`]. The draw mixes the key's hash with a count of the draws so far, so
+    /// it is as hard to predict as the hasher's seed (random by default), a key that lost once
+    /// may win the next time, and a fixed hasher replays the same draws. Out of line: a shared
+    /// read-modify-write, on the rare path only.
+    #[cold]
+    #[inline(never)]
+    fn lucky(&self, frequency: u64, hash: u64) -> bool {
+        if frequency < LUCKY_FREQUENCY {
+            return false;
+        }
+        // Relaxed: noise; no memory is published through it.
+        let n = self.draws.fetch_add(1, Ordering::Relaxed);
+        mix(hash ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).is_multiple_of(LUCKY_ONE_IN)
     }
 
     /// Counts the first read of `e` since it was queued or last passed over by the eviction:
@@ -434,7 +475,32 @@ impl<K, V> Policy<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use super::ghost_ring_len;
+    use super::{ghost_ring_len, Policy, LUCKY_FREQUENCY, LUCKY_ONE_IN};
+    use crate::sync::epoch::Collector;
+
+    #[test]
+    fn about_one_frequent_loser_in_128_is_lucky_and_no_infrequent_one() {
+        let policy: Policy<u64, u64> = Policy::new(1_000, 1_000, &Collector::new());
+        const DRAWS: u64 = 128_000;
+        let lucky = |frequency, hash: fn(u64) -> u64| {
+            (0..DRAWS)
+                .filter(|&i| policy.lucky(frequency, hash(i)))
+                .count() as u64
+        };
+        assert_eq!(lucky(LUCKY_FREQUENCY - 1, |i| i), 0);
+        // Distinct keys, and one key again and again (the draw count varies the noise).
+        for (what, hash) in [
+            ("distinct keys", (|i| i) as fn(u64) -> u64),
+            ("one key", |_| 42),
+        ] {
+            let won = lucky(LUCKY_FREQUENCY, hash);
+            let expected = DRAWS / LUCKY_ONE_IN;
+            assert!(
+                (expected * 8 / 10..=expected * 12 / 10).contains(&won),
+                "{what}: {won} lucky of {DRAWS}, expected about {expected}"
+            );
+        }
+    }
 
     #[test]
     fn the_ghost_ring_is_the_nearest_power_of_two() {
