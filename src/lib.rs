@@ -89,12 +89,16 @@
 //! # Session state in a cache
 //!
 //! ```
-//! use latchless::cache::Cache;
+//! use latchless::cache::{Cache, CoarseClock};
 //! use std::sync::Arc;
+//! use std::time::Duration;
 //!
-//! // At most 1 MiB of session state, each entry weighed by its bytes.
+//! // At most 1 MiB of session state, each entry weighed by its bytes; a session not continued
+//! // for ten minutes expires (on a clock read to a few milliseconds, cheaply).
 //! let sessions: Cache<u64, Arc<Vec<f32>>> = Cache::builder(1 << 20)
 //!     .weigher(|_, state: &Arc<Vec<f32>>| (state.len() * 4) as u64)
+//!     .time_to_idle(Duration::from_secs(600))
+//!     .clock(CoarseClock)
 //!     .build();
 //! let first = Arc::new(vec![0.0; 256]);
 //! sessions.insert(7, Arc::clone(&first));
