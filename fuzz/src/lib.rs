@@ -9,7 +9,7 @@
 //! | target | primitive | reference and checks |
 //! |---|---|---|
 //! | `queue` | `MsQueue` on a local `Collector` | `VecDeque` of value ids: order, exactly-once, every value dropped exactly once |
-//! | `cache` | `Cache` with and without eviction | `HashMap` kept exact through the eviction listener; `len`/`weight` within capacity, stats |
+//! | `cache` | `Cache` with and without eviction, and with expiry (time-to-live, time-to-idle, `insert_with_ttl`, `purge_expired` on a `ManualClock`) | `HashMap` kept exact through the eviction listener, with deadlines and latest accesses; `len`/`weight` within capacity, stats |
 //! | `counter` | `AtomicCounter`, `ShardedCounter` | a `u64` with the documented wrapping and saturation |
 //! | `batch` | `Batcher` with a gated handler | exactly one reply per accepted request, its own; refusals as configured |
 //! | `batch_stream` | `StreamBatcher` (one worker or two) with a step handler | each stream's own chunks in order, then exactly one final item; refusals as configured; join limits; exact stats |
