@@ -282,14 +282,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Expires every entry that goes `tti` without an access: a [`Cache::get`] (or a hit of
     /// [`Cache::get_or_insert_with`]) that finds it, or its insertion (a replacement is a new
     /// entry, and starts afresh). [`Cache::peek`], [`Cache::contains_key`] and iteration are not
-    /// accesses. An entry that has gone idle is never returned,
-    /// and leaves the cache as one past its [`time_to_live`](Self::time_to_live) does, as
-    /// [`RemovalCause::Expired`]. With both set, an entry expires at whichever comes first.
+    /// accesses. An entry that has gone idle is never returned, and leaves the cache as one past
+    /// its [`time_to_live`](Self::time_to_live) does, as [`RemovalCause::Expired`]. With both
+    /// set, an entry expires at whichever comes first.
     ///
     /// Precision: an entry expires once its time-to-idle has passed since its latest access,
     /// never before, and at most a sixteenth of `tti` after. That slack is what keeps a hit from
-    /// writing shared memory: an entry records its latest access to the nearest sixteenth of
-    /// `tti`, so a `get` stores to an entry at most once per sixteenth (and otherwise only reads
+    /// writing shared memory: an entry records which sixteenth of `tti` its latest access fell
+    /// in, so a `get` stores to an entry at most once per sixteenth (and otherwise only reads
     /// it, as in a cache without a time-to-idle), at the price of one clock read per hit. An
     /// access counts for every check that happens after it; a `get` racing an expiry check on
     /// another thread may be seen by it or not, as if it had come just after the check.
