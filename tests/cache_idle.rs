@@ -7,20 +7,16 @@
 //! time-to-idle of 16 s a tick is 1 s, so an entry last read at `t` is live at every time up to
 //! `t + 16 s` (exclusive) and gone from `t + 17 s` on, whatever `t`'s place in its tick.
 
-use crossbeam_epoch::Collector;
 use latchless::cache::{Cache, ManualClock, RemovalCause};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
 #[path = "common/drop_log.rs"]
 mod drop_log;
+#[path = "common/expiry_run.rs"]
+mod expiry_run;
 #[path = "common/rng.rs"]
 mod rng;
-
-use drop_log::{DropLog, Tracked};
-use rng::Rng;
 
 const SEC: Duration = Duration::from_secs(1);
 const NS: Duration = Duration::from_nanos(1);
@@ -223,75 +219,5 @@ fn eviction_of_read_entries_keeps_their_access_time() {
 
 #[test]
 fn concurrent_reads_writes_and_clock_advances_account_exactly() {
-    const THREADS: usize = 3;
-    const OPS: usize = if cfg!(miri) { 200 } else { 20_000 };
-    const KEYS: u64 = 64;
-    let log = DropLog::new(THREADS * OPS);
-    let collector = Collector::new();
-    let clock = ManualClock::new();
-    let left: Arc<Mutex<Vec<(usize, RemovalCause)>>> = Arc::default();
-    let sink = left.clone();
-    let cache = Cache::builder(32)
-        .collector(collector.clone())
-        .clock(clock.clone())
-        .time_to_idle(8 * SEC)
-        .eviction_listener(move |_: &u64, v: &Tracked, cause| {
-            sink.lock().unwrap().push((v.id, cause))
-        })
-        .build();
-    let removed = AtomicUsize::new(0);
-    thread::scope(|s| {
-        for t in 0..THREADS {
-            let (cache, clock, removed, collector) = (&cache, &clock, &removed, &collector);
-            s.spawn(move || {
-                let handle = collector.register();
-                let mut rng = Rng::new(t as u64 + 11);
-                for i in 0..OPS {
-                    let guard = handle.pin();
-                    let value = Tracked::new(t * OPS + i, log);
-                    let key = rng.below(KEYS);
-                    match rng.below(10) {
-                        0..=2 => drop(cache.insert_with_guard(key, value, &guard)),
-                        3..=6 => {
-                            if let Some(v) = cache.get_with_guard(&key, &guard) {
-                                assert!(v.id < THREADS * OPS);
-                            }
-                        }
-                        7 => {
-                            if cache.remove_with_guard(&key, &guard).is_some() {
-                                removed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        8 => clock.advance(SEC),
-                        _ if i % 100 == 0 => cache.purge_expired(),
-                        _ => drop(cache.peek_with_guard(&key, &guard)),
-                    }
-                }
-            });
-        }
-    });
-    assert!(cache.weight() <= cache.capacity());
-    clock.advance(20 * SEC);
-    cache.purge_expired();
-    assert_eq!((cache.len(), cache.weight()), (0, 0), "{cache:?}");
-    let left = left.lock().unwrap();
-    let stats = cache.stats();
-    assert_eq!(
-        left.len() as u64,
-        stats.inserts,
-        "one cause per stored value"
-    );
-    let mut seen = vec![false; THREADS * OPS];
-    for &(id, _) in left.iter() {
-        assert!(!seen[id], "value {id} left twice");
-        seen[id] = true;
-    }
-    let by = |c| left.iter().filter(|&&(_, cause)| cause == c).count();
-    assert_eq!(by(RemovalCause::Removed), removed.load(Ordering::Relaxed));
-    assert_eq!(by(RemovalCause::Evicted) as u64, stats.evictions);
-    assert!(by(RemovalCause::Expired) > 0 && by(RemovalCause::Replaced) > 0);
-    drop(left);
-    drop(cache);
-    drop(collector);
-    log.assert_all_dropped_once();
+    expiry_run::concurrent_accounting(|b| b.time_to_idle(8 * SEC), false, 11);
 }

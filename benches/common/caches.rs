@@ -59,107 +59,66 @@ impl BenchCache for LatchlessPinned {
     }
 }
 
-/// latchless's `Cache` with hits and misses counted (`count_lookups(true)`): what the statistics
-/// cost a hit, next to the default, which does not count them.
-pub(crate) struct LatchlessCounted(Cache<u64, u64>);
+/// Declares a contender: latchless's `Cache` built by `$build` from `Cache::builder(capacity)`
+/// (bound to `$b`), driven as the plain one is.
+macro_rules! latchless_built {
+    ($(#[$doc:meta])* $name:ident, |$b:ident| $build:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name(Cache<u64, u64>);
 
-impl BenchCache for LatchlessCounted {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Self(Cache::builder(capacity).count_lookups(true).build())
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.0.get(&key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.0.insert(key, value);
-    }
+        impl BenchCache for $name {
+            type Local = ();
+            fn make(capacity: u64) -> Self {
+                let $b = Cache::builder(capacity);
+                Self($build.build())
+            }
+            fn local(&self) {}
+            fn get(&self, (): &mut (), key: u64) -> Option<u64> {
+                self.0.get(&key)
+            }
+            fn insert(&self, (): &mut (), key: u64, value: u64) {
+                self.0.insert(key, value);
+            }
+        }
+    };
 }
+
+latchless_built!(
+    /// latchless's `Cache` with hits and misses counted (`count_lookups(true)`): what the
+    /// statistics cost a hit, next to the default, which does not count them.
+    LatchlessCounted,
+    |b| b.count_lookups(true)
+);
 
 /// How long the expiring contenders' entries live or may idle: longer than any run, so that
 /// they measure what expiry costs a cache in which nothing expires.
 const EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// latchless's `Cache` with a time-to-live (of an hour, on the system clock): what a deadline
-/// costs a hit (a clock read) and an insert (a clock read for the deadline).
-pub(crate) struct LatchlessLive(Cache<u64, u64>);
+latchless_built!(
+    /// latchless's `Cache` with a time-to-live (of an hour, on the system clock): what a
+    /// deadline costs a hit (a clock read) and an insert (a clock read for the deadline).
+    LatchlessLive,
+    |b| b.time_to_live(EXPIRY)
+);
 
-impl BenchCache for LatchlessLive {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Self(Cache::builder(capacity).time_to_live(EXPIRY).build())
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.0.get(&key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.0.insert(key, value);
-    }
-}
+latchless_built!(
+    /// latchless's `Cache` with a time-to-idle (of an hour, on the system clock): a clock read
+    /// per hit, and a store to the entry when its access tick (225 s here) moves on.
+    LatchlessIdle,
+    |b| b.time_to_idle(EXPIRY)
+);
 
-/// latchless's `Cache` with a time-to-idle (of an hour, on the system clock): a clock read per
-/// hit, and a store to the entry when its access tick (225 s here) moves on.
-pub(crate) struct LatchlessIdle(Cache<u64, u64>);
+latchless_built!(
+    /// [`LatchlessLive`] on the coarse clock (`CoarseClock`): what the clock read costs.
+    LatchlessLiveCoarse,
+    |b| b.time_to_live(EXPIRY).clock(latchless::cache::CoarseClock)
+);
 
-impl BenchCache for LatchlessIdle {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Self(Cache::builder(capacity).time_to_idle(EXPIRY).build())
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.0.get(&key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.0.insert(key, value);
-    }
-}
-
-/// [`LatchlessLive`] on the coarse clock (`CoarseClock`): what the clock read costs.
-pub(crate) struct LatchlessLiveCoarse(Cache<u64, u64>);
-
-impl BenchCache for LatchlessLiveCoarse {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Self(
-            Cache::builder(capacity)
-                .time_to_live(EXPIRY)
-                .clock(latchless::cache::CoarseClock)
-                .build(),
-        )
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.0.get(&key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.0.insert(key, value);
-    }
-}
-
-/// [`LatchlessIdle`] on the coarse clock (`CoarseClock`).
-pub(crate) struct LatchlessIdleCoarse(Cache<u64, u64>);
-
-impl BenchCache for LatchlessIdleCoarse {
-    type Local = ();
-    fn make(capacity: u64) -> Self {
-        Self(
-            Cache::builder(capacity)
-                .time_to_idle(EXPIRY)
-                .clock(latchless::cache::CoarseClock)
-                .build(),
-        )
-    }
-    fn local(&self) {}
-    fn get(&self, (): &mut (), key: u64) -> Option<u64> {
-        self.0.get(&key)
-    }
-    fn insert(&self, (): &mut (), key: u64, value: u64) {
-        self.0.insert(key, value);
-    }
-}
+latchless_built!(
+    /// [`LatchlessIdle`] on the coarse clock (`CoarseClock`).
+    LatchlessIdleCoarse,
+    |b| b.time_to_idle(EXPIRY).clock(latchless::cache::CoarseClock)
+);
 
 /// moka's cache with the same time-to-idle, its expiry's cost to compare with latchless's.
 pub(crate) struct MokaIdle(moka::sync::Cache<u64, u64>);

@@ -5,8 +5,8 @@
 //! counts are for `--release` at `LOOM_MAX_PREEMPTIONS=2` on the 2-core CI machine.
 #![cfg(loom)]
 
-use crossbeam_epoch::Collector;
-use latchless::cache::{Cache, ManualClock, RemovalCause};
+use crossbeam_epoch::{Collector, LocalHandle};
+use latchless::cache::{Cache, CacheBuilder, ManualClock, RemovalCause};
 use loom::sync::Arc;
 use loom::thread;
 use std::collections::hash_map::DefaultHasher;
@@ -25,6 +25,19 @@ fn cache(capacity: u64, collector: &Collector) -> Arc<Cache<u8, (u8, u8), Hasher
             .collector(collector.clone())
             .build(),
     )
+}
+
+/// A thread that registers with `collector` and gets key 1 from `c`, racing what the model's
+/// thread does next.
+fn spawn_get_1(
+    c: &Arc<Cache<u8, (u8, u8), Hasher>>,
+    collector: &Collector,
+) -> thread::JoinHandle<Option<(u8, u8)>> {
+    let (c, collector) = (Arc::clone(c), collector.clone());
+    thread::spawn(move || {
+        let h = collector.register();
+        c.get_with_guard(&1, &h.pin())
+    })
 }
 
 /// Two threads insert the same key: one value wins; the other insert either returned the
@@ -66,13 +79,7 @@ fn get_races_remove() {
         let c = cache(4, &collector);
         let h = collector.register();
         c.insert_with_guard(1, (1, 7), &h.pin());
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         assert_eq!(c.remove_with_guard(&1, &h.pin()), Some((1, 7)));
         h.pin().flush();
         let seen = reader.join().unwrap();
@@ -127,13 +134,7 @@ fn eviction_races_get_on_victim() {
         let c = cache(1, &collector);
         let h = collector.register();
         c.insert_with_guard(1, (1, 1), &h.pin());
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         c.insert_with_guard(2, (2, 2), &h.pin());
         let seen = reader.join().unwrap();
         assert!(seen.is_none() || seen == Some((1, 1)), "{seen:?}");
@@ -333,25 +334,36 @@ fn retain_races_replacing_insert() {
     });
 }
 
-/// A cache of `capacity` whose entries live 1 ns on `clock`, reporting every removal to `heard`.
+/// A cache of `capacity` on `clock`, with the expiry `expiry` sets on its builder, reporting
+/// every removal to `heard`.
+fn timed_cache(
+    capacity: u64,
+    collector: &Collector,
+    clock: &ManualClock,
+    heard: &Heard,
+    expiry: impl FnOnce(CacheBuilder<u8, (u8, u8), Hasher>) -> CacheBuilder<u8, (u8, u8), Hasher>,
+) -> Arc<Cache<u8, (u8, u8), Hasher>> {
+    let sink = heard.clone();
+    let builder = Cache::builder(capacity)
+        .hasher(Hasher::default())
+        .index_buckets(2)
+        .collector(collector.clone())
+        .clock(clock.clone())
+        .eviction_listener(move |_: &u8, &v: &(u8, u8), cause| {
+            sink.lock().unwrap().push((v, cause));
+        });
+    Arc::new(expiry(builder).build())
+}
+
+/// A cache of 4 whose entries live 1 ns on `clock`, reporting every removal to `heard`.
 fn expiring_cache(
     collector: &Collector,
     clock: &ManualClock,
     heard: &Heard,
 ) -> Arc<Cache<u8, (u8, u8), Hasher>> {
-    let sink = heard.clone();
-    Arc::new(
-        Cache::builder(4)
-            .hasher(Hasher::default())
-            .index_buckets(2)
-            .collector(collector.clone())
-            .time_to_live(Duration::from_nanos(1))
-            .clock(clock.clone())
-            .eviction_listener(move |_: &u8, &v: &(u8, u8), cause| {
-                sink.lock().unwrap().push((v, cause));
-            })
-            .build(),
-    )
+    timed_cache(4, collector, clock, heard, |b| {
+        b.time_to_live(Duration::from_nanos(1))
+    })
 }
 
 /// What a model's listener heard: (value, cause). A std mutex: the listener does no loom
@@ -374,13 +386,7 @@ fn get_expiring_races_insert_same_key() {
         let h = collector.register();
         c.insert_with_guard(1, (1, 1), &h.pin());
         clock.advance(Duration::from_nanos(1));
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         assert_eq!(c.insert_with_guard(1, (1, 2), &h.pin()), None);
         let seen = reader.join().unwrap();
         assert!(matches!(seen, None | Some((1, 2))), "{seen:?}");
@@ -504,24 +510,32 @@ fn idle_cache(
     clock: &ManualClock,
     heard: &Heard,
 ) -> Arc<Cache<u8, (u8, u8), Hasher>> {
-    let sink = heard.clone();
-    Arc::new(
-        Cache::builder(2)
-            .hasher(Hasher::default())
-            .index_buckets(2)
-            .collector(collector.clone())
-            .time_to_idle(Duration::from_nanos(16))
-            .clock(clock.clone())
-            .eviction_listener(move |_: &u8, &v: &(u8, u8), cause| {
-                sink.lock().unwrap().push((v, cause));
-            })
-            .build(),
-    )
+    timed_cache(2, collector, clock, heard, |b| {
+        b.time_to_idle(Duration::from_nanos(16))
+    })
 }
 
 /// The model's clock set to `ns` nanoseconds.
 fn at(clock: &ManualClock, ns: u64) {
     clock.set(Duration::from_nanos(ns));
+}
+
+/// Key 1 of `c` holds `(1, 1)` until `ns` nanoseconds (exclusive) and has expired at `ns`
+/// (which removes it): moves the model's clock to each side and peeks.
+fn assert_live_until(
+    c: &Cache<u8, (u8, u8), Hasher>,
+    clock: &ManualClock,
+    h: &LocalHandle,
+    ns: u64,
+) {
+    at(clock, ns - 1);
+    assert_eq!(
+        c.peek_with_guard(&1, &h.pin()),
+        Some((1, 1)),
+        "expired early"
+    );
+    at(clock, ns);
+    assert_eq!(c.peek_with_guard(&1, &h.pin()), None, "expired late");
 }
 
 /// A get's refresh of its entry's latest access (at 10 ns) races the eviction policy passing
@@ -541,25 +555,12 @@ fn idle_refresh_races_eviction_pass() {
         c.insert_with_guard(2, (2, 2), &h.pin());
         assert_eq!(c.get_with_guard(&1, &h.pin()), Some((1, 1)));
         at(&clock, 10);
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         // Over capacity: the policy passes over read key 1 and evicts unread key 2.
         c.insert_with_guard(3, (3, 3), &h.pin());
         assert_eq!(reader.join().unwrap(), Some((1, 1)));
         assert_eq!(*heard.lock().unwrap(), [((2, 2), RemovalCause::Evicted)]);
-        at(&clock, 25);
-        assert_eq!(
-            c.peek_with_guard(&1, &h.pin()),
-            Some((1, 1)),
-            "expired early"
-        );
-        at(&clock, 26);
-        assert_eq!(c.peek_with_guard(&1, &h.pin()), None, "expired late");
+        assert_live_until(&c, &clock, &h, 26);
         c.purge_expired();
         assert_eq!((c.len(), c.weight()), (0, 0), "{c:?}");
     });
@@ -579,24 +580,11 @@ fn idle_refreshes_race_each_other() {
         let h = collector.register();
         c.insert_with_guard(1, (1, 1), &h.pin());
         at(&clock, 10);
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         at(&clock, 12);
         assert_eq!(c.get_with_guard(&1, &h.pin()), Some((1, 1)));
         assert_eq!(reader.join().unwrap(), Some((1, 1)));
-        at(&clock, 27);
-        assert_eq!(
-            c.peek_with_guard(&1, &h.pin()),
-            Some((1, 1)),
-            "expired early"
-        );
-        at(&clock, 28);
-        assert_eq!(c.peek_with_guard(&1, &h.pin()), None, "expired late");
+        assert_live_until(&c, &clock, &h, 28);
         assert_eq!(*heard.lock().unwrap(), [((1, 1), RemovalCause::Expired)]);
     });
 }
@@ -617,13 +605,7 @@ fn idle_refresh_races_purge() {
         let h = collector.register();
         c.insert_with_guard(1, (1, 1), &h.pin());
         at(&clock, 15);
-        let reader = {
-            let (c, collector) = (c.clone(), collector.clone());
-            thread::spawn(move || {
-                let h = collector.register();
-                c.get_with_guard(&1, &h.pin())
-            })
-        };
+        let reader = spawn_get_1(&c, &collector);
         at(&clock, 16);
         c.purge_expired();
         let seen = reader.join().unwrap();
@@ -632,14 +614,7 @@ fn idle_refresh_races_purge() {
         if present {
             assert_eq!(seen, Some((1, 1)), "kept only by the get's access");
             assert!(heard.is_empty());
-            at(&clock, 30);
-            assert_eq!(
-                c.peek_with_guard(&1, &h.pin()),
-                Some((1, 1)),
-                "expired early"
-            );
-            at(&clock, 31);
-            assert_eq!(c.peek_with_guard(&1, &h.pin()), None, "expired late");
+            assert_live_until(&c, &clock, &h, 31);
         } else {
             assert_eq!(heard, [((1, 1), RemovalCause::Expired)]);
             assert_eq!(c.weight(), 0, "{c:?}");
