@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use latchless::cache::{Cache, CompareExchangeFailure};
 
@@ -135,6 +136,58 @@ struct BatchRow<S> {
     stored: Option<Session<S>>,
 }
 
+/// How an [`Engine`] is set up ([`Engine::with_options`]): the session cache's size in bytes of
+/// model state, how long a session may stay unused before it is dropped, and the compute
+/// threads.
+///
+/// # Examples
+///
+/// ```
+/// use latchless_showcase::serve::EngineOptions;
+/// use std::time::Duration;
+///
+/// let options = EngineOptions::new(64 << 20)
+///     .session_idle(Duration::from_secs(600))
+///     .compute_threads(1);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    session_bytes: u64,
+    session_idle: Option<Duration>,
+    compute_threads: usize,
+}
+
+impl EngineOptions {
+    /// A session cache of at most `session_bytes` bytes of model state whose sessions stay until
+    /// evicted, and one compute thread.
+    pub fn new(session_bytes: u64) -> Self {
+        Self {
+            session_bytes,
+            session_idle: None,
+            compute_threads: 1,
+        }
+    }
+
+    /// Drops a session once it has gone `idle` without being continued (the cache's
+    /// [`time_to_idle`](latchless::cache::CacheBuilder::time_to_idle): never earlier, at most a
+    /// sixteenth of `idle` later). A request for a dropped session starts it afresh. The
+    /// dropped state leaves the cache when a lookup or an eviction meets it, or at the next
+    /// [`Cache::purge_expired`] on [`Engine::sessions`]. Zero drops every session at once.
+    #[must_use]
+    pub fn session_idle(mut self, idle: Duration) -> Self {
+        self.session_idle = Some(idle);
+        self
+    }
+
+    /// Runs candle on `threads` compute threads (at least one).
+    #[must_use]
+    pub fn compute_threads(mut self, threads: usize) -> Self {
+        self.compute_threads = threads;
+        self
+    }
+}
+
 /// A model, its session cache and its compute thread: what the batcher's handler calls.
 ///
 /// Sessions are continued optimistically: a batch reads each session's state, computes, and
@@ -183,7 +236,7 @@ impl<M: LanguageModel> Engine<M> {
     /// assert!(replies[1].is_err());
     /// ```
     pub fn new(model: Arc<M>, session_bytes: u64) -> Result<Self, rayon::ThreadPoolBuildError> {
-        Self::with_compute_threads(model, session_bytes, 1)
+        Self::with_options(model, EngineOptions::new(session_bytes))
     }
 
     /// As [`new`](Self::new), with `threads` compute threads: candle then splits large matrix
@@ -209,21 +262,60 @@ impl<M: LanguageModel> Engine<M> {
         session_bytes: u64,
         threads: usize,
     ) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Self::with_options(
+            model,
+            EngineOptions::new(session_bytes).compute_threads(threads),
+        )
+    }
+
+    /// An engine over `model` set up by `options`: the session cache's size and idle time, and
+    /// the compute threads.
+    ///
+    /// # Errors
+    ///
+    /// If the compute threads cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// A session left alone longer than its idle time starts afresh:
+    ///
+    /// ```
+    /// use latchless_showcase::lstm::{LstmConfig, LstmLm};
+    /// use latchless_showcase::serve::{Engine, EngineOptions, Request};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let model = Arc::new(LstmLm::new(LstmConfig::tiny(), 1).unwrap());
+    /// let idle = Duration::from_millis(20);
+    /// let engine = Engine::with_options(model, EngineOptions::new(1 << 20).session_idle(idle))
+    ///     .unwrap();
+    /// let req = Request { session: 3, prompt: b"hi".to_vec(), max_new: 2 };
+    /// assert!(!engine.serve(vec![req.clone()])[0].as_ref().unwrap().resumed);
+    /// std::thread::sleep(2 * idle);
+    /// // Expired: never returned again, and removed by the next look or a purge.
+    /// assert!(!engine.serve(vec![req])[0].as_ref().unwrap().resumed);
+    /// ```
+    pub fn with_options(
+        model: Arc<M>,
+        options: EngineOptions,
+    ) -> Result<Self, rayon::ThreadPoolBuildError> {
         let weigher_model = Arc::clone(&model);
-        let sessions = Cache::builder(session_bytes)
+        let mut sessions = Cache::builder(options.session_bytes)
             // The report gives the sessions' hit ratio.
             .count_lookups(true)
             .weigher(move |_: &u64, s: &Session<M::State>| {
                 weigher_model.state_bytes(&s.state).max(1)
-            })
-            .build();
+            });
+        if let Some(idle) = options.session_idle {
+            sessions = sessions.time_to_idle(idle);
+        }
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
+            .num_threads(options.compute_threads.max(1))
             .thread_name(|i| format!("showcase-compute-{i}"))
             .build()?;
         Ok(Self {
             model,
-            sessions,
+            sessions: sessions.build(),
             pool,
             next_version: AtomicU64::new(1),
         })
