@@ -124,6 +124,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The bytes of model state the session cache keeps. Default: 64 MiB.
     pub session_bytes: u64,
+    /// How long a session may go without a request before its state is dropped (never earlier,
+    /// at most a sixteenth later); a request for it then starts afresh, and the server purges
+    /// dropped states from the cache every quarter of this (at least every 10 ms). `None`:
+    /// sessions stay until the cache evicts them for room. Default: none.
+    pub session_idle: Option<Duration>,
     /// A pause before each decode step, to make a small model as slow as a large one (tests
     /// use it to keep requests in flight). Default: none.
     pub step_delay: Duration,
@@ -145,6 +150,7 @@ impl Default for ServerConfig {
             max_tokens_cap: 512,
             max_body_bytes: 64 * 1024,
             session_bytes: 64 << 20,
+            session_idle: None,
             step_delay: Duration::ZERO,
         }
     }
@@ -155,17 +161,20 @@ impl ServerConfig {
     ///
     /// # Errors
     ///
-    /// A message naming the first setting out of its range: zero where it must not be, more
-    /// than 64 priority classes (the batcher's bound), or limits for more classes than there
-    /// are.
+    /// A message naming the first setting out of its range: zero where it must not be (a
+    /// `session_idle` of zero too), more than 64 priority classes (the batcher's bound), or
+    /// limits for more classes than there are.
     ///
     /// # Examples
     ///
     /// ```
     /// use latchless_server::ServerConfig;
+    /// use std::time::Duration;
     ///
     /// let bad = ServerConfig { workers: 0, ..ServerConfig::default() };
     /// assert!(bad.validate().unwrap_err().contains("workers"));
+    /// let bad = ServerConfig { session_idle: Some(Duration::ZERO), ..ServerConfig::default() };
+    /// assert!(bad.validate().unwrap_err().contains("session_idle"));
     /// ```
     pub fn validate(&self) -> Result<(), String> {
         let nonzero = [
@@ -187,6 +196,9 @@ impl ServerConfig {
         }
         if self.timeout.is_zero() {
             return Err("timeout must be above zero".into());
+        }
+        if self.session_idle.is_some_and(|t| t.is_zero()) {
+            return Err("session_idle must be above zero (None keeps sessions)".into());
         }
         if self.class_limits.len() > self.priority_classes {
             return Err(format!(

@@ -9,7 +9,7 @@ use latchless::batch::{Batcher, Joined, PriorityClass, Step, StepHandler, Stream
 use latchless_showcase::continuous::Continuous;
 use latchless_showcase::lstm::{LstmConfig, LstmLm};
 use latchless_showcase::model::LanguageModel;
-use latchless_showcase::serve::{Answer, Engine, Request};
+use latchless_showcase::serve::{Answer, Engine, EngineOptions, Request};
 use latchless_showcase::transformer::{TransformerConfig, TransformerLm};
 
 use crate::config::{ModelKind, ModelSize, ServerConfig};
@@ -32,6 +32,8 @@ pub(crate) trait Sessions: Send + Sync {
     fn len(&self) -> usize;
     /// Drops a session's state.
     fn forget(&self, session: u64);
+    /// Removes the sessions that have been idle too long ([`ServerConfig::session_idle`]).
+    fn purge_expired(&self);
 }
 
 impl<M: LanguageModel> Sessions for Engine<M> {
@@ -41,6 +43,10 @@ impl<M: LanguageModel> Sessions for Engine<M> {
 
     fn forget(&self, session: u64) {
         self.sessions().remove(&session);
+    }
+
+    fn purge_expired(&self) {
+        self.sessions().purge_expired();
     }
 }
 
@@ -85,8 +91,12 @@ pub(crate) fn start(config: &ServerConfig) -> Result<Backend, String> {
 fn launch<M: LanguageModel>(model: M, config: &ServerConfig) -> Result<Backend, String> {
     let model_name = model.name();
     let max_request_tokens = model.max_request_tokens();
+    let mut options = EngineOptions::new(config.session_bytes);
+    if let Some(idle) = config.session_idle {
+        options = options.session_idle(idle);
+    }
     let engine = Arc::new(
-        Engine::new(Arc::new(model), config.session_bytes)
+        Engine::with_options(Arc::new(model), options)
             .map_err(|e| format!("starting the compute thread: {e}"))?,
     );
     // A request's cost is the state its row holds at most, against the state budget.

@@ -60,6 +60,10 @@ struct Args {
     /// The seed of the model's random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Drop a session's state once it has gone this many milliseconds without a request; 0
+    /// keeps sessions until the cache needs their room.
+    #[arg(long, default_value_t = 0)]
+    session_idle_ms: u64,
 }
 
 #[tokio::main]
@@ -91,6 +95,7 @@ async fn main() -> ExitCode {
         class_limits,
         max_tokens_cap: args.max_tokens_cap,
         max_body_bytes: args.max_body_bytes,
+        session_idle: Some(Duration::from_millis(args.session_idle_ms)).filter(|t| !t.is_zero()),
         ..ServerConfig::default()
     };
     let server = match Server::bind((args.host, args.port), config).await {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -12,6 +13,9 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use crate::app::{router, App};
 use crate::config::ServerConfig;
 use crate::engine;
+
+/// The shortest period of the purge of idle sessions ([`ServerConfig::session_idle`]).
+const PURGE_FLOOR: Duration = Duration::from_millis(10);
 
 /// Why the server could not start.
 ///
@@ -130,6 +134,21 @@ impl Server {
     /// If the listener fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let Self { listener, app } = self;
+        // Idle sessions expire by themselves but leave the cache only when something meets
+        // them: purge them on a timer, so that their memory comes back without traffic.
+        let purger = app.config.session_idle.map(|idle| {
+            let sessions = Arc::clone(&app.backend.sessions);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval((idle / 4).max(PURGE_FLOOR));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    // A scan of the whole cache: on a blocking thread, not a runtime worker.
+                    let sessions = Arc::clone(&sessions);
+                    let _ = tokio::task::spawn_blocking(move || sessions.purge_expired()).await;
+                }
+            })
+        });
         let batcher = app.backend.batcher.clone();
         let stop_admission = async move {
             shutdown.await;
@@ -147,6 +166,9 @@ impl Server {
             .with_graceful_shutdown(stop_admission)
             .await;
         // Every connection is closed: whatever was admitted has been answered or cancelled.
+        if let Some(purger) = purger {
+            purger.abort();
+        }
         let batcher = app.backend.batcher.clone();
         tokio::task::spawn_blocking(move || batcher.shutdown())
             .await

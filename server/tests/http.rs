@@ -273,6 +273,35 @@ async fn a_completion_in_openai_shape_and_counted_in_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_dropped_purged_and_starts_afresh() {
+    let ask = json!({"prompt": "hello", "max_tokens": 8, "session": 7});
+    // The control: without an idle time, asking again continues the session, so the bytes
+    // differ from a fresh session's.
+    let keeping = start(tiny()).await;
+    let (_, first) = keeping.post(ask.clone()).await;
+    let (_, again) = keeping.post(ask.clone()).await;
+    assert_ne!(text_of(&first), text_of(&again));
+    keeping.stop().await;
+
+    let server = start(ServerConfig {
+        session_idle: Some(Duration::from_millis(100)),
+        ..tiny()
+    })
+    .await;
+    let (status, body) = server.post(ask.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(text_of(&body), text_of(&first));
+    // Nobody asks for session 7 again: the purge, not a lookup, removes it.
+    server
+        .wait_for("latchless_server_sessions", |v| v == 0.0)
+        .await;
+    let (status, body) = server.post(ask).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(text_of(&body), text_of(&first), "session 7 started afresh");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_chunks_concatenate_to_the_whole_completion() {
     // The transformer with two batcher workers, each computing on its own thread.
     for (model, workers) in [(ModelKind::Lstm, 1), (ModelKind::Transformer, 2)] {
